@@ -1,0 +1,213 @@
+//! One error type for the whole crate, and the single place where errors become SQLSTATEs.
+//!
+//! Every layer returns [`Result`]. The pgwire boundary (`server::handler`) calls
+//! [`Error::sqlstate`] and [`Error::to_string`] to build the `ErrorResponse` a client sees, so a
+//! user mistake (bad SQL, unknown table, wrong type) reaches the client as a clear message with the
+//! right code while the session, the server and the stored data go on. Internal errors are logged
+//! at `error!`; user errors at `debug!`.
+
+use datafusion::error::DataFusionError;
+use datafusion::sql::sqlparser::parser::ParserError;
+
+/// Crate-wide result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Who is at fault, which decides how loudly an error is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorDomain {
+    /// The client sent something wrong: bad SQL, unknown objects, bad data.
+    User,
+    /// Something outside the process failed: disk, network, object storage.
+    External,
+    /// A bug or broken invariant in EddyDB.
+    Internal,
+}
+
+/// Everything that can go wrong in EddyDB.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("syntax error: {0}")]
+    Parse(#[from] ParserError),
+
+    #[error("{}", strip_df_prefix(.0))]
+    DataFusion(#[from] Box<DataFusionError>),
+
+    #[error("{kind} \"{name}\" does not exist")]
+    NotFound { kind: &'static str, name: String },
+
+    #[error("{kind} \"{name}\" already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+
+    #[error("{0} is not supported")]
+    Unsupported(String),
+
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
+
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+
+    #[error("canceling statement due to user request")]
+    Cancelled,
+
+    #[error("canceling statement due to statement timeout")]
+    StatementTimeout,
+
+    #[error("{0} can only be used in transaction blocks")]
+    NoTransactionBlock(&'static str),
+
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    InFailedTransaction,
+
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<datafusion::arrow::error::ArrowError> for Error {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        Error::from(DataFusionError::ArrowError(Box::new(e), None))
+    }
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        Error::DataFusion(Box::new(e))
+    }
+}
+
+/// DataFusion prefixes messages with the error kind ("Error during planning: ..."); users want
+/// the sentence itself, and the kind is already carried by the SQLSTATE.
+fn strip_df_prefix(e: &DataFusionError) -> String {
+    let root = e.find_root();
+    match root {
+        DataFusionError::Plan(msg)
+        | DataFusionError::Execution(msg)
+        | DataFusionError::NotImplemented(msg)
+        | DataFusionError::Configuration(msg) => msg.clone(),
+        DataFusionError::SQL(err, _) => format!("syntax error: {err}"),
+        DataFusionError::ResourcesExhausted(msg) => format!("out of memory: {msg}"),
+        other => other.to_string(),
+    }
+}
+
+impl Error {
+    /// Who caused this error.
+    pub fn domain(&self) -> ErrorDomain {
+        match self {
+            Error::Io(_) => ErrorDomain::External,
+            Error::Internal(_) => ErrorDomain::Internal,
+            Error::DataFusion(e) => match e.find_root() {
+                DataFusionError::Internal(_) => ErrorDomain::Internal,
+                DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => {
+                    ErrorDomain::External
+                }
+                _ => ErrorDomain::User,
+            },
+            _ => ErrorDomain::User,
+        }
+    }
+
+    /// The PostgreSQL SQLSTATE for this error: the one table that maps errors to codes.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            Error::Parse(_) => "42601",
+            Error::NotFound { kind, .. } => match *kind {
+                "table" | "relation" | "stream" | "materialized view" | "view" => "42P01",
+                "column" => "42703",
+                "function" => "42883",
+                "schema" => "3F000",
+                "database" => "3D000",
+                "prepared statement" => "26000",
+                "portal" | "cursor" => "34000",
+                "savepoint" => "3B001",
+                _ => "42704",
+            },
+            Error::AlreadyExists { kind, .. } => match *kind {
+                "schema" => "42P06",
+                "database" => "42P04",
+                "function" => "42723",
+                _ => "42P07",
+            },
+            Error::Unsupported(_) => "0A000",
+            Error::InvalidValue(_) => "22023",
+            Error::InvalidParameter(_) => "42704",
+            Error::Cancelled | Error::StatementTimeout => "57014",
+            Error::InFailedTransaction => "25P02",
+            Error::NoTransactionBlock(_) => "25P01",
+            Error::Io(_) => "58030",
+            Error::Config(_) => "F0000",
+            Error::Internal(_) => "XX000",
+            Error::DataFusion(e) => datafusion_sqlstate(e),
+        }
+    }
+}
+
+/// Classify a DataFusion error by its root cause and, where DataFusion only gives prose, by the
+/// stable wording of its messages.
+fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
+    let root = e.find_root();
+    match root {
+        DataFusionError::SQL(_, _) => "42601",
+        DataFusionError::NotImplemented(_) => "0A000",
+        DataFusionError::ResourcesExhausted(_) => "53200",
+        DataFusionError::Internal(_) => "XX000",
+        DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => "58030",
+        DataFusionError::ArrowError(arrow_err, _) => {
+            use datafusion::arrow::error::ArrowError;
+            match arrow_err.as_ref() {
+                ArrowError::DivideByZero => "22012",
+                ArrowError::CastError(_) | ArrowError::ParseError(_) => "22P02",
+                ArrowError::ComputeError(m) if m.contains("overflow") => "22003",
+                ArrowError::ArithmeticOverflow(_) => "22003",
+                _ => "22000",
+            }
+        }
+        DataFusionError::SchemaError(schema_err, _) => {
+            use datafusion::common::SchemaError;
+            match schema_err.as_ref() {
+                SchemaError::FieldNotFound { .. } => "42703",
+                SchemaError::AmbiguousReference { .. } => "42702",
+                SchemaError::DuplicateQualifiedField { .. }
+                | SchemaError::DuplicateUnqualifiedField { .. } => "42701",
+            }
+        }
+        DataFusionError::Plan(msg) | DataFusionError::Execution(msg) => classify_message(msg),
+        _ => "XX000",
+    }
+}
+
+fn classify_message(msg: &str) -> &'static str {
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("table") && (lower.contains("not found") || lower.contains("doesn't exist")) {
+        "42P01"
+    } else if lower.contains("invalid function")
+        || lower.contains("function") && lower.contains("not found")
+    {
+        "42883"
+    } else if lower.contains("already exists") {
+        "42P07"
+    } else if lower.contains("divide by zero") || lower.contains("division by zero") {
+        "22012"
+    } else if lower.contains("cannot be cast")
+        || lower.contains("cast error")
+        || lower.contains("cannot cast")
+        || lower.contains("failed to parse")
+        || lower.contains("parser error")
+    {
+        "22P02"
+    } else if lower.contains("no function matches")
+        || lower.contains("coercion")
+        || lower.contains("does not support")
+        || lower.contains("type")
+    {
+        "42804"
+    } else {
+        "42000"
+    }
+}

@@ -1,0 +1,452 @@
+//! Statements to actions: DDL on the [`Catalog`], DataFusion plans for everything else.
+//!
+//! The [`Engine`] owns the server-wide DataFusion `SessionContext` (catalog, `pg_catalog`,
+//! `information_schema`, PostgreSQL functions). Each client session gets its own `SessionState`
+//! cloned from it ([`Engine::session_state`]) carrying the session's settings functions and
+//! time zone, while sharing the catalog, so a table created in one session is visible to all.
+//!
+//! A DataFusion statement is planned ([`Engine::plan`]) with the parameter types the client
+//! declared, if any; `CREATE TABLE` and `DROP TABLE` plans are intercepted and carried out by the
+//! catalog (so where rows live is the catalog's business); every other plan is executed by
+//! DataFusion and its result returned as an [`Output`] with the PostgreSQL command tag.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::common::{ParamValues, TableReference};
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::logical_plan::dml::InsertOp;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, LogicalPlanBuilder, WriteOp};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{self, DataType as SqlType, Ident};
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use pgwire::api::Type;
+
+use crate::catalog::pg_types::pg_type_metadata;
+use crate::catalog::{Catalog, DATABASE_NAME, DEFAULT_SCHEMA, QualifiedName};
+use crate::catalog::{information_schema, pg_functions};
+use crate::error::{Error, Result};
+use crate::parser::text_backed_type_name;
+use crate::server::settings::SharedSettings;
+
+/// What executing a statement produced.
+#[derive(Debug)]
+pub enum Output {
+    /// Rows for the client, with the tag's verb (`SELECT`, `SHOW`, `EXPLAIN`).
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        verb: &'static str,
+    },
+    /// A command without rows; `tag` is the complete command tag, e.g. `INSERT 0 3`.
+    Command { tag: String },
+}
+
+/// The server-wide query engine.
+pub struct Engine {
+    ctx: SessionContext,
+    catalog: Arc<Catalog>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("session_id", &self.ctx.session_id())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Build the engine: catalog, pg_catalog, information_schema and PostgreSQL functions.
+    pub fn new() -> Result<Arc<Engine>> {
+        let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema(DATABASE_NAME, DEFAULT_SCHEMA)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(false);
+        config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+        let ctx = SessionContext::new_with_config(config);
+        let catalog = Catalog::install(&ctx)?;
+        datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE_NAME, EmptyContextProvider)
+            .map_err(|e| Error::from(*e))?;
+        information_schema::register_information_schema(&ctx, DATABASE_NAME)?;
+        pg_functions::register_pg_functions(&ctx);
+        Ok(Arc::new(Engine { ctx, catalog }))
+    }
+
+    /// The catalog of user objects.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// A fresh DataFusion state for one client session, sharing the catalog.
+    pub fn session_state(&self, settings: SharedSettings) -> SessionState {
+        let mut state = self.ctx.state();
+        for udf in pg_functions::session_setting_functions(settings) {
+            // Registering replaces the server-wide placeholder of the same name.
+            let _ =
+                datafusion::execution::FunctionRegistry::register_udf(&mut state, Arc::new(udf));
+        }
+        state
+    }
+
+    /// Plan a DataFusion statement. `param_types` are the parameter types the client declared
+    /// in Parse; when all are known they take precedence over inference.
+    pub async fn plan(
+        &self,
+        state: &SessionState,
+        statement: &ast::Statement,
+        param_types: &[Option<Type>],
+    ) -> Result<LogicalPlan> {
+        refuse_unsupported(statement)?;
+        let (statement, declared_types) = with_storage_types(statement.clone());
+        let declared: Option<Vec<SqlType>> = if param_types.is_empty() {
+            None
+        } else {
+            param_types
+                .iter()
+                .map(|t| t.as_ref().and_then(sql_type_for))
+                .collect()
+        };
+        let plan = match declared {
+            Some(data_types) => {
+                let prepare = ast::Statement::Prepare {
+                    name: Ident::new("eddy_unnamed"),
+                    data_types,
+                    statement: Box::new(statement),
+                };
+                match state
+                    .statement_to_plan(DFStatement::Statement(Box::new(prepare)))
+                    .await?
+                {
+                    LogicalPlan::Statement(datafusion::logical_expr::Statement::Prepare(p)) => {
+                        Arc::unwrap_or_clone(p.input)
+                    }
+                    other => other,
+                }
+            }
+            None => {
+                state
+                    .statement_to_plan(DFStatement::Statement(Box::new(statement)))
+                    .await?
+            }
+        };
+        Ok(restore_declared_types(plan, &declared_types))
+    }
+
+    /// Execute a plan (parameters already bound) in the given session state.
+    pub async fn execute(&self, state: &SessionState, plan: LogicalPlan) -> Result<Output> {
+        match plan {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
+                let name = qualified(&create.name)?;
+                let schema: SchemaRef = Arc::new(create.input.schema().as_arrow().clone());
+                let has_rows = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(_));
+                if create.or_replace {
+                    self.catalog.drop_table(&name, true)?;
+                }
+                let created = self.catalog.create_table(
+                    &name,
+                    schema,
+                    create.constraints.clone(),
+                    create.if_not_exists,
+                )?;
+                if created && has_rows {
+                    let table = self.catalog.table(&name).await?;
+                    let insert = LogicalPlanBuilder::insert_into(
+                        Arc::unwrap_or_clone(create.input),
+                        TableReference::partial(name.schema.as_str(), name.name.as_str()),
+                        datafusion::datasource::provider_as_source(table),
+                        InsertOp::Append,
+                    )?
+                    .build()?;
+                    let rows = self.run_count(state, insert).await?;
+                    return Ok(Output::Command {
+                        tag: format!("SELECT {rows}"),
+                    });
+                }
+                Ok(Output::Command {
+                    tag: "CREATE TABLE".to_string(),
+                })
+            }
+            LogicalPlan::Ddl(DdlStatement::DropTable(drop)) => {
+                self.catalog
+                    .drop_table(&qualified(&drop.name)?, drop.if_exists)?;
+                Ok(Output::Command {
+                    tag: "DROP TABLE".to_string(),
+                })
+            }
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(_)) => Err(Error::Unsupported(
+                "CREATE EXTERNAL TABLE (EddyDB does not read server-side files)".to_string(),
+            )),
+            LogicalPlan::Copy(_) => {
+                Err(Error::Unsupported("COPY to a server-side file".to_string()))
+            }
+            LogicalPlan::Ddl(ddl) => {
+                let tag = ddl_tag(&ddl);
+                let ctx = SessionContext::new_with_state(state.clone());
+                ctx.execute_logical_plan(LogicalPlan::Ddl(ddl))
+                    .await?
+                    .collect()
+                    .await?;
+                Ok(Output::Command { tag })
+            }
+            LogicalPlan::Dml(dml) => {
+                let verb = match dml.op {
+                    WriteOp::Insert(_) => "INSERT 0",
+                    WriteOp::Update => "UPDATE",
+                    WriteOp::Delete => "DELETE",
+                    WriteOp::Truncate => "TRUNCATE TABLE",
+                    WriteOp::Ctas => "SELECT",
+                    other => {
+                        return Err(Error::Unsupported(format!("{} statements", other.name())));
+                    }
+                };
+                let rows = self.run_count(state, LogicalPlan::Dml(dml)).await?;
+                Ok(Output::Command {
+                    tag: if verb == "TRUNCATE TABLE" {
+                        verb.to_string()
+                    } else {
+                        format!("{verb} {rows}")
+                    },
+                })
+            }
+            LogicalPlan::Statement(datafusion::logical_expr::Statement::Prepare(_)) => {
+                let ctx = SessionContext::new_with_state(state.clone());
+                ctx.execute_logical_plan(plan).await?.collect().await?;
+                Ok(Output::Command {
+                    tag: "PREPARE".to_string(),
+                })
+            }
+            plan => {
+                let verb = match &plan {
+                    LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => "EXPLAIN",
+                    _ => "SELECT",
+                };
+                let ctx = SessionContext::new_with_state(state.clone());
+                let df = ctx.execute_logical_plan(plan).await?;
+                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                let batches = df.collect().await?;
+                Ok(Output::Rows {
+                    schema,
+                    batches,
+                    verb,
+                })
+            }
+        }
+    }
+
+    /// Run a DML plan and read the affected-row count DataFusion returns.
+    async fn run_count(&self, state: &SessionState, plan: LogicalPlan) -> Result<u64> {
+        let ctx = SessionContext::new_with_state(state.clone());
+        let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+        let mut rows = 0;
+        for batch in &batches {
+            if batch.num_columns() == 1 {
+                if let Some(counts) = batch.column(0).as_primitive_opt::<UInt64Type>() {
+                    rows += counts.iter().flatten().sum::<u64>();
+                }
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// Parameter types of a plan, in `$1..$n` order; `None` where nothing constrains one.
+pub fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
+    let types = plan.get_parameter_types()?;
+    let mut indexed: Vec<(usize, Option<DataType>)> = types
+        .into_iter()
+        .filter_map(|(name, t)| {
+            name.trim_start_matches('$')
+                .parse::<usize>()
+                .ok()
+                .map(|i| (i, t))
+        })
+        .collect();
+    indexed.sort_by_key(|(i, _)| *i);
+    let count = indexed.last().map(|(i, _)| *i).unwrap_or(0);
+    let mut out = vec![None; count];
+    for (i, t) in indexed {
+        if i >= 1 {
+            out[i - 1] = t;
+        }
+    }
+    Ok(out)
+}
+
+/// Bind parameter values, casting each to the type the plan expects.
+pub fn bind_parameters(plan: LogicalPlan, values: Vec<ScalarValue>) -> Result<LogicalPlan> {
+    if values.is_empty() {
+        return Ok(plan);
+    }
+    let expected = parameter_types(&plan)?;
+    if values.len() < expected.len() {
+        return Err(Error::InvalidValue(format!(
+            "bind message supplies {} parameters, but prepared statement requires {}",
+            values.len(),
+            expected.len()
+        )));
+    }
+    let mut cast = Vec::with_capacity(values.len());
+    for (i, value) in values.into_iter().enumerate() {
+        let value = match expected.get(i) {
+            Some(Some(t)) if value.data_type() != *t => value.cast_to(t).map_err(|e| {
+                Error::InvalidValue(format!("parameter ${}: {}", i + 1, Error::from(e)))
+            })?,
+            _ => value,
+        };
+        cast.push(value);
+    }
+    Ok(plan.with_param_values(ParamValues::from(cast))?)
+}
+
+fn ddl_tag(ddl: &DdlStatement) -> String {
+    match ddl {
+        DdlStatement::CreateView(_) => "CREATE VIEW",
+        DdlStatement::CreateCatalogSchema(_) => "CREATE SCHEMA",
+        DdlStatement::CreateCatalog(_) => "CREATE DATABASE",
+        DdlStatement::CreateIndex(_) => "CREATE INDEX",
+        DdlStatement::DropView(_) => "DROP VIEW",
+        DdlStatement::DropCatalogSchema(_) => "DROP SCHEMA",
+        DdlStatement::CreateFunction(_) => "CREATE FUNCTION",
+        DdlStatement::DropFunction(_) => "DROP FUNCTION",
+        _ => "OK",
+    }
+    .to_string()
+}
+
+fn qualified(name: &TableReference) -> Result<QualifiedName> {
+    match name {
+        TableReference::Bare { table } => Ok(QualifiedName {
+            schema: DEFAULT_SCHEMA.to_string(),
+            name: table.to_string(),
+        }),
+        TableReference::Partial { schema, table } => Ok(QualifiedName {
+            schema: schema.to_string(),
+            name: table.to_string(),
+        }),
+        TableReference::Full {
+            catalog,
+            schema,
+            table,
+        } => {
+            if catalog.as_ref() != DATABASE_NAME {
+                return Err(Error::Unsupported(format!(
+                    "cross-database references (\"{catalog}\")"
+                )));
+            }
+            Ok(QualifiedName {
+                schema: schema.to_string(),
+                name: table.to_string(),
+            })
+        }
+    }
+}
+
+fn refuse_unsupported(statement: &ast::Statement) -> Result<()> {
+    match statement {
+        ast::Statement::Copy { .. } | ast::Statement::CopyIntoSnowflake { .. } => {
+            Err(Error::Unsupported("COPY".to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Column declarations of types DataFusion's planner does not know (`json`, `jsonb`, `uuid`) or
+/// that it would not remember (`varchar`, `char`) are planned as text; the declared PostgreSQL
+/// type is returned per column so it can be put back as field metadata.
+fn with_storage_types(mut statement: ast::Statement) -> (ast::Statement, HashMap<String, String>) {
+    let mut declared = HashMap::new();
+    if let ast::Statement::CreateTable(create) = &mut statement {
+        for column in &mut create.columns {
+            let pg_name = match &column.data_type {
+                t if text_backed_type_name(t).is_some() => text_backed_type_name(t),
+                SqlType::Varchar(_) | SqlType::CharacterVarying(_) => Some("varchar"),
+                SqlType::Char(_) | SqlType::Character(_) => Some("bpchar"),
+                _ => None,
+            };
+            if let Some(pg_name) = pg_name {
+                if text_backed_type_name(&column.data_type).is_some() {
+                    column.data_type = SqlType::Text;
+                }
+                declared.insert(normalize_ident(&column.name), pg_name.to_string());
+            }
+        }
+    }
+    (statement, declared)
+}
+
+fn normalize_ident(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_ascii_lowercase(),
+    }
+}
+
+/// Put the declared PostgreSQL types back on a CREATE TABLE plan's schema.
+fn restore_declared_types(plan: LogicalPlan, declared: &HashMap<String, String>) -> LogicalPlan {
+    if declared.is_empty() {
+        return plan;
+    }
+    let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(mut create)) = plan else {
+        return plan;
+    };
+    let schema = create.input.schema().as_arrow().clone();
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match declared.get(f.name()) {
+            Some(pg) => {
+                let mut metadata = f.metadata().clone();
+                metadata.extend(pg_type_metadata(pg));
+                f.as_ref().clone().with_metadata(metadata)
+            }
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    let new_schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    match datafusion::common::DFSchema::try_from(new_schema.as_ref().clone()) {
+        Ok(df_schema) => {
+            if let LogicalPlan::EmptyRelation(empty) = create.input.as_ref() {
+                let mut empty = empty.clone();
+                empty.schema = Arc::new(df_schema);
+                create.input = Arc::new(LogicalPlan::EmptyRelation(empty));
+            }
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create))
+        }
+        Err(_) => LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)),
+    }
+}
+
+/// The SQL type to declare for a PostgreSQL parameter type, for the planner.
+fn sql_type_for(t: &Type) -> Option<SqlType> {
+    Some(match *t {
+        Type::BOOL => SqlType::Boolean,
+        Type::INT2 => SqlType::SmallInt(None),
+        Type::INT4 => SqlType::Int(None),
+        Type::INT8 => SqlType::BigInt(None),
+        Type::FLOAT4 => SqlType::Real,
+        Type::FLOAT8 => SqlType::DoublePrecision,
+        Type::NUMERIC => SqlType::Numeric(ast::ExactNumberInfo::None),
+        Type::TEXT
+        | Type::VARCHAR
+        | Type::BPCHAR
+        | Type::NAME
+        | Type::JSON
+        | Type::JSONB
+        | Type::UUID => SqlType::Text,
+        Type::BYTEA => SqlType::Bytea,
+        Type::DATE => SqlType::Date,
+        Type::TIME => SqlType::Time(None, ast::TimezoneInfo::None),
+        Type::TIMESTAMP => SqlType::Timestamp(None, ast::TimezoneInfo::None),
+        Type::TIMESTAMPTZ => SqlType::Timestamp(None, ast::TimezoneInfo::WithTimeZone),
+        Type::INTERVAL => SqlType::Interval {
+            fields: None,
+            precision: None,
+        },
+        _ => return None,
+    })
+}

@@ -1,0 +1,495 @@
+//! The pgwire handlers: where wire messages meet sessions, and the only place where an
+//! [`Error`] becomes a PostgreSQL `ErrorResponse`.
+//!
+//! Simple query: the string is parsed into statements, each run in turn on the connection's
+//! [`Session`] under the session's `statement_timeout` and the connection's cancel signal; results,
+//! NOTICEs and ParameterStatus messages go out as they come, the first error ends the string,
+//! and ReadyForQuery carries the session's transaction status.
+//!
+//! Extended query: Parse parses one statement and plans it ([`Session::prepare`]) so Describe can
+//! answer without executing; Bind decodes parameters ([`encode::decode_parameters`]); Execute
+//! runs the statement and pgwire's portal machinery streams rows with `max_rows` and
+//! PortalSuspended; after an error pgwire discards messages until Sync, and Sync reports the
+//! session's transaction status.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{Sink, SinkExt};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{
+    ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response,
+    send_ready_for_query,
+};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionHandle, DEFAULT_NAME, PgWireConnectionState, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
+use pgwire::messages::extendedquery::{Describe, Sync as PgSync};
+use pgwire::messages::response::{EmptyQueryResponse, NoticeResponse, TransactionStatus};
+use pgwire::messages::simplequery::Query;
+use pgwire::messages::startup::ParameterStatus;
+use pgwire::types::format::FormatOptions;
+
+use crate::error::{Error, ErrorDomain};
+use crate::parser;
+use crate::planner::{Engine, Output};
+use crate::server::encode;
+use crate::server::session::{Executed, Prepared, Session};
+
+/// Handles both query protocols for every connection.
+#[derive(Debug)]
+pub struct QueryHandler {
+    engine: Arc<Engine>,
+    parser: Arc<StatementParser>,
+}
+
+impl QueryHandler {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        let parser = Arc::new(StatementParser {
+            engine: Arc::clone(&engine),
+        });
+        QueryHandler { engine, parser }
+    }
+}
+
+/// The connection's session, created on first use from the startup parameters.
+fn session_of<C: ClientInfo>(client: &C, engine: &Arc<Engine>) -> Arc<Session> {
+    client.session_extensions().get_or_insert_with(|| {
+        let metadata = client.metadata();
+        Session::new(
+            Arc::clone(engine),
+            metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+    })
+}
+
+/// Turn an error into what the client sees, logging it by who is at fault.
+pub fn error_info(error: &Error) -> ErrorInfo {
+    match error.domain() {
+        ErrorDomain::Internal => tracing::error!(%error, "internal error"),
+        ErrorDomain::External => tracing::warn!(%error, "external error"),
+        ErrorDomain::User => tracing::debug!(%error, "statement failed"),
+    }
+    ErrorInfo::new(
+        "ERROR".to_string(),
+        error.sqlstate().to_string(),
+        error.to_string(),
+    )
+}
+
+fn user_error(error: &Error) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(error)))
+}
+
+fn notice(message: &str) -> PgWireBackendMessage {
+    PgWireBackendMessage::NoticeResponse(NoticeResponse::from(ErrorInfo::new(
+        "NOTICE".to_string(),
+        "00000".to_string(),
+        message.to_string(),
+    )))
+}
+
+/// Run `work` under the session's statement timeout and the connection's cancel signal.
+async fn guarded<C, T>(
+    client: &C,
+    session: &Session,
+    work: impl std::future::Future<Output = crate::Result<T>>,
+) -> crate::Result<T>
+where
+    C: ClientInfo,
+{
+    let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+        Some(handle) => Some(handle.start_query().await),
+        None => None,
+    };
+    let timeout_ms = session.statement_timeout_ms();
+    let timed = async {
+        if timeout_ms == 0 {
+            work.await
+        } else {
+            match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::StatementTimeout),
+            }
+        }
+    };
+    match cancel {
+        Some(cancel) => {
+            tokio::select! {
+                result = timed => result,
+                _ = cancel => Err(Error::Cancelled),
+            }
+        }
+        None => timed.await,
+    }
+}
+
+/// Forward an executed statement's NOTICEs and ParameterStatus changes.
+async fn send_side_messages<C>(client: &mut C, executed: &Executed) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    for message in &executed.notices {
+        client.feed(notice(message)).await?;
+    }
+    for (name, value) in &executed.parameter_status {
+        client
+            .feed(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
+                name.clone(),
+                value.clone(),
+            )))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The pgwire response for an output; rows use the given result formats.
+fn into_response(
+    output: Output,
+    format: Option<&Format>,
+    options: &Arc<FormatOptions>,
+) -> Response {
+    match output {
+        Output::Rows {
+            schema,
+            batches,
+            verb,
+        } => {
+            let fields = Arc::new(encode::row_description(&schema, format, options));
+            let stream = encode::encode_stream(
+                Box::pin(
+                    datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                        schema,
+                        futures::stream::iter(batches.into_iter().map(Ok)),
+                    ),
+                ),
+                fields.clone(),
+            );
+            let mut response = QueryResponse::new(fields, stream);
+            response.set_command_tag(verb);
+            Response::Query(response)
+        }
+        Output::Command { tag } => Response::Execution(Tag::new(&tag)),
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for QueryHandler {
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let responses = SimpleQueryHandler::do_query(self, client, &query.query).await?;
+        for response in responses {
+            match response {
+                Response::EmptyQuery => {
+                    client
+                        .feed(PgWireBackendMessage::EmptyQueryResponse(
+                            EmptyQueryResponse::new(),
+                        ))
+                        .await?;
+                }
+                Response::Query(rows) => send_query_response(client, rows, true).await?,
+                Response::Execution(tag)
+                | Response::TransactionStart(tag)
+                | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+                Response::Error(e) => {
+                    client
+                        .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
+                        .await?;
+                }
+                Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
+                    let e = Error::Unsupported("COPY".to_string());
+                    client
+                        .feed(PgWireBackendMessage::ErrorResponse(error_info(&e).into()))
+                        .await?;
+                }
+            }
+        }
+        let session = session_of(client, &self.engine);
+        let status = session.transaction_status();
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(status);
+        send_ready_for_query(client, status).await
+    }
+
+    /// Run every statement of a simple query; the first error ends the string, as in PostgreSQL.
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client, &self.engine);
+        let statements = match parser::parse(query) {
+            Ok(statements) => statements,
+            Err(e) => {
+                session.statement_failed();
+                return Ok(vec![Response::Error(Box::new(error_info(&e)))]);
+            }
+        };
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let options = Arc::new(session.format_options());
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            match guarded(
+                client,
+                &session,
+                session.execute(statement, &[], Vec::new()),
+            )
+            .await
+            {
+                Ok(executed) => {
+                    send_side_messages(client, &executed).await?;
+                    let options = if executed.parameter_status.is_empty() {
+                        Arc::clone(&options)
+                    } else {
+                        Arc::new(session.format_options())
+                    };
+                    responses.push(into_response(executed.output, None, &options));
+                }
+                Err(e) => {
+                    session.statement_failed();
+                    responses.push(Response::Error(Box::new(error_info(&e))));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+/// Parses and plans statements for the extended protocol.
+#[derive(Debug)]
+pub struct StatementParser {
+    engine: Arc<Engine>,
+}
+
+#[async_trait]
+impl QueryParser for StatementParser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let session = session_of(client, &self.engine);
+        let mut statements = parser::parse(sql).map_err(|e| user_error(&e))?;
+        if statements.len() > 1 {
+            return Err(user_error(&Error::Parse(
+                datafusion::sql::sqlparser::parser::ParserError::ParserError(
+                    "cannot insert multiple commands into a prepared statement".to_string(),
+                ),
+            )));
+        }
+        let Some(statement) = statements.pop() else {
+            return Ok(None);
+        };
+        let prepared = session
+            .prepare(statement, types.to_vec())
+            .await
+            .map_err(|e| {
+                session.statement_failed();
+                user_error(&e)
+            })?;
+        Ok(Some(prepared))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.param_types.clone())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(match &stmt.result_schema {
+            Some(schema) => {
+                encode::row_description(schema, column_format, &Arc::new(FormatOptions::default()))
+            }
+            None => Vec::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for QueryHandler {
+    type Statement = Prepared;
+    type QueryParser = StatementParser;
+
+    fn query_parser(&self) -> Arc<StatementParser> {
+        Arc::clone(&self.parser)
+    }
+
+    /// Describe answers NoData for statements without result columns (pgwire would send an
+    /// empty RowDescription when a statement has parameters but no rows).
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use pgwire::api::store::Entry;
+        use pgwire::messages::extendedquery::{
+            TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
+        };
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let options = Arc::new(session_of(client, &self.engine).format_options());
+        let (parameters, schema, format) = match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => match client.portal_store().get_statement(name) {
+                Some(Entry::Value(stmt)) => (
+                    Some(described_parameter_types(&stmt)),
+                    stmt.statement.result_schema.clone(),
+                    None,
+                ),
+                Some(Entry::Empty) => (Some(Vec::new()), None, None),
+                None => return Err(PgWireError::StatementNotFound(name.to_owned())),
+            },
+            TARGET_TYPE_BYTE_PORTAL => match client.portal_store().get_portal(name) {
+                Some(Entry::Value(portal)) => (
+                    None,
+                    portal.statement.statement.result_schema.clone(),
+                    Some(portal.result_column_format.clone()),
+                ),
+                Some(Entry::Empty) => (None, None, None),
+                None => return Err(PgWireError::PortalNotFound(name.to_owned())),
+            },
+            other => return Err(PgWireError::InvalidTargetType(other)),
+        };
+        if let Some(types) = parameters {
+            client
+                .send(PgWireBackendMessage::ParameterDescription(
+                    ParameterDescription::new(types.iter().map(Type::oid).collect()),
+                ))
+                .await?;
+        }
+        match schema {
+            Some(schema) => {
+                let fields = encode::row_description(&schema, format.as_ref(), &options);
+                client
+                    .send(PgWireBackendMessage::RowDescription(RowDescription::new(
+                        fields.iter().map(Into::into).collect(),
+                    )))
+                    .await?;
+            }
+            None => {
+                client
+                    .send(PgWireBackendMessage::NoData(NoData::new()))
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Sync ends an extended-protocol batch: report the session's transaction status.
+    async fn on_sync<C>(&self, client: &mut C, _message: PgSync) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        client.portal_store().rm_portal(DEFAULT_NAME);
+        let session = session_of(client, &self.engine);
+        if client.transaction_status() == TransactionStatus::Error {
+            // An error pgwire raised itself (unknown portal, bad Bind) also fails the block.
+            session.statement_failed();
+        }
+        let status = session.transaction_status();
+        client.set_transaction_status(status);
+        send_ready_for_query(client, status).await?;
+        client.flush().await?;
+        Ok(())
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client, &self.engine);
+        let prepared = &portal.statement.statement;
+        let result = async {
+            let params = encode::decode_parameters(portal, &prepared.param_types)?;
+            guarded(
+                client,
+                &session,
+                session.execute(&prepared.statement, &prepared.declared_types, params),
+            )
+            .await
+        }
+        .await;
+        match result {
+            Ok(executed) => {
+                send_side_messages(client, &executed).await?;
+                let options = Arc::new(session.format_options());
+                Ok(into_response(
+                    executed.output,
+                    Some(&portal.result_column_format),
+                    &options,
+                ))
+            }
+            Err(e) => {
+                session.statement_failed();
+                Err(user_error(&e))
+            }
+        }
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<Prepared>,
+    ) -> PgWireResult<pgwire::api::results::DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let fields = self.parser.get_result_schema(&target.statement, None)?;
+        Ok(pgwire::api::results::DescribeStatementResponse::new(
+            described_parameter_types(target),
+            fields,
+        ))
+    }
+}
+
+/// Parameter types as described to the client: what it declared, else what was inferred.
+fn described_parameter_types(stmt: &StoredStatement<Prepared>) -> Vec<Type> {
+    stmt.statement.param_types.clone()
+}

@@ -1,0 +1,515 @@
+//! One client session: its settings, its transaction-block state and its DataFusion state.
+//!
+//! The pgwire handlers parse a query, then call [`Session::execute`] once per statement. The
+//! session runs session commands itself (SET/SHOW/RESET, transaction control) and hands
+//! DataFusion statements to the [`Engine`]. Alongside the output it reports NOTICE messages and
+//! the reported parameters (ParameterStatus) that changed, which the handler forwards.
+//!
+//! Transactions: every statement is applied atomically on its own as it runs. `BEGIN ... COMMIT`
+//! blocks are tracked so clients see the transaction status they expect (`T`, and `E` after an
+//! error, when further statements are refused until ROLLBACK), but a block groups nothing:
+//! ROLLBACK cannot undo statements already applied, and the session says so in a NOTICE when a
+//! block that wrote data is rolled back or a client asks for a stricter isolation level.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::scalar::ScalarValue;
+use pgwire::api::Type;
+use pgwire::messages::response::TransactionStatus;
+use pgwire::types::format::FormatOptions;
+
+use crate::error::{Error, Result};
+use crate::parser::Statement;
+use crate::planner::{self, Engine, Output};
+use crate::server::settings::{Settings, SharedSettings};
+
+/// Where the session is with respect to a transaction block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    /// Not in a block: each statement stands alone.
+    Idle,
+    /// Inside `BEGIN ...`.
+    Open,
+    /// Inside a block after an error: only ROLLBACK / COMMIT / ROLLBACK TO are accepted.
+    Failed,
+}
+
+#[derive(Debug)]
+struct TransactionState {
+    block: Block,
+    savepoints: Vec<String>,
+    /// Statements in the current block that changed data or the catalog.
+    writes: usize,
+}
+
+/// The result of one statement, with what the client must be told besides.
+#[derive(Debug)]
+pub struct Executed {
+    pub output: Output,
+    pub notices: Vec<String>,
+    /// Reported parameters whose value changed: (name, new value).
+    pub parameter_status: Vec<(String, String)>,
+}
+
+impl Executed {
+    fn of(output: Output) -> Self {
+        Executed {
+            output,
+            notices: Vec::new(),
+            parameter_status: Vec::new(),
+        }
+    }
+
+    fn command(tag: &str) -> Self {
+        Executed::of(Output::Command {
+            tag: tag.to_string(),
+        })
+    }
+
+    fn with_notice(mut self, notice: impl Into<String>) -> Self {
+        self.notices.push(notice.into());
+        self
+    }
+}
+
+/// A statement prepared for the extended protocol: parsed, and for DataFusion statements
+/// planned once so its parameter and result types can be described without executing it.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub statement: Statement,
+    /// Parameter types declared by the client in Parse (None where it sent 0).
+    pub declared_types: Vec<Option<Type>>,
+    /// Parameter types: declared, else inferred by the planner, else text.
+    pub param_types: Vec<Type>,
+    /// Result columns, if the statement returns rows.
+    pub result_schema: Option<SchemaRef>,
+}
+
+/// One connected client's session.
+#[derive(Debug)]
+pub struct Session {
+    engine: Arc<Engine>,
+    settings: SharedSettings,
+    state: RwLock<SessionState>,
+    transaction: Mutex<TransactionState>,
+}
+
+impl Session {
+    /// A new session with the client's startup parameters applied.
+    pub fn new<'a>(
+        engine: Arc<Engine>,
+        startup: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Session {
+        let settings = Arc::new(RwLock::new(Settings::new(startup)));
+        let mut state = engine.session_state(Arc::clone(&settings));
+        apply_time_zone(&mut state, &read(&settings).get_opt("TimeZone"));
+        Session {
+            engine,
+            settings,
+            state: RwLock::new(state),
+            transaction: Mutex::new(TransactionState {
+                block: Block::Idle,
+                savepoints: Vec::new(),
+                writes: 0,
+            }),
+        }
+    }
+
+    /// The wire-protocol transaction status for ReadyForQuery.
+    pub fn transaction_status(&self) -> TransactionStatus {
+        match self.lock_transaction().block {
+            Block::Idle => TransactionStatus::Idle,
+            Block::Open => TransactionStatus::Transaction,
+            Block::Failed => TransactionStatus::Error,
+        }
+    }
+
+    /// A statement failed: inside a block, the block is now failed.
+    pub fn statement_failed(&self) {
+        let mut tx = self.lock_transaction();
+        if tx.block == Block::Open {
+            tx.block = Block::Failed;
+        }
+    }
+
+    /// How values are rendered as text for this session (DateStyle, TimeZone, ...).
+    pub fn format_options(&self) -> FormatOptions {
+        let settings = read(&self.settings);
+        let mut options = FormatOptions::default();
+        let get = |name: &str| settings.get(name).unwrap_or_default();
+        options.date_style = get("DateStyle");
+        options.interval_style = get("IntervalStyle");
+        options.bytea_output = get("bytea_output");
+        options.time_zone = get("TimeZone");
+        options.extra_float_digits = get("extra_float_digits").parse().unwrap_or(1);
+        options
+    }
+
+    /// `statement_timeout` in milliseconds (0: none).
+    pub fn statement_timeout_ms(&self) -> u64 {
+        read(&self.settings).statement_timeout_ms()
+    }
+
+    /// Parse-time work for the extended protocol.
+    pub async fn prepare(
+        &self,
+        statement: Statement,
+        declared_types: Vec<Option<Type>>,
+    ) -> Result<Prepared> {
+        let (param_types, result_schema) = match &statement {
+            Statement::DataFusion(ast) => {
+                let state = self.state();
+                let plan = self.engine.plan(&state, ast, &declared_types).await?;
+                let inferred = planner::parameter_types(&plan)?;
+                let count = inferred.len().max(declared_types.len());
+                let param_types = (0..count)
+                    .map(|i| {
+                        declared_types
+                            .get(i)
+                            .cloned()
+                            .flatten()
+                            .or_else(|| {
+                                inferred
+                                    .get(i)
+                                    .cloned()
+                                    .flatten()
+                                    .map(|t| crate::catalog::pg_types::pg_type_of(&t))
+                            })
+                            .unwrap_or(Type::TEXT)
+                    })
+                    .collect();
+                (param_types, result_schema_of(&plan))
+            }
+            Statement::Show(name) => (Vec::new(), Some(show_schema(name.as_deref()))),
+            _ => (Vec::new(), None),
+        };
+        Ok(Prepared {
+            statement,
+            declared_types,
+            param_types,
+            result_schema,
+        })
+    }
+
+    /// Execute one statement with bound parameter values.
+    pub async fn execute(
+        &self,
+        statement: &Statement,
+        declared_types: &[Option<Type>],
+        params: Vec<ScalarValue>,
+    ) -> Result<Executed> {
+        self.check_not_failed(statement)?;
+        let executed = match statement {
+            Statement::DataFusion(ast) => {
+                let state = self.state();
+                let plan = self.engine.plan(&state, ast, declared_types).await?;
+                let plan = planner::bind_parameters(plan, params)?;
+                let output = self.engine.execute(&state, plan).await?;
+                if matches!(output, Output::Command { .. }) {
+                    self.lock_transaction().writes += 1;
+                }
+                Executed::of(output)
+            }
+            Statement::Set { name, value, local } => self.set(name, value.as_deref(), *local)?,
+            Statement::Reset(Some(name)) => {
+                let (canonical, reported) = write(&self.settings).reset(name)?;
+                let mut executed = Executed::command("RESET");
+                self.after_setting_change(&canonical, reported, &mut executed)?;
+                executed
+            }
+            Statement::Reset(None) => {
+                let changed = write(&self.settings).reset_all();
+                let mut executed = Executed::command("RESET");
+                for (name, _) in changed {
+                    self.after_setting_change(&name, true, &mut executed)?;
+                }
+                executed
+            }
+            Statement::Show(name) => Executed::of(self.show(name.as_deref())?),
+            Statement::Begin { isolation } => self.begin(isolation.as_deref()),
+            Statement::Commit => self.commit(),
+            Statement::Rollback => self.rollback(),
+            Statement::Savepoint(name) => self.savepoint(name)?,
+            Statement::ReleaseSavepoint(name) => self.release(name)?,
+            Statement::RollbackToSavepoint(name) => self.rollback_to(name)?,
+            Statement::SetTransaction { isolation } => {
+                let executed = Executed::command("SET");
+                match isolation_notice(isolation.as_deref()) {
+                    Some(notice) => executed.with_notice(notice),
+                    None => executed,
+                }
+            }
+            Statement::NoOp { tag } => Executed::command(tag),
+        };
+        Ok(executed)
+    }
+
+    fn state(&self) -> SessionState {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn lock_transaction(&self) -> std::sync::MutexGuard<'_, TransactionState> {
+        self.transaction.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_not_failed(&self, statement: &Statement) -> Result<()> {
+        let failed = self.lock_transaction().block == Block::Failed;
+        let allowed = matches!(
+            statement,
+            Statement::Commit | Statement::Rollback | Statement::RollbackToSavepoint(_)
+        );
+        if failed && !allowed {
+            Err(Error::InFailedTransaction)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn set(&self, name: &str, value: Option<&str>, _local: bool) -> Result<Executed> {
+        let (canonical, reported) = match value {
+            Some(value) => write(&self.settings).set(name, value)?,
+            None => write(&self.settings).reset(name)?,
+        };
+        let mut executed = Executed::command("SET");
+        self.after_setting_change(&canonical, reported, &mut executed)?;
+        Ok(executed)
+    }
+
+    /// Propagate a changed setting: to DataFusion (time zone) and to the client.
+    fn after_setting_change(
+        &self,
+        canonical: &str,
+        reported: bool,
+        executed: &mut Executed,
+    ) -> Result<()> {
+        let value = read(&self.settings).get(canonical)?;
+        if canonical == "TimeZone" {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            apply_time_zone(&mut state, &Some(value.clone()));
+        }
+        if reported {
+            executed
+                .parameter_status
+                .push((canonical.to_string(), value));
+        }
+        Ok(())
+    }
+
+    fn show(&self, name: Option<&str>) -> Result<Output> {
+        let settings = read(&self.settings);
+        match name {
+            Some(name) => {
+                let value = settings.get(name)?;
+                let schema = show_schema(Some(name));
+                let batch = RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![Arc::new(StringArray::from(vec![value]))],
+                )?;
+                Ok(Output::Rows {
+                    schema,
+                    batches: vec![batch],
+                    verb: "SHOW",
+                })
+            }
+            None => {
+                let all = settings.all();
+                let schema = show_schema(None);
+                let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+                let values: Vec<&str> = all.iter().map(|(_, v)| v.as_str()).collect();
+                let descriptions: Vec<&str> = all.iter().map(|_| "").collect();
+                let batch = RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(StringArray::from(names)),
+                        Arc::new(StringArray::from(values)),
+                        Arc::new(StringArray::from(descriptions)),
+                    ],
+                )?;
+                Ok(Output::Rows {
+                    schema,
+                    batches: vec![batch],
+                    verb: "SHOW",
+                })
+            }
+        }
+    }
+
+    fn begin(&self, isolation: Option<&str>) -> Executed {
+        let mut tx = self.lock_transaction();
+        let mut executed = Executed::command("BEGIN");
+        if tx.block != Block::Idle {
+            executed = executed.with_notice("there is already a transaction in progress");
+        } else {
+            *tx = TransactionState {
+                block: Block::Open,
+                savepoints: Vec::new(),
+                writes: 0,
+            };
+        }
+        if let Some(notice) = isolation_notice(isolation) {
+            executed = executed.with_notice(notice);
+        }
+        executed
+    }
+
+    fn commit(&self) -> Executed {
+        let mut tx = self.lock_transaction();
+        let previous = tx.block;
+        *tx = TransactionState {
+            block: Block::Idle,
+            savepoints: Vec::new(),
+            writes: 0,
+        };
+        match previous {
+            Block::Idle => {
+                Executed::command("COMMIT").with_notice("there is no transaction in progress")
+            }
+            Block::Open => Executed::command("COMMIT"),
+            // PostgreSQL answers COMMIT of a failed block with ROLLBACK.
+            Block::Failed => Executed::command("ROLLBACK"),
+        }
+    }
+
+    fn rollback(&self) -> Executed {
+        let mut tx = self.lock_transaction();
+        let previous = std::mem::replace(
+            &mut *tx,
+            TransactionState {
+                block: Block::Idle,
+                savepoints: Vec::new(),
+                writes: 0,
+            },
+        );
+        let executed = Executed::command("ROLLBACK");
+        match previous.block {
+            Block::Idle => executed.with_notice("there is no transaction in progress"),
+            _ if previous.writes > 0 => {
+                executed.with_notice(unapplied_rollback_notice(previous.writes))
+            }
+            _ => executed,
+        }
+    }
+
+    fn savepoint(&self, name: &str) -> Result<Executed> {
+        let mut tx = self.lock_transaction();
+        if tx.block == Block::Idle {
+            return Err(Error::NoTransactionBlock("SAVEPOINT"));
+        }
+        tx.savepoints.push(name.to_string());
+        Ok(Executed::command("SAVEPOINT"))
+    }
+
+    fn release(&self, name: &str) -> Result<Executed> {
+        let mut tx = self.lock_transaction();
+        if tx.block == Block::Idle {
+            return Err(Error::NoTransactionBlock("RELEASE SAVEPOINT"));
+        }
+        let position = tx
+            .savepoints
+            .iter()
+            .rposition(|s| s == name)
+            .ok_or_else(|| Error::NotFound {
+                kind: "savepoint",
+                name: name.to_string(),
+            })?;
+        tx.savepoints.truncate(position);
+        Ok(Executed::command("RELEASE"))
+    }
+
+    fn rollback_to(&self, name: &str) -> Result<Executed> {
+        let mut tx = self.lock_transaction();
+        if tx.block == Block::Idle {
+            return Err(Error::NoTransactionBlock("ROLLBACK TO SAVEPOINT"));
+        }
+        let position = tx
+            .savepoints
+            .iter()
+            .rposition(|s| s == name)
+            .ok_or_else(|| Error::NotFound {
+                kind: "savepoint",
+                name: name.to_string(),
+            })?;
+        tx.savepoints.truncate(position + 1);
+        tx.block = Block::Open;
+        let executed = Executed::command("ROLLBACK");
+        Ok(if tx.writes > 0 {
+            executed.with_notice(unapplied_rollback_notice(tx.writes))
+        } else {
+            executed
+        })
+    }
+}
+
+fn unapplied_rollback_notice(writes: usize) -> String {
+    format!(
+        "EddyDB applies each statement atomically when it runs; ROLLBACK cannot undo the {writes} \
+         statement(s) of this transaction block that changed data"
+    )
+}
+
+fn isolation_notice(isolation: Option<&str>) -> Option<String> {
+    match isolation {
+        Some(level) if level.contains("serializable") || level.contains("repeatable") => {
+            Some(format!(
+                "EddyDB does not provide {level} transactions: each statement is applied \
+                 atomically on its own and sees the latest committed data"
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn apply_time_zone(state: &mut SessionState, tz: &Option<String>) {
+    let tz = tz
+        .as_ref()
+        .map(|tz| match tz.to_ascii_uppercase().as_str() {
+            "UTC" | "GMT" | "Z" | "ETC/UTC" => "+00:00".to_string(),
+            _ => tz.clone(),
+        });
+    state.config_mut().options_mut().execution.time_zone = tz;
+}
+
+fn show_schema(name: Option<&str>) -> SchemaRef {
+    match name {
+        Some(name) => {
+            let column = name.to_ascii_lowercase().replace(' ', "_");
+            let column = if column == "time_zone" {
+                "timezone".to_string()
+            } else {
+                column
+            };
+            let column = if column == "transaction_isolation_level" {
+                "transaction_isolation".to_string()
+            } else {
+                column
+            };
+            Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]))
+        }
+        None => Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("setting", DataType::Utf8, false),
+            Field::new("description", DataType::Utf8, false),
+        ])),
+    }
+}
+
+/// The columns a plan returns to the client; None for commands (DDL, DML).
+fn result_schema_of(plan: &LogicalPlan) -> Option<SchemaRef> {
+    match plan {
+        LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Copy(_) => None,
+        LogicalPlan::Statement(_) => None,
+        other => Some(Arc::new(other.schema().as_arrow().clone())),
+    }
+}
+
+fn read(settings: &SharedSettings) -> std::sync::RwLockReadGuard<'_, Settings> {
+    settings.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(settings: &SharedSettings) -> std::sync::RwLockWriteGuard<'_, Settings> {
+    settings.write().unwrap_or_else(|e| e.into_inner())
+}
