@@ -41,11 +41,15 @@ pub enum Error {
     #[error("{0} is not supported")]
     Unsupported(String),
 
-    #[error("invalid value: {0}")]
+    #[error("{0}")]
     InvalidValue(String),
 
-    #[error("invalid parameter: {0}")]
+    #[error("{0}")]
     InvalidParameter(String),
+
+    /// Text that does not parse as a value of the type it is meant for.
+    #[error("{0}")]
+    InvalidTextRepresentation(String),
 
     #[error("canceling statement due to user request")]
     Cancelled,
@@ -137,6 +141,7 @@ impl Error {
             Error::Unsupported(_) => "0A000",
             Error::InvalidValue(_) => "22023",
             Error::InvalidParameter(_) => "42704",
+            Error::InvalidTextRepresentation(_) => "22P02",
             Error::Cancelled | Error::StatementTimeout => "57014",
             Error::InFailedTransaction => "25P02",
             Error::NoTransactionBlock(_) => "25P01",

@@ -20,6 +20,7 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
+use crate::catalog::pg_types::parse_bytea;
 use crate::error::{Error, Result};
 
 /// One parsed statement.
@@ -76,25 +77,11 @@ static PG_COMPAT: LazyLock<PostgresCompatibilityParser> =
 
 /// Parse a query string into statements; comments and empty statements vanish.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
-    let statements = if sql.contains(GRAFANA_SEARCH_PATH_PROBE) {
-        // datafusion-pg-catalog's whole-query substitutions include one that replaces Grafana's
-        // search_path subquery with '' (listing every table schema-qualified). EddyDB runs that
-        // subquery as written, so such queries skip the substitutions and only get the rewrites.
-        let dialect = PostgreSqlDialect {};
-        Parser::new(&dialect)
-            .try_with_sql(sql)
-            .and_then(|mut p| p.parse_statements())
-            .map(|statements| {
-                statements
-                    .into_iter()
-                    .map(|s| PG_COMPAT.rewrite(s))
-                    .collect()
-            })
-    } else {
-        // Substitutes psql's `\d` queries DataFusion cannot run (policies, extended statistics,
-        // publications) with empty results of the same shape, then applies the rewrites.
-        PG_COMPAT.parse(sql)
-    };
+    // datafusion-pg-catalog substitutes whole queries DataFusion cannot run with results of the
+    // same shape: psql's `\d` probes of policies, extended statistics and publications (empty),
+    // and Grafana's search_path subquery in its table listing (`''`, so Grafana lists tables
+    // schema-qualified, which its query builder accepts). Then it applies its rewrites.
+    let statements = PG_COMPAT.parse(sql);
     let statements: Vec<ast::Statement> = match statements {
         Ok(s) => s,
         // sqlparser does not know PostgreSQL's ABORT, a synonym of ROLLBACK.
@@ -102,9 +89,6 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     };
     statements.into_iter().map(classify).collect()
 }
-
-/// How Grafana's schema browser reads the search path.
-const GRAFANA_SEARCH_PATH_PROBE: &str = "string_to_array(current_setting('search_path'),',')";
 
 fn abort_as_rollback(sql: &str) -> Option<Vec<Statement>> {
     let words: Vec<String> = sql
@@ -171,7 +155,7 @@ fn classify(stmt: ast::Statement) -> Result<Statement> {
         S::Deallocate { .. } => Statement::NoOp {
             tag: "DEALLOCATE ALL",
         },
-        other => Statement::DataFusion(Box::new(rewrite_types(other))),
+        other => Statement::DataFusion(Box::new(rewrite_types(other)?)),
     })
 }
 
@@ -269,23 +253,46 @@ fn set_value(values: &[Expr]) -> Result<Option<String>> {
 }
 
 /// EddyDB's type rewrites.
-fn rewrite_types(mut stmt: ast::Statement) -> ast::Statement {
-    let _ = stmt.visit(&mut TextBackedTypes);
-    stmt
+fn rewrite_types(mut stmt: ast::Statement) -> Result<ast::Statement> {
+    match stmt.visit(&mut TypeRewrites) {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(stmt),
+    }
 }
 
-/// PostgreSQL types that Arrow stores as text: casts to them become casts to text.
-/// (Column definitions keep the declared type; the planner records it as field metadata.)
-struct TextBackedTypes;
+/// Casts whose PostgreSQL meaning differs from DataFusion's:
+/// - types Arrow stores as text (json, jsonb, uuid): casts to them become casts to text
+///   (column definitions keep the declared type; the planner records it as field metadata);
+/// - `'\x0102'::bytea` reads the literal in PostgreSQL's bytea input format, where DataFusion
+///   would take its characters as the bytes.
+struct TypeRewrites;
 
-impl VisitorMut for TextBackedTypes {
-    type Break = ();
+impl VisitorMut for TypeRewrites {
+    type Break = Error;
 
-    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-        if let Expr::Cast { data_type, .. } = expr {
-            if text_backed_type_name(data_type).is_some() {
-                *data_type = SqlType::Text;
-            }
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Error> {
+        let Expr::Cast {
+            data_type,
+            expr: inner,
+            ..
+        } = expr
+        else {
+            return ControlFlow::Continue(());
+        };
+        if text_backed_type_name(data_type).is_some() {
+            *data_type = SqlType::Text;
+        } else if matches!(data_type, SqlType::Bytea)
+            && let Expr::Value(literal) = inner.as_mut()
+            && let Value::SingleQuotedString(text) | Value::EscapedStringLiteral(text) =
+                &literal.value
+        {
+            let Some(bytes) = parse_bytea(text) else {
+                return ControlFlow::Break(Error::InvalidTextRepresentation(format!(
+                    "invalid input syntax for type bytea: \"{text}\""
+                )));
+            };
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            literal.value = Value::HexStringLiteral(hex);
         }
         ControlFlow::Continue(())
     }

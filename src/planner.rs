@@ -11,6 +11,7 @@
 //! DataFusion and its result returned as an [`Output`] with the PostgreSQL command tag.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
@@ -22,7 +23,12 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan, LogicalPlanBuilder, Wr
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{self, DataType as SqlType, Ident};
+use datafusion::sql::sqlparser::ast::{
+    self, DataType as SqlType, Ident, TableAlias, TableAliasColumnDef, TableFactor, VisitMut,
+    VisitorMut,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use pgwire::api::Type;
 
@@ -102,7 +108,8 @@ impl Engine {
         param_types: &[Option<Type>],
     ) -> Result<LogicalPlan> {
         refuse_unsupported(statement)?;
-        let (statement, declared_types) = with_storage_types(statement.clone());
+        let (mut statement, declared_types) = with_storage_types(statement.clone());
+        functions_in_from(state, &mut statement)?;
         let declared: Option<Vec<SqlType>> = if param_types.is_empty() {
             None
         } else {
@@ -378,6 +385,90 @@ fn with_storage_types(mut statement: ast::Statement) -> (ast::Statement, HashMap
     }
     (statement, declared)
 }
+
+/// PostgreSQL lets any function stand in FROM. A scalar function there yields one row whose
+/// column is named after the alias (`string_to_array(..) s` gives a column `s`), and a function
+/// with one output column names that column after its alias (`generate_series(1, 3) AS i`
+/// gives a column `i`). DataFusion only knows table functions in FROM with fixed column names,
+/// so scalar calls become a one-row subquery and single-column table functions get the alias
+/// as their column name.
+fn functions_in_from(state: &SessionState, statement: &mut ast::Statement) -> Result<()> {
+    struct Rewrite<'a> {
+        state: &'a SessionState,
+    }
+
+    impl VisitorMut for Rewrite<'_> {
+        type Break = Error;
+
+        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Error> {
+            let TableFactor::Table {
+                name,
+                alias,
+                args: Some(args),
+                ..
+            } = factor
+            else {
+                return ControlFlow::Continue(());
+            };
+            let Some(function) = name.0.last().and_then(|p| p.as_ident()).map(normalize_ident)
+            else {
+                return ControlFlow::Continue(());
+            };
+            if self.state.table_functions().contains_key(&function) {
+                if let Some(alias) = alias.as_mut()
+                    && alias.columns.is_empty()
+                    && SINGLE_COLUMN_TABLE_FUNCTIONS.contains(&function.as_str())
+                {
+                    alias.columns = vec![TableAliasColumnDef {
+                        name: alias.name.clone(),
+                        data_type: None,
+                    }];
+                }
+                return ControlFlow::Continue(());
+            }
+            if !self.state.scalar_functions().contains_key(&function) {
+                return ControlFlow::Continue(());
+            }
+            let alias = alias.clone().unwrap_or_else(|| TableAlias {
+                explicit: true,
+                name: Ident::new(function.clone()),
+                columns: Vec::new(),
+                at: None,
+            });
+            let column = alias
+                .columns
+                .first()
+                .map_or_else(|| alias.name.clone(), |c| c.name.clone());
+            let arguments: Vec<String> = args.args.iter().map(ToString::to_string).collect();
+            let sql = format!("SELECT {name}({}) AS {column}", arguments.join(", "));
+            let subquery = match Parser::new(&PostgreSqlDialect {})
+                .try_with_sql(&sql)
+                .and_then(|mut p| p.parse_query())
+            {
+                Ok(query) => query,
+                Err(e) => return ControlFlow::Break(Error::Parse(e)),
+            };
+            *factor = TableFactor::Derived {
+                lateral: false,
+                subquery,
+                sample: None,
+                alias: Some(TableAlias {
+                    columns: Vec::new(),
+                    ..alias
+                }),
+            };
+            ControlFlow::Continue(())
+        }
+    }
+
+    match statement.visit(&mut Rewrite { state }) {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// Table functions with exactly one output column.
+const SINGLE_COLUMN_TABLE_FUNCTIONS: &[&str] = &["generate_series", "range", "unnest"];
 
 fn normalize_ident(ident: &Ident) -> String {
     match ident.quote_style {

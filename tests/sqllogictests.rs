@@ -80,6 +80,8 @@ impl AsyncDB for Eddy {
         }
     }
 
+    async fn shutdown(&mut self) {}
+
     fn engine_name(&self) -> &str {
         "eddydb"
     }

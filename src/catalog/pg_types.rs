@@ -127,7 +127,10 @@ pub fn type_by_name(name: &str) -> Option<Type> {
         "jsonb" => Type::JSONB,
         "oid" => Type::OID,
         _ => {
-            let base = lower.strip_suffix("[]")?;
+            // Arrays are spelt `text[]` in SQL and `_text` in pg_type.
+            let base = lower
+                .strip_suffix("[]")
+                .or_else(|| lower.strip_prefix('_'))?;
             return type_by_name(base).map(|e| array_type_of(&e));
         }
     };
@@ -188,6 +191,45 @@ pub fn arrow_type_for_pg_only_type(name: &str) -> Option<(DataType, HashMap<Stri
 
 /// Arrow interval unit used when EddyDB creates interval columns.
 pub const INTERVAL_UNIT: IntervalUnit = IntervalUnit::MonthDayNano;
+
+/// `byteain`: `\x` followed by hex pairs, or the escape format (`\\`, `\ooo` octal).
+pub fn parse_bytea(s: &str) -> Option<Vec<u8>> {
+    if let Some(hex) = s.strip_prefix("\\x").or_else(|| s.strip_prefix("\\X")) {
+        let mut digits = hex.bytes().filter(|b| !b.is_ascii_whitespace());
+        let mut out = Vec::with_capacity(hex.len() / 2);
+        while let Some(hi) = digits.next() {
+            out.push((hex_val(hi)? << 4) | hex_val(digits.next()?)?);
+        }
+        return Some(out);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+        } else if b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            let oct = b.get(i + 1..i + 4)?;
+            if !(b'0'..=b'3').contains(&oct[0])
+                || !oct[1..].iter().all(|d| (b'0'..=b'7').contains(d))
+            {
+                return None;
+            }
+            out.push(oct.iter().fold(0u8, |acc, d| (acc << 3) | (d - b'0')));
+            i += 4;
+        }
+    }
+    Some(out)
+}
+
+/// The value of one hexadecimal digit.
+pub fn hex_val(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
 
 #[cfg(test)]
 mod tests {

@@ -46,7 +46,9 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use pgwire::types::format::FormatOptions;
 
-use crate::catalog::pg_types::{element_type_of, pg_type_of, pg_type_of_field, type_len};
+use crate::catalog::pg_types::{
+    element_type_of, hex_val, parse_bytea, pg_type_of, pg_type_of_field, type_len,
+};
 use crate::error::{Error, Result};
 
 /// Days from 1970-01-01 (Arrow's epoch) to 2000-01-01 (PostgreSQL's epoch).
@@ -728,9 +730,6 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
         .then_some(bytes)
 }
 
-fn hex_val(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
 
 /// Canonical lowercase hyphenated UUID text.
 fn format_uuid(b: &[u8; 16]) -> String {
@@ -1192,7 +1191,7 @@ fn json_encoder(array: &ArrayRef, ty: &Type, ctx: Ctx) -> Result<Enc> {
 
 /// The error for input that is not a valid value of `ty`.
 fn invalid(ty: &Type, text: &str) -> Error {
-    Error::InvalidValue(format!(
+    Error::InvalidTextRepresentation(format!(
         "invalid input syntax for type {}: \"{}\"",
         ty.name(),
         text
@@ -1414,39 +1413,6 @@ fn parse_numeric(t: &str) -> Option<ScalarValue> {
     Some(ScalarValue::Decimal128(Some(v), 38, scale.max(0) as i8))
 }
 
-/// `byteain`: `\x` followed by hex pairs, or the escape format (`\\`, `\ooo` octal).
-fn parse_bytea(s: &str) -> Option<Vec<u8>> {
-    if let Some(hex) = s.strip_prefix("\\x").or_else(|| s.strip_prefix("\\X")) {
-        let mut digits = hex.bytes().filter(|b| !b.is_ascii_whitespace());
-        let mut out = Vec::with_capacity(hex.len() / 2);
-        while let Some(hi) = digits.next() {
-            out.push((hex_val(hi)? << 4) | hex_val(digits.next()?)?);
-        }
-        return Some(out);
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        if c != b'\\' {
-            out.push(c);
-            i += 1;
-        } else if b.get(i + 1) == Some(&b'\\') {
-            out.push(b'\\');
-            i += 2;
-        } else {
-            let oct = b.get(i + 1..i + 4)?;
-            if !(b'0'..=b'3').contains(&oct[0])
-                || !oct[1..].iter().all(|d| (b'0'..=b'7').contains(d))
-            {
-                return None;
-            }
-            out.push(oct.iter().fold(0u8, |acc, d| (acc << 3) | (d - b'0')));
-            i += 4;
-        }
-    }
-    Some(out)
-}
 
 /// An explicit time zone in date/time input.
 enum Zone {
