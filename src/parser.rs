@@ -16,11 +16,9 @@ use datafusion::sql::sqlparser::ast::{
     self, DataType as SqlType, Expr, ObjectName, Set, ShowStatementFilter, Value, VisitMut,
     VisitorMut,
 };
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
-use crate::catalog::pg_types::parse_bytea;
+use crate::catalog::pg_types::{hex_digits, parse_bytea};
 use crate::error::{Error, Result};
 
 /// One parsed statement.
@@ -291,8 +289,7 @@ impl VisitorMut for TypeRewrites {
                     "invalid input syntax for type bytea: \"{text}\""
                 )));
             };
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            literal.value = Value::HexStringLiteral(hex);
+            literal.value = Value::HexStringLiteral(hex_digits(&bytes));
         }
         ControlFlow::Continue(())
     }

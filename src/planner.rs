@@ -16,13 +16,17 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{ParamValues, TableReference};
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::logical_plan::dml::InsertOp;
-use datafusion::logical_expr::{DdlStatement, LogicalPlan, LogicalPlanBuilder, WriteOp};
+use datafusion::logical_expr::{
+    Cast, DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder, TryCast, WriteOp,
+};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::planner::object_name_to_table_reference;
 use datafusion::sql::sqlparser::ast::{
     self, DataType as SqlType, Ident, TableAlias, TableAliasColumnDef, TableFactor, VisitMut,
     VisitorMut,
@@ -32,7 +36,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use pgwire::api::Type;
 
-use crate::catalog::pg_types::pg_type_metadata;
+use crate::catalog::pg_types::{hex_digits, parse_bytea, pg_type_metadata};
 use crate::catalog::{Catalog, DATABASE_NAME, DEFAULT_SCHEMA, QualifiedName};
 use crate::catalog::{information_schema, pg_functions};
 use crate::error::{Error, Result};
@@ -110,6 +114,7 @@ impl Engine {
         refuse_unsupported(statement)?;
         let (mut statement, declared_types) = with_storage_types(statement.clone());
         functions_in_from(state, &mut statement)?;
+        self.bytea_literals_in_values(&mut statement).await?;
         let declared: Option<Vec<SqlType>> = if param_types.is_empty() {
             None
         } else {
@@ -142,6 +147,68 @@ impl Engine {
             }
         };
         Ok(restore_declared_types(plan, &declared_types))
+    }
+
+    /// PostgreSQL reads an untyped literal by the type of the column it goes into, so
+    /// `INSERT INTO t(b) VALUES ('\\x00ff')` stores the two bytes 00 ff in a bytea column, where
+    /// DataFusion would store the six characters. String literals in `INSERT ... VALUES` rows
+    /// bound for binary columns become hex literals.
+    async fn bytea_literals_in_values(&self, statement: &mut ast::Statement) -> Result<()> {
+        let ast::Statement::Insert(insert) = statement else {
+            return Ok(());
+        };
+        let (ast::TableObject::TableName(name), Some(source)) = (&insert.table, &mut insert.source)
+        else {
+            return Ok(());
+        };
+        let ast::SetExpr::Values(values) = source.body.as_mut() else {
+            return Ok(());
+        };
+        let Ok(reference) = object_name_to_table_reference(name.clone(), true) else {
+            return Ok(());
+        };
+        let Ok(table) = self.ctx.table_provider(reference).await else {
+            return Ok(()); // planning reports the missing table
+        };
+        let schema = table.schema();
+        let targets: Vec<Option<&DataType>> = if insert.columns.is_empty() {
+            schema
+                .fields()
+                .iter()
+                .map(|f| Some(f.data_type()))
+                .collect()
+        } else {
+            insert
+                .columns
+                .iter()
+                .map(|c| {
+                    let column = c.0.last().and_then(|p| p.as_ident()).map(normalize_ident)?;
+                    schema.field_with_name(&column).ok().map(|f| f.data_type())
+                })
+                .collect()
+        };
+        for row in &mut values.rows {
+            for (value, target) in row.iter_mut().zip(&targets) {
+                if !matches!(
+                    target,
+                    Some(DataType::Binary | DataType::LargeBinary | DataType::BinaryView)
+                ) {
+                    continue;
+                }
+                if let ast::Expr::Value(literal) = value
+                    && let ast::Value::SingleQuotedString(text)
+                    | ast::Value::EscapedStringLiteral(text) = &literal.value
+                {
+                    let bytes = parse_bytea(text).ok_or_else(|| {
+                        Error::InvalidTextRepresentation(format!(
+                            "invalid input syntax for type bytea: \"{text}\""
+                        ))
+                    })?;
+                    literal.value = ast::Value::HexStringLiteral(hex_digits(&bytes));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Execute a plan (parameters already bound) in the given session state.
@@ -263,7 +330,16 @@ impl Engine {
 
 /// Parameter types of a plan, in `$1..$n` order; `None` where nothing constrains one.
 pub fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
-    let types = plan.get_parameter_types()?;
+    let mut types = plan.get_parameter_types()?;
+    // DataFusion infers a parameter's type from comparisons and inserts; PostgreSQL also from
+    // a cast applied to it (`$1::bigint`).
+    if types.values().any(Option::is_none) {
+        for (name, cast_to) in parameter_casts(plan)? {
+            if let Some(slot @ None) = types.get_mut(&name) {
+                *slot = Some(cast_to);
+            }
+        }
+    }
     let mut indexed: Vec<(usize, Option<DataType>)> = types
         .into_iter()
         .filter_map(|(name, t)| {
@@ -282,6 +358,24 @@ pub fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
         }
     }
     Ok(out)
+}
+
+/// The types parameters are cast to, wherever a plan casts one directly.
+fn parameter_casts(plan: &LogicalPlan) -> Result<Vec<(String, DataType)>> {
+    let mut casts = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if let Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field }) = e
+                    && let Expr::Placeholder(p) = expr.as_ref()
+                {
+                    casts.push((p.id.clone(), field.data_type().clone()));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(casts)
 }
 
 /// Bind parameter values, casting each to the type the plan expects.
@@ -410,7 +504,11 @@ fn functions_in_from(state: &SessionState, statement: &mut ast::Statement) -> Re
             else {
                 return ControlFlow::Continue(());
             };
-            let Some(function) = name.0.last().and_then(|p| p.as_ident()).map(normalize_ident)
+            let Some(function) = name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(normalize_ident)
             else {
                 return ControlFlow::Continue(());
             };

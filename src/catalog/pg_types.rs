@@ -226,6 +226,16 @@ pub fn parse_bytea(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Bytes as lowercase hexadecimal digits, two per byte.
+pub fn hex_digits(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 /// The value of one hexadecimal digit.
 pub fn hex_val(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)

@@ -730,7 +730,6 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
         .then_some(bytes)
 }
 
-
 /// Canonical lowercase hyphenated UUID text.
 fn format_uuid(b: &[u8; 16]) -> String {
     let mut s = String::with_capacity(36);
@@ -1412,7 +1411,6 @@ fn parse_numeric(t: &str) -> Option<ScalarValue> {
     let v = if neg { -v } else { v };
     Some(ScalarValue::Decimal128(Some(v), 38, scale.max(0) as i8))
 }
-
 
 /// An explicit time zone in date/time input.
 enum Zone {

@@ -97,18 +97,32 @@ fn notice(message: &str) -> PgWireBackendMessage {
     )))
 }
 
-/// Run `work` under the session's statement timeout and the connection's cancel signal.
+/// How a statement learns that the client sent a CancelRequest.
+enum Cancellation {
+    /// Watch the connection's cancel signal here (simple query: one signal per statement).
+    Watch,
+    /// pgwire's Execute handling already races the statement against the signal; taking a
+    /// second signal would drop the one it waits on.
+    ByCaller,
+}
+
+/// Run `work` under the session's statement timeout and, if asked, the connection's cancel
+/// signal.
 async fn guarded<C, T>(
     client: &C,
     session: &Session,
+    cancellation: Cancellation,
     work: impl std::future::Future<Output = crate::Result<T>>,
 ) -> crate::Result<T>
 where
     C: ClientInfo,
 {
-    let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
-        Some(handle) => Some(handle.start_query().await),
-        None => None,
+    let cancel = match (
+        cancellation,
+        client.session_extensions().get::<Arc<ConnectionHandle>>(),
+    ) {
+        (Cancellation::Watch, Some(handle)) => Some(handle.start_query().await),
+        _ => None,
     };
     let timeout_ms = session.statement_timeout_ms();
     let timed = async {
@@ -125,7 +139,8 @@ where
         Some(cancel) => {
             tokio::select! {
                 result = timed => result,
-                _ = cancel => Err(Error::Cancelled),
+                // Err means the signal was replaced, not fired: keep running.
+                Ok(()) = cancel => Err(Error::Cancelled),
             }
         }
         None => timed.await,
@@ -255,6 +270,7 @@ impl SimpleQueryHandler for QueryHandler {
             match guarded(
                 client,
                 &session,
+                Cancellation::Watch,
                 session.execute(statement, &[], Vec::new()),
             )
             .await
@@ -448,6 +464,7 @@ impl ExtendedQueryHandler for QueryHandler {
             guarded(
                 client,
                 &session,
+                Cancellation::ByCaller,
                 session.execute(&prepared.statement, &prepared.declared_types, params),
             )
             .await
