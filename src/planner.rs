@@ -318,11 +318,10 @@ impl Engine {
         let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
         let mut rows = 0;
         for batch in &batches {
-            if batch.num_columns() == 1 {
-                if let Some(counts) = batch.column(0).as_primitive_opt::<UInt64Type>() {
+            if batch.num_columns() == 1
+                && let Some(counts) = batch.column(0).as_primitive_opt::<UInt64Type>() {
                     rows += counts.iter().flatten().sum::<u64>();
                 }
-            }
         }
         Ok(rows)
     }

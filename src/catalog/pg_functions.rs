@@ -1385,7 +1385,7 @@ mod tests {
         }
         assert_eq!(size_pretty_decimal(10_240, 0), "10 kB");
         assert_eq!(size_pretty_decimal(1050, 2), "10.50 bytes");
-        assert_eq!(size_pretty_decimal(1_073_741_824_00, 2), "1024 MB");
+        assert_eq!(size_pretty_decimal(107_374_182_400, 2), "1024 MB");
         assert_eq!(size_pretty_float(10240.0), "10 kB");
         assert_eq!(size_pretty_float(1.5), "1.5 bytes");
     }

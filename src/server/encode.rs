@@ -793,7 +793,7 @@ fn write_fraction(micros: u64, out: &mut BytesMut) {
     }
     let mut digits = 6;
     let mut v = micros;
-    while v % 10 == 0 {
+    while v.is_multiple_of(10) {
         v /= 10;
         digits -= 1;
     }
@@ -1625,13 +1625,12 @@ fn parse_interval(t: &str) -> Option<IntervalMonthDayNano> {
             .find(|c: char| c.is_ascii_alphabetic())
             .unwrap_or(tok.len());
         let (num, mut unit) = tok.split_at(split);
-        if unit.is_empty() {
-            if let Some(next) = tokens.next_if(|n| {
+        if unit.is_empty()
+            && let Some(next) = tokens.next_if(|n| {
                 n.bytes().all(|b| b.is_ascii_alphabetic()) && !n.eq_ignore_ascii_case("ago")
             }) {
                 unit = next;
             }
-        }
         acc.add(num, if unit.is_empty() { "second" } else { unit })?;
     }
     acc.finish(ago)

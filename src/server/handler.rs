@@ -188,7 +188,7 @@ fn into_response(
                         futures::stream::iter(batches.into_iter().map(Ok)),
                     ),
                 ),
-                fields.clone(),
+                Arc::clone(&fields),
             );
             let mut response = QueryResponse::new(fields, stream);
             response.set_command_tag(verb);
