@@ -11,6 +11,7 @@
 //! with durable tables without touching the planner or the server.
 
 pub mod information_schema;
+pub mod pg_attribute;
 pub mod pg_functions;
 pub mod pg_types;
 

@@ -79,13 +79,28 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     // same shape: psql's `\d` probes of policies, extended statistics and publications (empty),
     // and Grafana's search_path subquery in its table listing (`''`, so Grafana lists tables
     // schema-qualified, which its query builder accepts). Then it applies its rewrites.
-    let statements = PG_COMPAT.parse(sql);
+    let sql = without_toast_options(sql);
+    let statements = PG_COMPAT.parse(&sql);
     let statements: Vec<ast::Statement> = match statements {
         Ok(s) => s,
         // sqlparser does not know PostgreSQL's ABORT, a synonym of ROLLBACK.
-        Err(e) => return abort_as_rollback(sql).ok_or(Error::Parse(e)),
+        Err(e) => return abort_as_rollback(&sql).ok_or(Error::Parse(e)),
     };
     statements.into_iter().map(classify).collect()
+}
+
+/// psql's `\d+` appends the options of a table's TOAST table through a correlated
+/// `array(select .. from unnest(tc.reloptions))`, which DataFusion cannot decorrelate. EddyDB has
+/// no TOAST tables and no storage options (pg_class has no `reloptions`), so the fragment is a
+/// NULL array.
+fn without_toast_options(sql: &str) -> std::borrow::Cow<'_, str> {
+    const PSQL_TOAST_OPTIONS: &str =
+        "c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x)";
+    if sql.contains(PSQL_TOAST_OPTIONS) {
+        std::borrow::Cow::Owned(sql.replace(PSQL_TOAST_OPTIONS, "CAST(NULL AS TEXT[])"))
+    } else {
+        std::borrow::Cow::Borrowed(sql)
+    }
 }
 
 fn abort_as_rollback(sql: &str) -> Option<Vec<Statement>> {

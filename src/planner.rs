@@ -38,7 +38,7 @@ use pgwire::api::Type;
 
 use crate::catalog::pg_types::{hex_digits, parse_bytea, pg_type_metadata};
 use crate::catalog::{Catalog, DATABASE_NAME, DEFAULT_SCHEMA, QualifiedName};
-use crate::catalog::{information_schema, pg_functions};
+use crate::catalog::{information_schema, pg_attribute, pg_functions};
 use crate::error::{Error, Result};
 use crate::parser::text_backed_type_name;
 use crate::server::settings::SharedSettings;
@@ -82,6 +82,7 @@ impl Engine {
         let catalog = Catalog::install(&ctx)?;
         datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE_NAME, EmptyContextProvider)
             .map_err(|e| Error::from(*e))?;
+        pg_attribute::install(Arc::clone(ctx.state().catalog_list()), DATABASE_NAME)?;
         information_schema::register_information_schema(&ctx, DATABASE_NAME)?;
         pg_functions::register_pg_functions(&ctx);
         Ok(Arc::new(Engine { ctx, catalog }))
@@ -319,9 +320,10 @@ impl Engine {
         let mut rows = 0;
         for batch in &batches {
             if batch.num_columns() == 1
-                && let Some(counts) = batch.column(0).as_primitive_opt::<UInt64Type>() {
-                    rows += counts.iter().flatten().sum::<u64>();
-                }
+                && let Some(counts) = batch.column(0).as_primitive_opt::<UInt64Type>()
+            {
+                rows += counts.iter().flatten().sum::<u64>();
+            }
         }
         Ok(rows)
     }
@@ -461,7 +463,34 @@ fn refuse_unsupported(statement: &ast::Statement) -> Result<()> {
 fn with_storage_types(mut statement: ast::Statement) -> (ast::Statement, HashMap<String, String>) {
     let mut declared = HashMap::new();
     if let ast::Statement::CreateTable(create) = &mut statement {
+        // PRIMARY KEY implies NOT NULL in PostgreSQL; DataFusion records only the key.
+        let mut key_columns: Vec<String> = Vec::new();
+        for constraint in &create.constraints {
+            if let ast::TableConstraint::PrimaryKey(key) = constraint {
+                for column in &key.columns {
+                    if let ast::Expr::Identifier(ident) = &column.column.expr {
+                        key_columns.push(normalize_ident(ident));
+                    }
+                }
+            }
+        }
         for column in &mut create.columns {
+            let in_key = key_columns.contains(&normalize_ident(&column.name))
+                || column
+                    .options
+                    .iter()
+                    .any(|o| matches!(o.option, ast::ColumnOption::PrimaryKey(_)));
+            if in_key
+                && !column
+                    .options
+                    .iter()
+                    .any(|o| matches!(o.option, ast::ColumnOption::NotNull))
+            {
+                column.options.push(ast::ColumnOptionDef {
+                    name: None,
+                    option: ast::ColumnOption::NotNull,
+                });
+            }
             let pg_name = match &column.data_type {
                 t if text_backed_type_name(t).is_some() => text_backed_type_name(t),
                 SqlType::Varchar(_) | SqlType::CharacterVarying(_) => Some("varchar"),
