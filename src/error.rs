@@ -6,6 +6,7 @@
 //! right code while the session, the server and the stored data go on. Internal errors are logged
 //! at `error!`; user errors at `debug!`.
 
+use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use datafusion::sql::sqlparser::parser::ParserError;
 
@@ -96,6 +97,14 @@ fn strip_df_prefix(e: &DataFusionError) -> String {
         | DataFusionError::Configuration(msg) => msg.clone(),
         DataFusionError::SQL(err, _) => format!("syntax error: {err}"),
         DataFusionError::ResourcesExhausted(msg) => format!("out of memory: {msg}"),
+        DataFusionError::ArrowError(arrow, _) => match arrow.as_ref() {
+            ArrowError::DivideByZero => "division by zero".to_string(),
+            ArrowError::CastError(msg)
+            | ArrowError::ParseError(msg)
+            | ArrowError::InvalidArgumentError(msg)
+            | ArrowError::ComputeError(msg) => msg.clone(),
+            other => other.to_string(),
+        },
         other => other.to_string(),
     }
 }
@@ -164,7 +173,6 @@ fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
         DataFusionError::Internal(_) => "XX000",
         DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => "58030",
         DataFusionError::ArrowError(arrow_err, _) => {
-            use datafusion::arrow::error::ArrowError;
             match arrow_err.as_ref() {
                 ArrowError::DivideByZero => "22012",
                 ArrowError::CastError(_) | ArrowError::ParseError(_) => "22P02",

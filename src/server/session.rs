@@ -471,6 +471,18 @@ fn apply_time_zone(state: &mut SessionState, tz: &Option<String>) {
             _ => tz.clone(),
         });
     state.config_mut().options_mut().execution.time_zone = tz;
+    // Functions whose result type depends on the time zone (`now()` returns timestamptz in it)
+    // are rebuilt from the new configuration, as DataFusion's own SET does.
+    let options = state.config().options();
+    let updated: Vec<_> = state
+        .scalar_functions()
+        .values()
+        .filter_map(|udf| udf.inner().with_updated_config(options))
+        .collect();
+    for udf in updated {
+        // Registering replaces the function of the same name; it cannot fail for scalar UDFs.
+        let _ = datafusion::execution::FunctionRegistry::register_udf(state, Arc::new(udf));
+    }
 }
 
 fn show_schema(name: Option<&str>) -> SchemaRef {
