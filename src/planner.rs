@@ -36,7 +36,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use pgwire::api::Type;
 
-use crate::catalog::pg_types::{hex_digits, parse_bytea, pg_type_metadata};
+use crate::catalog::pg_types::{hex_digits, parse_bytea, pg_type_metadata, pg_type_of_field};
 use crate::catalog::{Catalog, DATABASE_NAME, DEFAULT_SCHEMA, QualifiedName};
 use crate::catalog::{information_schema, pg_attribute, pg_functions};
 use crate::error::{Error, Result};
@@ -115,6 +115,7 @@ impl Engine {
         refuse_unsupported(statement)?;
         let (mut statement, declared_types) = with_storage_types(statement.clone());
         functions_in_from(state, &mut statement)?;
+        alias_repeated_expressions(&mut statement);
         self.bytea_literals_in_values(&mut statement).await?;
         let declared: Option<Vec<SqlType>> = if param_types.is_empty() {
             None
@@ -664,6 +665,110 @@ fn sql_type_for(t: &Type) -> Option<SqlType> {
             fields: None,
             precision: None,
         },
+        _ => return None,
+    })
+}
+
+/// PostgreSQL allows the same unaliased expression twice in a result (`SELECT now(), now()`);
+/// DataFusion refuses a projection with two columns of one name. Repeats get a distinct alias;
+/// [`with_postgres_column_names`] gives them their PostgreSQL name again on the way out.
+fn alias_repeated_expressions(statement: &mut ast::Statement) {
+    let ast::Statement::Query(query) = statement else {
+        return;
+    };
+    let ast::SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (position, item) in select.projection.iter_mut().enumerate() {
+        if let ast::SelectItem::UnnamedExpr(expr) = item
+            && !seen.insert(expr.to_string())
+        {
+            *item = ast::SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias: Ident::with_quote('"', format!("{expr} #{}", position + 1)),
+            };
+        }
+    }
+}
+
+/// The result columns under the names PostgreSQL gives them.
+///
+/// DataFusion names an unaliased expression after its full text (`count(*)`, `Int64(1)`,
+/// `avg(t.value)`); PostgreSQL after the function, column or type it ends in (`count`,
+/// `?column?`, `avg`), and clients such as Grafana show those names. Names are only changed on
+/// the way out (Arrow schemas allow duplicates, DataFusion's plans do not), for the columns of a
+/// SELECT's projection that are not wildcards and have no alias.
+pub fn with_postgres_column_names(statement: &ast::Statement, schema: SchemaRef) -> SchemaRef {
+    let ast::Statement::Query(query) = statement else {
+        return schema;
+    };
+    let mut body = query.body.as_ref();
+    let select = loop {
+        match body {
+            ast::SetExpr::Select(select) => break select,
+            ast::SetExpr::SetOperation { left, .. } => body = left.as_ref(),
+            ast::SetExpr::Query(inner) => body = inner.body.as_ref(),
+            _ => return schema,
+        }
+    };
+    let wildcards = select
+        .projection
+        .iter()
+        .filter(|item| {
+            matches!(
+                item,
+                ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..)
+            )
+        })
+        .count();
+    if wildcards > 0 || select.projection.len() != schema.fields().len() {
+        return schema;
+    }
+    let fields: Vec<Field> = select
+        .projection
+        .iter()
+        .zip(schema.fields())
+        .map(|(item, field)| match item {
+            ast::SelectItem::UnnamedExpr(expr) => {
+                let name = postgres_column_name(expr).unwrap_or_else(|| match expr {
+                    ast::Expr::Cast { .. } | ast::Expr::TypedString(_) => {
+                        pg_type_of_field(field).name().to_string()
+                    }
+                    _ => "?column?".to_string(),
+                });
+                field.as_ref().clone().with_name(name)
+            }
+            _ => field.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// PostgreSQL's name for an unaliased result column (its `FigureColname`), if the expression
+/// gives one.
+fn postgres_column_name(expr: &ast::Expr) -> Option<String> {
+    use ast::Expr as E;
+    Some(match expr {
+        E::Identifier(ident) => normalize_ident(ident),
+        E::CompoundIdentifier(parts) => normalize_ident(parts.last()?),
+        E::Function(f) => {
+            let last = f.name.0.last()?.as_ident()?;
+            normalize_ident(last)
+        }
+        E::Cast { expr, .. } | E::Nested(expr) => return postgres_column_name(expr),
+        E::Case { .. } => "case".to_string(),
+        E::Array(_) => "array".to_string(),
+        E::Exists { .. } => "exists".to_string(),
+        E::Extract { .. } => "extract".to_string(),
+        E::Ceil { .. } => "ceil".to_string(),
+        E::Floor { .. } => "floor".to_string(),
+        E::Position { .. } => "position".to_string(),
+        E::Substring { .. } => "substring".to_string(),
+        E::Trim { .. } => "btrim".to_string(),
+        E::Overlay { .. } => "overlay".to_string(),
+        E::AtTimeZone { .. } => "timezone".to_string(),
+        E::Interval(_) => "interval".to_string(),
         _ => return None,
     })
 }

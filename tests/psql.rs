@@ -31,8 +31,10 @@ fn psql(server: &TestServer, commands: &[&str]) -> String {
 fn setup(server: &TestServer) {
     psql(
         server,
-        &["CREATE TABLE readings (id BIGINT PRIMARY KEY, sensor VARCHAR(20), ts TIMESTAMPTZ, \
-           value DOUBLE PRECISION, doc JSONB, tag UUID, tags TEXT[])"],
+        &[
+            "CREATE TABLE readings (id BIGINT PRIMARY KEY, sensor VARCHAR(20), ts TIMESTAMPTZ, \
+           value DOUBLE PRECISION, doc JSONB, tag UUID, tags TEXT[])",
+        ],
     );
 }
 
@@ -98,7 +100,10 @@ fn describe_missing_table_is_a_clear_message() {
 fn databases_schemas_and_functions() {
     let server = TestServer::start();
     let out = psql(&server, &["\\l"]);
-    assert!(out.starts_with("List of databases\nName|Owner|Encoding|"), "{out}");
+    assert!(
+        out.starts_with("List of databases\nName|Owner|Encoding|"),
+        "{out}"
+    );
     assert!(out.contains("\neddy|postgres|UTF-8|"), "{out}");
 
     let out = psql(&server, &["\\dn"]);
@@ -128,6 +133,18 @@ fn queries_and_errors_through_psql() {
     assert_eq!(
         out,
         "INSERT 0 1\nid|sensor|ts|value\n1|a|2024-05-01 12:00:00+00|21.5\n(1 row)\n"
+    );
+    // Result columns carry PostgreSQL's names, repeats included.
+    let out = psql(
+        &server,
+        &[
+            "SELECT 1, count(*), sum(value), '7'::int, now() IS NULL, now() IS NULL, \
+           CASE WHEN true THEN 1 END, sensor FROM readings GROUP BY sensor",
+        ],
+    );
+    assert_eq!(
+        out,
+        "?column?|count|sum|int4|?column?|?column?|case|sensor\n1|1|21.5|7|f|f|1|a\n(1 row)\n"
     );
     let out = std::process::Command::new("psql")
         .arg(server.conn_str())

@@ -182,7 +182,9 @@ impl Session {
                             .unwrap_or(Type::TEXT)
                     })
                     .collect();
-                (param_types, result_schema_of(&plan))
+                let result_schema = result_schema_of(&plan)
+                    .map(|schema| planner::with_postgres_column_names(ast, schema));
+                (param_types, result_schema)
             }
             Statement::Show(name) => (Vec::new(), Some(show_schema(name.as_deref()))),
             _ => (Vec::new(), None),
@@ -208,7 +210,18 @@ impl Session {
                 let state = self.state();
                 let plan = self.engine.plan(&state, ast, declared_types).await?;
                 let plan = planner::bind_parameters(plan, params)?;
-                let output = self.engine.execute(&state, plan).await?;
+                let output = match self.engine.execute(&state, plan).await? {
+                    Output::Rows {
+                        schema,
+                        batches,
+                        verb,
+                    } => Output::Rows {
+                        schema: planner::with_postgres_column_names(ast, schema),
+                        batches,
+                        verb,
+                    },
+                    command => command,
+                };
                 if matches!(output, Output::Command { .. }) {
                     self.lock_transaction().writes += 1;
                 }
