@@ -537,3 +537,82 @@ fn http_health_and_ready() {
         assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
     }
 }
+
+/// Backend messages as (type, body) pairs, after the authentication exchange.
+fn backend_messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 5 {
+        let kind = bytes[0];
+        let len = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        let Some(body) = bytes.get(5..1 + len) else {
+            break;
+        };
+        out.push((kind, body.to_vec()));
+        bytes = &bytes[1 + len..];
+    }
+    out
+}
+
+fn simple_query_message(sql: &str) -> Vec<u8> {
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+    msg.extend_from_slice(sql.as_bytes());
+    msg.push(0);
+    msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_status_notices_and_parameter_status() {
+    let server = TestServer::start();
+    let addr = server.pg;
+    let mut bytes = startup_message();
+    for sql in [
+        "SET application_name = 'dashboards'",
+        "BEGIN",
+        "SELECT 1/0",
+        "SELECT 1",
+        "ROLLBACK",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        "COMMIT",
+    ] {
+        bytes.extend(simple_query_message(sql));
+    }
+    bytes.extend_from_slice(b"X\0\0\0\x04");
+    let answer = tokio::task::spawn_blocking(move || raw_exchange(addr, &bytes))
+        .await
+        .expect("join");
+    let messages = backend_messages(&answer);
+    let statuses: Vec<u8> = messages
+        .iter()
+        .filter(|(kind, _)| *kind == b'Z')
+        .map(|(_, body)| body[0])
+        .collect();
+    // startup, SET, BEGIN, failed SELECT, SELECT refused, ROLLBACK, BEGIN, COMMIT
+    assert_eq!(statuses, b"IITEEITI", "{messages:?}");
+
+    let reported = messages
+        .iter()
+        .any(|(kind, body)| *kind == b'S' && body == b"application_name\0dashboards\0");
+    assert!(reported, "ParameterStatus after SET: {messages:?}");
+
+    let errors: Vec<String> = messages
+        .iter()
+        .filter(|(kind, _)| *kind == b'E')
+        .map(|(_, body)| String::from_utf8_lossy(body).to_string())
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].contains("C22012"), "{}", errors[0]);
+    assert!(errors[1].contains("C25P02"), "{}", errors[1]);
+
+    let notices: Vec<String> = messages
+        .iter()
+        .filter(|(kind, _)| *kind == b'N')
+        .map(|(_, body)| String::from_utf8_lossy(body).to_string())
+        .collect();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.to_ascii_lowercase().contains("serializable")),
+        "a NOTICE says SERIALIZABLE is not provided: {notices:?}"
+    );
+}
