@@ -172,15 +172,13 @@ fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
         DataFusionError::ResourcesExhausted(_) => "53200",
         DataFusionError::Internal(_) => "XX000",
         DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => "58030",
-        DataFusionError::ArrowError(arrow_err, _) => {
-            match arrow_err.as_ref() {
-                ArrowError::DivideByZero => "22012",
-                ArrowError::CastError(_) | ArrowError::ParseError(_) => "22P02",
-                ArrowError::ComputeError(m) if m.contains("overflow") => "22003",
-                ArrowError::ArithmeticOverflow(_) => "22003",
-                _ => "22000",
-            }
-        }
+        DataFusionError::ArrowError(arrow_err, _) => match arrow_err.as_ref() {
+            ArrowError::DivideByZero => "22012",
+            ArrowError::CastError(_) | ArrowError::ParseError(_) => "22P02",
+            ArrowError::ComputeError(m) if m.contains("overflow") => "22003",
+            ArrowError::ArithmeticOverflow(_) => "22003",
+            _ => "22000",
+        },
         DataFusionError::SchemaError(schema_err, _) => {
             use datafusion::common::SchemaError;
             match schema_err.as_ref() {

@@ -79,7 +79,8 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     // same shape: psql's `\d` probes of policies, extended statistics and publications (empty),
     // and Grafana's search_path subquery in its table listing (`''`, so Grafana lists tables
     // schema-qualified, which its query builder accepts). Then it applies its rewrites.
-    let sql = without_toast_options(sql);
+    let sql = with_plannable_fragments(sql);
+    let sql = regproc_literals_as_names(&sql);
     let statements = PG_COMPAT.parse(&sql);
     let statements: Vec<ast::Statement> = match statements {
         Ok(s) => s,
@@ -89,18 +90,105 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     statements.into_iter().map(classify).collect()
 }
 
-/// psql's `\d+` appends the options of a table's TOAST table through a correlated
-/// `array(select .. from unnest(tc.reloptions))`, which DataFusion cannot decorrelate. EddyDB has
-/// no TOAST tables and no storage options (pg_class has no `reloptions`), so the fragment is a
-/// NULL array.
-fn without_toast_options(sql: &str) -> std::borrow::Cow<'_, str> {
-    const PSQL_TOAST_OPTIONS: &str =
-        "c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x)";
-    if sql.contains(PSQL_TOAST_OPTIONS) {
-        std::borrow::Cow::Owned(sql.replace(PSQL_TOAST_OPTIONS, "CAST(NULL AS TEXT[])"))
-    } else {
-        std::borrow::Cow::Borrowed(sql)
+/// Fragments of client catalog queries that DataFusion cannot plan, each with an equivalent it
+/// can: (fragment, replacement). Whole-query substitutions are datafusion-pg-catalog's.
+const CLIENT_QUERY_FRAGMENTS: &[(&str, &str)] = &[
+    // psql's `\d+` appends the options of a table's TOAST table through a correlated
+    // `array(select .. from unnest(tc.reloptions))`, which DataFusion cannot decorrelate. EddyDB
+    // has no TOAST tables and no storage options (pg_class has no `reloptions`): a NULL array.
+    (
+        "c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x)",
+        "CAST(NULL AS TEXT[])",
+    ),
+    // pgjdbc's `DatabaseMetaData.getTypeInfo` and psql's `\dT` keep composite types with a
+    // correlated scalar subquery DataFusion plans only when aggregated. `pg_class.oid` is unique,
+    // so `bool_or` over the at most one row gives the same answer (NULL when there is none).
+    (
+        "(SELECT c.relkind = 'c' FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid)",
+        "(SELECT bool_or(c.relkind = 'c') FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid)",
+    ),
+];
+
+/// `sql` with every [`CLIENT_QUERY_FRAGMENTS`] fragment replaced.
+fn with_plannable_fragments(sql: &str) -> std::borrow::Cow<'_, str> {
+    let mut sql = std::borrow::Cow::Borrowed(sql);
+    for (fragment, replacement) in CLIENT_QUERY_FRAGMENTS {
+        if sql.contains(fragment) {
+            sql = std::borrow::Cow::Owned(sql.replace(fragment, replacement));
+        }
     }
+    sql
+}
+
+/// Columns of `pg_type` that are `regproc` in PostgreSQL; `datafusion-pg-catalog` holds the
+/// function's name in them as text.
+const PG_TYPE_REGPROC_COLUMNS: &[&str] = &[
+    "typinput",
+    "typoutput",
+    "typreceive",
+    "typsend",
+    "typmodin",
+    "typmodout",
+    "typanalyze",
+];
+
+/// pgjdbc's type lookup asks `typinput='pg_catalog.array_in'::regproc`. The regproc cast would
+/// become an OID, which DataFusion then compares by casting the text column to an integer (and
+/// fails); since the column holds names, compare it with the bare name instead:
+/// `<pg_type regproc column> = '[pg_catalog.]name'::[pg_catalog.]regproc` becomes `... = 'name'`.
+fn regproc_literals_as_names(sql: &str) -> std::borrow::Cow<'_, str> {
+    let lower = sql.to_ascii_lowercase();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("::") {
+        let cast = from + found;
+        from = cast + 2;
+        let after = &lower[cast + 2..];
+        let after = after.strip_prefix("pg_catalog.").unwrap_or(after);
+        let Some(tail) = after.strip_prefix("regproc") else {
+            continue;
+        };
+        if tail.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let end = lower.len() - tail.len();
+        // The literal just before `::`.
+        let Some(literal) = lower[..cast].strip_suffix('\'') else {
+            continue;
+        };
+        let Some(open) = literal.rfind('\'') else {
+            continue;
+        };
+        // The column compared with it: `column =` (qualified or not) before the literal.
+        let before = lower[..open].trim_end();
+        let Some(before) = before.strip_suffix('=') else {
+            continue;
+        };
+        let before = before.trim_end();
+        let column_start = before
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(0, |i| i + 1);
+        if !PG_TYPE_REGPROC_COLUMNS.contains(&&before[column_start..]) || open < copied {
+            continue;
+        }
+        let name = &sql[open + 1..cast - 1];
+        let name = match name.get(..11) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("pg_catalog.") => &name[11..],
+            _ => name,
+        };
+        out.push_str(&sql[copied..open]);
+        out.push('\'');
+        out.push_str(name);
+        out.push('\'');
+        copied = end;
+        from = end;
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    out.push_str(&sql[copied..]);
+    std::borrow::Cow::Owned(out)
 }
 
 fn abort_as_rollback(sql: &str) -> Option<Vec<Statement>> {
@@ -418,5 +506,24 @@ mod tests {
             panic!("{got:?}")
         };
         assert_eq!(stmt.to_string(), "SELECT '{}'::TEXT");
+    }
+
+    #[test]
+    fn regproc_literals_compared_with_pg_type_columns_become_names() {
+        let pgjdbc = "SELECT typinput='pg_catalog.array_in'::regproc as is_array, typname \
+                      FROM pg_catalog.pg_type WHERE pg_type.oid = $1";
+        assert_eq!(
+            regproc_literals_as_names(pgjdbc),
+            "SELECT typinput='array_in' as is_array, typname \
+             FROM pg_catalog.pg_type WHERE pg_type.oid = $1"
+        );
+        assert_eq!(
+            regproc_literals_as_names("SELECT 1 WHERE t.typoutput = 'x'::pg_catalog.regproc"),
+            "SELECT 1 WHERE t.typoutput = 'x'"
+        );
+        // Other operands keep the cast (an OID, as in PostgreSQL).
+        let oid = "SELECT 'array_in'::regproc, p.oid = 'f'::regproc, x::regprocedure";
+        assert_eq!(regproc_literals_as_names(oid), oid);
+        assert!(parse(pgjdbc).is_ok());
     }
 }

@@ -61,6 +61,9 @@ async fn described(client: &Client, sql: &str) -> Vec<(String, Type)> {
         .collect()
 }
 
+/// name, data_type, udt_name, numeric_precision, numeric_scale
+type ColumnInfo = (String, String, String, Option<i32>, Option<i32>);
+
 fn strings(rows: &[&[&str]]) -> Vec<Vec<String>> {
     rows.iter()
         .map(|r| r.iter().map(|s| s.to_string()).collect())
@@ -185,7 +188,7 @@ async fn backend_schema_api_with_parameters() {
         )
         .await
         .expect("columns");
-    let got: Vec<(String, String, String, Option<i32>, Option<i32>)> = columns
+    let got: Vec<ColumnInfo> = columns
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect();
@@ -197,7 +200,7 @@ async fn backend_schema_api_with_parameters() {
         ("player", "text", "text", None, None),
         ("day", "date", "date", None, None),
     ];
-    let want: Vec<(String, String, String, Option<i32>, Option<i32>)> = want
+    let want: Vec<ColumnInfo> = want
         .iter()
         .map(|(a, b, c, d, e)| (a.to_string(), b.to_string(), c.to_string(), *d, *e))
         .collect();

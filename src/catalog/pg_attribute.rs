@@ -8,6 +8,7 @@
 //! resolving `attrelid` through `pg_class` and `pg_namespace`. Every other table passes through.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -158,12 +159,11 @@ impl PgAttribute {
         let mut typids = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             let relid = relids.value(row);
-            if !schemas_by_relid.contains_key(&relid) {
-                let table_schema = match relations.get(&relid) {
+            if let Entry::Vacant(slot) = schemas_by_relid.entry(relid) {
+                slot.insert(match relations.get(&relid) {
                     Some((schema_name, table)) => self.table_schema(schema_name, table).await?,
                     None => None,
-                };
-                schemas_by_relid.insert(relid, table_schema);
+                });
             }
             let field = schemas_by_relid
                 .get(&relid)

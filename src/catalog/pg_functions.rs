@@ -101,6 +101,13 @@ pub fn pg_functions() -> Vec<ScalarUDF> {
             vec![1],
             ScalarValue::Boolean(Some(true)),
         ),
+        // Every type is usable by everyone, as PostgreSQL grants USAGE on types to PUBLIC
+        // (pgjdbc's `DatabaseMetaData.getTypeInfo` filters on it).
+        constant(
+            "has_type_privilege",
+            vec![2, 3],
+            ScalarValue::Boolean(Some(true)),
+        ),
         // Definitions of objects EddyDB does not keep as SQL text.
         constant("pg_get_viewdef", vec![1, 2], null_text),
         constant("pg_get_indexdef", vec![1, 3], empty_text.clone()),

@@ -25,9 +25,10 @@ pub fn pg_type_metadata(pg_type_name: &str) -> HashMap<String, String> {
 /// The PostgreSQL type of a column, honouring the metadata override.
 pub fn pg_type_of_field(field: &Field) -> Type {
     if let Some(name) = field.metadata().get(PG_TYPE_METADATA_KEY)
-        && let Some(t) = type_by_name(name) {
-            return t;
-        }
+        && let Some(t) = type_by_name(name)
+    {
+        return t;
+    }
     pg_type_of(field.data_type())
 }
 

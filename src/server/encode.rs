@@ -1628,9 +1628,10 @@ fn parse_interval(t: &str) -> Option<IntervalMonthDayNano> {
         if unit.is_empty()
             && let Some(next) = tokens.next_if(|n| {
                 n.bytes().all(|b| b.is_ascii_alphabetic()) && !n.eq_ignore_ascii_case("ago")
-            }) {
-                unit = next;
-            }
+            })
+        {
+            unit = next;
+        }
         acc.add(num, if unit.is_empty() { "second" } else { unit })?;
     }
     acc.finish(ago)

@@ -180,7 +180,7 @@ def check_interval_and_array(s, cursor_execute_fetch):
     s.check("interval type", type(value).__name__, "timedelta")
     s.check("interval value", value, dt.timedelta(days=1, hours=2))
     s.done()
-    sql = "SELECT make_array(1,2,3)"
+    sql = "SELECT ARRAY[1,2,3]"
     s.step("one-dimensional array result", sql)
     (value,) = cursor_execute_fetch(sql)
     s.check("array type", type(value).__name__, "list")
@@ -393,9 +393,9 @@ def run_psycopg3():
             c.execute(q)
             return c.fetchone()
 
-        s.step("binary interval and array results", "SELECT INTERVAL '1 day 2 hours', make_array(1,2,3)")
+        s.step("binary interval and array results", "SELECT INTERVAL '1 day 2 hours', ARRAY[1,2,3]")
         s.check("interval (binary)", fetch_binary("SELECT INTERVAL '1 day 2 hours'"), (dt.timedelta(days=1, hours=2),))
-        s.check("array (binary)", fetch_binary("SELECT make_array(1,2,3)"), ([1, 2, 3],))
+        s.check("array (binary)", fetch_binary("SELECT ARRAY[1,2,3]"), ([1, 2, 3],))
         s.done()
         conn.commit()
 
@@ -462,7 +462,11 @@ def run_sqlalchemy(dialect):
 
         insert = text(
             f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
-        ).bindparams(bindparam("j", type_=JSON), bindparam("jb", type_=JSONB))
+        ).bindparams(
+            # none_as_null: without it SQLAlchemy sends Python None as the JSON text 'null', not NULL.
+            bindparam("j", type_=JSON(none_as_null=True)),
+            bindparam("jb", type_=JSONB(none_as_null=True)),
+        )
         s.step("text() INSERT with bound parameters (a row of values, a row of NULLs)", str(insert))
         with engine.connect() as conn:
             result = conn.execute(insert, ROW1)
@@ -484,6 +488,8 @@ def run_sqlalchemy(dialect):
             if len(rows) == 2:
                 check_row(s, "row 1", tuple(rows[0]), ROW1, types)
                 check_row(s, "row 2", tuple(rows[1]), ROW2, types)
+            nulls = conn.execute(text(f"SELECT j IS NULL, jb IS NULL FROM {table} WHERE id = 2")).one()
+            s.check("row 2 json/jsonb are SQL NULL (not JSON null)", tuple(nulls), (True, True))
         s.done()
 
         sql = text(f"SELECT t, i8, n FROM {table} WHERE id = :id")
