@@ -33,7 +33,7 @@ fn setup(server: &TestServer) {
         server,
         &[
             "CREATE TABLE readings (id BIGINT PRIMARY KEY, sensor VARCHAR(20), ts TIMESTAMPTZ, \
-           value DOUBLE PRECISION, doc JSONB, tag UUID, tags TEXT[])",
+           value DOUBLE PRECISION, doc JSONB, tag UUID, tags TEXT[], amount NUMERIC(12,3))",
         ],
     );
 }
@@ -66,7 +66,8 @@ fn describe_table() {
          value|double precision|||\n\
          doc|jsonb|||\n\
          tag|uuid|||\n\
-         tags|text[]|||\n"
+         tags|text[]|||\n\
+         amount|numeric(12,3)|||\n"
     );
     let out = psql(&server, &["\\d+ readings"]);
     let mut lines = out.lines();

@@ -139,7 +139,7 @@ impl PgAttribute {
         Ok(relations)
     }
 
-    /// The batch with `atttypid` taken from the live column's field.
+    /// The batch with `atttypid` (and `atttypmod` for numeric) taken from the live column's field.
     async fn with_eddy_types(
         &self,
         batch: RecordBatch,
@@ -154,7 +154,10 @@ impl PgAttribute {
             .ok_or_else(|| missing("attnum"))?;
         let attnums = attnums.as_primitive::<Int32Type>();
         let typid_index = schema.index_of("atttypid")?;
+        let typmod_index = schema.index_of("atttypmod")?;
         let original = batch.column(typid_index).as_primitive::<Int32Type>();
+        let original_typmods = batch.column(typmod_index).as_primitive::<Int32Type>();
+        let mut typmods: Vec<i32> = Vec::with_capacity(batch.num_rows());
         let mut schemas_by_relid: HashMap<i32, Option<SchemaRef>> = HashMap::new();
         let mut typids = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
@@ -172,6 +175,16 @@ impl PgAttribute {
                     let index = usize::try_from(attnums.value(row)).ok()?.checked_sub(1)?;
                     s.fields().get(index).cloned()
                 });
+            typmods.push(match field.as_ref().map(|f| f.data_type()) {
+                // numeric(p, s), as PostgreSQL encodes it: ((p << 16) | s) + VARHDRSZ
+                Some(
+                    DataType::Decimal32(p, s)
+                    | DataType::Decimal64(p, s)
+                    | DataType::Decimal128(p, s)
+                    | DataType::Decimal256(p, s),
+                ) if *s >= 0 => ((i32::from(*p) << 16) | i32::from(*s)) + 4,
+                _ => original_typmods.value(row),
+            });
             typids.push(match field {
                 Some(field) => {
                     i32::try_from(pg_type_of_field(&field).oid()).unwrap_or(original.value(row))
@@ -181,6 +194,7 @@ impl PgAttribute {
         }
         let mut columns = batch.columns().to_vec();
         columns[typid_index] = Arc::new(Int32Array::from(typids));
+        columns[typmod_index] = Arc::new(Int32Array::from(typmods));
         Ok(RecordBatch::try_new(schema, columns)?)
     }
 

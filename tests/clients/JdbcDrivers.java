@@ -602,11 +602,11 @@ public class JdbcDrivers {
                     check("TYPE_NAME of " + c, rs.getString("TYPE_NAME"), i == 1 ? "int4" : TYPE_NAMES[i - 1]);
                     check("DATA_TYPE of " + c, rs.getInt("DATA_TYPE"), JDBC_TYPES[i - 1]);
                     check("IS_NULLABLE of " + c, rs.getString("IS_NULLABLE"), "YES");
-                    // pg_attribute.atttypmod is -1 for every column.
                     if (c.equals("n")) {
-                        gap("COLUMN_SIZE of numeric(12,3) (atttypmod)", rs.getInt("COLUMN_SIZE"), 12);
-                        gap("DECIMAL_DIGITS of numeric(12,3) (atttypmod)", rs.getInt("DECIMAL_DIGITS"), 3);
+                        check("COLUMN_SIZE of numeric(12,3) (atttypmod)", rs.getInt("COLUMN_SIZE"), 12);
+                        check("DECIMAL_DIGITS of numeric(12,3) (atttypmod)", rs.getInt("DECIMAL_DIGITS"), 3);
                     }
+                    // varchar(n) keeps no length: its atttypmod is -1.
                     if (c.equals("v")) {
                         gap("COLUMN_SIZE of varchar(20) (atttypmod)", rs.getInt("COLUMN_SIZE"), 20);
                     }
