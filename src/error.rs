@@ -210,6 +210,7 @@ fn classify_message(msg: &str) -> &'static str {
         || lower.contains("cannot cast")
         || lower.contains("failed to parse")
         || lower.contains("parser error")
+        || lower.contains("invalid input syntax")
     {
         "22P02"
     } else if lower.contains("no function matches")

@@ -362,8 +362,9 @@ fn rewrite_types(mut stmt: ast::Statement) -> Result<ast::Statement> {
 }
 
 /// Casts whose PostgreSQL meaning differs from DataFusion's:
-/// - types Arrow stores as text (json, jsonb, uuid): casts to them become casts to text
-///   (column definitions keep the declared type; the planner records it as field metadata);
+/// - types Arrow stores as text (json, jsonb, uuid): `x::jsonb` becomes the function-call form
+///   `jsonb(x)`, which checks the input and types the result (column definitions keep the
+///   declared type; the planner records it as field metadata);
 /// - `'\x0102'::bytea` reads the literal in PostgreSQL's bytea input format, where DataFusion
 ///   would take its characters as the bytes.
 struct TypeRewrites;
@@ -380,9 +381,7 @@ impl VisitorMut for TypeRewrites {
         else {
             return ControlFlow::Continue(());
         };
-        if text_backed_type_name(data_type).is_some() {
-            *data_type = SqlType::Text;
-        } else if matches!(data_type, SqlType::Bytea)
+        if matches!(data_type, SqlType::Bytea)
             && let Expr::Value(literal) = inner.as_mut()
             && let Value::SingleQuotedString(text) | Value::EscapedStringLiteral(text) =
                 &literal.value
@@ -393,6 +392,35 @@ impl VisitorMut for TypeRewrites {
                 )));
             };
             literal.value = Value::HexStringLiteral(hex_digits(&bytes));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Error> {
+        if let Expr::Cast {
+            data_type,
+            expr: inner,
+            ..
+        } = expr
+            && let Some(name) = text_backed_type_name(data_type)
+        {
+            let argument = std::mem::replace(inner.as_mut(), Expr::value(Value::Null));
+            *expr = Expr::Function(ast::Function {
+                name: ObjectName::from(vec![ast::Ident::new(name)]),
+                uses_odbc_syntax: false,
+                parameters: ast::FunctionArguments::None,
+                args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+                    duplicate_treatment: None,
+                    args: vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
+                        argument,
+                    ))],
+                    clauses: Vec::new(),
+                }),
+                filter: None,
+                null_treatment: None,
+                over: None,
+                within_group: Vec::new(),
+            });
         }
         ControlFlow::Continue(())
     }
@@ -500,12 +528,15 @@ mod tests {
     }
 
     #[test]
-    fn json_casts_become_text() {
-        let got = parse("SELECT '{}'::jsonb").unwrap();
+    fn text_backed_casts_become_function_calls() {
+        let got = parse("SELECT '{}'::jsonb, CAST(x AS uuid), y::json::text").unwrap();
         let Statement::DataFusion(stmt) = &got[0] else {
             panic!("{got:?}")
         };
-        assert_eq!(stmt.to_string(), "SELECT '{}'::TEXT");
+        assert_eq!(
+            stmt.to_string(),
+            "SELECT jsonb('{}'), uuid(x), json(y)::TEXT"
+        );
     }
 
     #[test]

@@ -679,10 +679,17 @@ fn alias_repeated_expressions(statement: &mut ast::Statement) {
     let ast::SetExpr::Select(select) = query.body.as_mut() else {
         return;
     };
+    // DataFusion names a cast after what it casts, so `d` and `d::text` collide too.
+    fn datafusion_name_key(expr: &ast::Expr) -> String {
+        match expr {
+            ast::Expr::Cast { expr, .. } | ast::Expr::Nested(expr) => datafusion_name_key(expr),
+            other => other.to_string(),
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for (position, item) in select.projection.iter_mut().enumerate() {
         if let ast::SelectItem::UnnamedExpr(expr) = item
-            && !seen.insert(expr.to_string())
+            && !seen.insert(datafusion_name_key(expr))
         {
             *item = ast::SelectItem::ExprWithAlias {
                 expr: expr.clone(),

@@ -28,14 +28,14 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::kernels::cast_utils::parse_interval_month_day_nano;
 use datafusion::arrow::compute::{cast, is_null, nullif, or};
 use datafusion::arrow::datatypes::{
-    DataType, Decimal128Type, Float64Type, Int64Type, IntervalDayTimeType,
+    DataType, Decimal128Type, Field, FieldRef, Float64Type, Int64Type, IntervalDayTimeType,
     IntervalMonthDayNanoType, IntervalUnit, IntervalYearMonthType, TimeUnit,
 };
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
-    Volatility,
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    TypeSignature, Volatility,
 };
 use datafusion::prelude::SessionContext;
 use pgwire::api::Type;
@@ -123,7 +123,90 @@ pub fn pg_functions() -> Vec<ScalarUDF> {
         ScalarUDF::from(ToRegtype::new()),
         ScalarUDF::from(PgSizePretty::new()),
         ScalarUDF::from(TimeBucket::new()),
+        ScalarUDF::from(TextBackedCast::new(Type::JSON)),
+        ScalarUDF::from(TextBackedCast::new(Type::JSONB)),
+        ScalarUDF::from(TextBackedCast::new(Type::UUID)),
     ]
+}
+
+/// Casts to the types Arrow stores as text: `json(x)`, `jsonb(x)`, `uuid(x)`, which is how
+/// PostgreSQL also spells `x::json` as a function call (the parser rewrites the casts to these).
+/// The input is checked (and a UUID put in canonical form) as PostgreSQL's input function would,
+/// and the result field carries the PostgreSQL type, so clients see json/jsonb/uuid.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct TextBackedCast {
+    pg_type: Type,
+    signature: Signature,
+}
+
+impl TextBackedCast {
+    fn new(pg_type: Type) -> Self {
+        Self {
+            pg_type,
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for TextBackedCast {
+    fn name(&self) -> &str {
+        self.pg_type.name()
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        match arg_types {
+            [_] => Ok(vec![DataType::Utf8]),
+            _ => plan_err!(
+                "{} expects one argument, got {}",
+                self.pg_type.name(),
+                arg_types.len()
+            ),
+        }
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn return_field_from_args(&self, _args: ReturnFieldArgs) -> Result<FieldRef> {
+        let name = self.pg_type.name();
+        Ok(Arc::new(
+            Field::new(name, DataType::Utf8, true).with_metadata(pg_types::pg_type_metadata(name)),
+        ))
+    }
+
+    fn is_strict(&self) -> bool {
+        true
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar_args = all_scalars(&args.args);
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(input) = arrays.first() else {
+            return exec_err!("{} expects one argument", self.pg_type.name());
+        };
+        let input = to_utf8(input)?;
+        let mut out = StringBuilder::with_capacity(input.len(), 0);
+        for text in input.as_string::<i32>() {
+            match text {
+                None => out.append_null(),
+                Some(text) => match pg_types::text_backed_input(&self.pg_type, text) {
+                    Some(value) => out.append_value(value),
+                    None => {
+                        return exec_err!(
+                            "invalid input syntax for type {}: \"{text}\"",
+                            self.pg_type.name()
+                        );
+                    }
+                },
+            }
+        }
+        finish(scalar_args, Arc::new(out.finish()))
+    }
 }
 
 /// `current_setting(name [, missing_ok])` and `set_config(name, value, is_local)` reading and

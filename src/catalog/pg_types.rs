@@ -241,6 +241,49 @@ pub fn hex_val(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
+/// The 16 bytes of a UUID in any form PostgreSQL accepts (hyphens anywhere between digit
+/// pairs, optional braces, either case).
+pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix('{')
+        .and_then(|s| s.strip_suffix('}'))
+        .unwrap_or(s);
+    let mut bytes = [0u8; 16];
+    let mut hex = s.bytes().filter(|&b| b != b'-');
+    for byte in &mut bytes {
+        *byte = (hex_val(hex.next()?)? << 4) | hex_val(hex.next()?)?;
+    }
+    (hex.next().is_none() && !s.starts_with('-') && !s.ends_with('-') && !s.contains("--"))
+        .then_some(bytes)
+}
+
+/// Canonical lowercase hyphenated UUID text.
+pub fn format_uuid(b: &[u8; 16]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        let _ = write!(s, "{byte:02x}");
+    }
+    s
+}
+
+/// The stored text of a value of a type Arrow keeps as text (uuid, json, jsonb), read from
+/// PostgreSQL input text: a UUID in canonical form, JSON as given once it parses. `None` when
+/// the text is not a value of the type (or the type is not text-backed).
+pub fn text_backed_input(ty: &Type, text: &str) -> Option<String> {
+    match *ty {
+        Type::UUID => parse_uuid(text).map(|b| format_uuid(&b)),
+        Type::JSON | Type::JSONB => serde_json::from_str::<serde::de::IgnoredAny>(text)
+            .ok()
+            .map(|_| text.to_string()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

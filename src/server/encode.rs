@@ -47,7 +47,8 @@ use pgwire::messages::data::DataRow;
 use pgwire::types::format::FormatOptions;
 
 use crate::catalog::pg_types::{
-    element_type_of, hex_val, parse_bytea, pg_type_of, pg_type_of_field, type_len,
+    element_type_of, format_uuid, parse_bytea, parse_uuid, pg_type_of, pg_type_of_field,
+    text_backed_input, type_len,
 };
 use crate::error::{Error, Result};
 
@@ -713,35 +714,6 @@ fn write_str(s: &[u8], ty: &Type, binary: bool, out: &mut BytesMut) -> Result<()
     Ok(())
 }
 
-/// The 16 bytes of a UUID in any form PostgreSQL accepts (hyphens anywhere between digit
-/// pairs, optional braces, either case).
-fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    let s = s.trim();
-    let s = s
-        .strip_prefix('{')
-        .and_then(|s| s.strip_suffix('}'))
-        .unwrap_or(s);
-    let mut bytes = [0u8; 16];
-    let mut hex = s.bytes().filter(|&b| b != b'-');
-    for byte in &mut bytes {
-        *byte = (hex_val(hex.next()?)? << 4) | hex_val(hex.next()?)?;
-    }
-    (hex.next().is_none() && !s.starts_with('-') && !s.ends_with('-') && !s.contains("--"))
-        .then_some(bytes)
-}
-
-/// Canonical lowercase hyphenated UUID text.
-fn format_uuid(b: &[u8; 16]) -> String {
-    let mut s = String::with_capacity(36);
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        let _ = write!(s, "{byte:02x}");
-    }
-    s
-}
-
 /// `bytea`: text is `\x` and lowercase hex; binary is the raw bytes.
 fn write_bytea(b: &[u8], binary: bool, out: &mut BytesMut) -> Result<()> {
     if binary {
@@ -1342,10 +1314,8 @@ fn decode_text(ty: &Type, s: &str) -> Result<ScalarValue> {
         Type::INTERVAL => {
             ScalarValue::IntervalMonthDayNano(Some(parse_interval(t).ok_or_else(bad)?))
         }
-        Type::UUID => ScalarValue::Utf8(Some(format_uuid(&parse_uuid(t).ok_or_else(bad)?))),
-        Type::JSON | Type::JSONB => {
-            serde_json::from_str::<serde::de::IgnoredAny>(s).map_err(|_| bad())?;
-            ScalarValue::Utf8(Some(s.to_owned()))
+        Type::UUID | Type::JSON | Type::JSONB => {
+            ScalarValue::Utf8(Some(text_backed_input(ty, s).ok_or_else(bad)?))
         }
         _ => ScalarValue::Utf8(Some(s.to_owned())),
     })
