@@ -116,6 +116,7 @@ impl Engine {
         let (mut statement, declared_types) = with_storage_types(statement.clone());
         functions_in_from(state, &mut statement)?;
         alias_repeated_expressions(&mut statement);
+        integer_literals_as_int4(&mut statement);
         self.bytea_literals_in_values(&mut statement).await?;
         let declared: Option<Vec<SqlType>> = if param_types.is_empty() {
             None
@@ -695,6 +696,57 @@ fn alias_repeated_expressions(statement: &mut ast::Statement) {
                 expr: expr.clone(),
                 alias: Ident::with_quote('"', format!("{expr} #{}", position + 1)),
             };
+        }
+    }
+}
+
+/// PostgreSQL types an integer literal that fits in 32 bits as `integer`; DataFusion as `bigint`.
+/// Drivers decode by type (node-postgres hands out int8 as a string), so a selected literal
+/// (`SELECT 1`, `SELECT 1 AS value`, `ARRAY[1, 2]`) is cast to `integer`. Literals inside
+/// expressions keep DataFusion's typing, which only widens arithmetic.
+fn integer_literals_as_int4(statement: &mut ast::Statement) {
+    fn small_integer(expr: &ast::Expr) -> bool {
+        match expr {
+            ast::Expr::Value(v) => {
+                matches!(&v.value, ast::Value::Number(n, _) if n.parse::<i32>().is_ok())
+            }
+            ast::Expr::UnaryOp {
+                op: ast::UnaryOperator::Minus,
+                expr,
+            } => small_integer(expr),
+            _ => false,
+        }
+    }
+    fn as_int4(expr: &mut ast::Expr) {
+        let int4 = |e: ast::Expr| ast::Expr::Cast {
+            kind: ast::CastKind::Cast,
+            expr: Box::new(e),
+            data_type: SqlType::Integer(None),
+            array: false,
+            format: None,
+        };
+        match expr {
+            e if small_integer(e) => *e = int4(e.clone()),
+            ast::Expr::Array(array) if array.elem.iter().all(small_integer) => {
+                for elem in &mut array.elem {
+                    *elem = int4(elem.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    let ast::Statement::Query(query) = statement else {
+        return;
+    };
+    let ast::SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    for item in &mut select.projection {
+        match item {
+            ast::SelectItem::UnnamedExpr(expr) | ast::SelectItem::ExprWithAlias { expr, .. } => {
+                as_int4(expr)
+            }
+            _ => {}
         }
     }
 }
