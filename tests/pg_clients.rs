@@ -96,12 +96,18 @@ async fn binary_results_for_every_type() {
         r.get::<_, uuid::Uuid>(16).to_string(),
         "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
     );
-    // numeric in binary, read back through its text form
+    // numeric in binary (decoded here from the wire format) and through its text form
+    assert_eq!(r.get::<_, BinaryNumeric>(6).0, "12.345");
     let n = client
         .query_one("SELECT n::text FROM every WHERE i4 = 2", &[])
         .await
         .expect("numeric text");
     assert_eq!(n.get::<_, String>(0), "12.345");
+    let negative = client
+        .query_one("SELECT CAST(-1234567.0089 AS NUMERIC(20, 4))", &[])
+        .await
+        .expect("negative numeric");
+    assert_eq!(negative.get::<_, BinaryNumeric>(0).0, "-1234567.0089");
     // NULLs in every column
     for i in 0..17 {
         assert!(
@@ -132,6 +138,99 @@ async fn binary_results_for_every_type() {
         .await
         .expect("interval");
     assert_eq!(row.columns()[0].type_(), &Type::INTERVAL);
+    let interval = row.get::<_, BinaryInterval>(0);
+    assert_eq!(
+        (interval.months, interval.days, interval.micros),
+        (0, 1, 2 * 3600 * 1_000_000)
+    );
+    let row = client
+        .query_one("SELECT INTERVAL '1 year 2 months 3 days 4.5 seconds'", &[])
+        .await
+        .expect("interval");
+    let interval = row.get::<_, BinaryInterval>(0);
+    assert_eq!(
+        (interval.months, interval.days, interval.micros),
+        (14, 3, 4_500_000)
+    );
+}
+
+/// An `interval` as PostgreSQL sends it in binary: microseconds, days, months.
+struct BinaryInterval {
+    micros: i64,
+    days: i32,
+    months: i32,
+}
+
+impl<'a> tokio_postgres::types::FromSql<'a> for BinaryInterval {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let raw: [u8; 16] = raw.try_into()?;
+        Ok(BinaryInterval {
+            micros: i64::from_be_bytes(raw[0..8].try_into()?),
+            days: i32::from_be_bytes(raw[8..12].try_into()?),
+            months: i32::from_be_bytes(raw[12..16].try_into()?),
+        })
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::INTERVAL
+    }
+}
+
+/// A `numeric` decoded from PostgreSQL's binary format (base-10000 digits, weight, sign,
+/// display scale) into its text form.
+struct BinaryNumeric(String);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for BinaryNumeric {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let word = |i: usize| -> Result<i16, Box<dyn std::error::Error + Sync + Send>> {
+            Ok(i16::from_be_bytes(
+                raw.get(i..i + 2).ok_or("short")?.try_into()?,
+            ))
+        };
+        let (ndigits, weight, sign, dscale) = (word(0)?, word(2)?, word(4)?, word(6)?);
+        let digits: Vec<i16> = (0..ndigits as usize)
+            .map(|i| word(8 + 2 * i))
+            .collect::<Result<_, _>>()?;
+        let digit = |position: i32| -> i16 {
+            usize::try_from(position)
+                .ok()
+                .and_then(|p| digits.get(p).copied())
+                .unwrap_or(0)
+        };
+        let mut text = String::new();
+        if sign == 0x4000 {
+            text.push('-');
+        }
+        // integer part: digit groups 0..=weight
+        if weight < 0 {
+            text.push('0');
+        } else {
+            for g in 0..=i32::from(weight) {
+                let d = digit(g);
+                if g == 0 {
+                    text.push_str(&d.to_string());
+                } else {
+                    text.push_str(&format!("{d:04}"));
+                }
+            }
+        }
+        if dscale > 0 {
+            let mut fraction = String::new();
+            let mut g = i32::from(weight) + 1;
+            while fraction.len() < dscale as usize {
+                fraction.push_str(&format!("{:04}", digit(g)));
+                g += 1;
+            }
+            fraction.truncate(dscale as usize);
+            text.push('.');
+            text.push_str(&fraction);
+        }
+        Ok(BinaryNumeric(text))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::NUMERIC
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
