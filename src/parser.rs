@@ -167,8 +167,10 @@ fn regproc_literals_as_names(sql: &str) -> std::borrow::Cow<'_, str> {
         };
         let before = before.trim_end();
         let column_start = before
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_'))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         if !PG_TYPE_REGPROC_COLUMNS.contains(&&before[column_start..]) || open < copied {
             continue;
         }
@@ -551,6 +553,11 @@ mod tests {
         assert_eq!(
             regproc_literals_as_names("SELECT 1 WHERE t.typoutput = 'x'::pg_catalog.regproc"),
             "SELECT 1 WHERE t.typoutput = 'x'"
+        );
+        // Multi-byte characters around the comparison are no trouble.
+        assert_eq!(
+            regproc_literals_as_names("SELECT é='x'::regproc, typinput ='é'::regproc"),
+            "SELECT é='x'::regproc, typinput ='é'"
         );
         // Other operands keep the cast (an OID, as in PostgreSQL).
         let oid = "SELECT 'array_in'::regproc, p.oid = 'f'::regproc, x::regprocedure";

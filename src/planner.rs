@@ -354,6 +354,11 @@ pub fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
         .collect();
     indexed.sort_by_key(|(i, _)| *i);
     let count = indexed.last().map(|(i, _)| *i).unwrap_or(0);
+    if count > MAX_PARAMETERS {
+        return Err(Error::InvalidValue(format!(
+            "parameter ${count} is out of range: a statement takes at most {MAX_PARAMETERS} parameters"
+        )));
+    }
     let mut out = vec![None; count];
     for (i, t) in indexed {
         if i >= 1 {
@@ -380,6 +385,9 @@ fn parameter_casts(plan: &LogicalPlan) -> Result<Vec<(String, DataType)>> {
     })?;
     Ok(casts)
 }
+
+/// The most parameters a statement may take: the wire protocol counts them in 16 bits.
+pub const MAX_PARAMETERS: usize = u16::MAX as usize;
 
 /// Bind parameter values, casting each to the type the plan expects.
 pub fn bind_parameters(plan: LogicalPlan, values: Vec<ScalarValue>) -> Result<LogicalPlan> {

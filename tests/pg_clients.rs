@@ -364,6 +364,16 @@ async fn errors_carry_sqlstate_and_the_session_goes_on() {
         .query_one("SELECT 40 + 2", &[])
         .await
         .expect("still alive");
+    // More parameters than the protocol can count: an error, not an allocation.
+    let err = client
+        .prepare("SELECT $1000000000000::int")
+        .await
+        .expect_err("parameter out of range");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_PARAMETER_VALUE),
+        "{err:?}"
+    );
     // Arithmetic on literals is bigint in DataFusion (integer in PostgreSQL).
     assert_eq!(row.get::<_, i64>(0), 42);
 }

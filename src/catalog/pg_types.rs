@@ -104,7 +104,19 @@ pub fn element_type_of(t: &Type) -> Option<Type> {
 /// Look a type up by the names users and clients write (`int4`, `integer`, `json`, ...).
 pub fn type_by_name(name: &str) -> Option<Type> {
     let lower = name.trim().to_ascii_lowercase();
-    let t = match lower.as_str() {
+    if let Some(t) = scalar_type_by_name(&lower) {
+        return Some(t);
+    }
+    // Arrays are spelt `text[]` in SQL and `_text` in pg_type; there is one level of them.
+    let element = lower
+        .strip_suffix("[]")
+        .or_else(|| lower.strip_prefix('_'))?;
+    scalar_type_by_name(element).map(|e| array_type_of(&e))
+}
+
+/// A scalar type by its lowercase name.
+fn scalar_type_by_name(lower: &str) -> Option<Type> {
+    let t = match lower {
         "bool" | "boolean" => Type::BOOL,
         "int2" | "smallint" => Type::INT2,
         "int4" | "int" | "integer" => Type::INT4,
@@ -126,13 +138,7 @@ pub fn type_by_name(name: &str) -> Option<Type> {
         "json" => Type::JSON,
         "jsonb" => Type::JSONB,
         "oid" => Type::OID,
-        _ => {
-            // Arrays are spelt `text[]` in SQL and `_text` in pg_type.
-            let base = lower
-                .strip_suffix("[]")
-                .or_else(|| lower.strip_prefix('_'))?;
-            return type_by_name(base).map(|e| array_type_of(&e));
-        }
+        _ => return None,
     };
     Some(t)
 }

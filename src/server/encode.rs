@@ -1406,6 +1406,9 @@ fn parse_zone(s: &str) -> Option<Option<Zone>> {
         b'-' => (-1, s.get(1..)?),
         _ => return Tz::from_str(s).ok().map(|tz| Some(Zone::Named(tz))),
     };
+    if !rest.is_ascii() {
+        return None;
+    }
     let parts: Vec<&str> = if rest.contains(':') {
         rest.split(':').collect()
     } else {
@@ -1692,8 +1695,8 @@ impl IntervalAcc {
     fn finish(self, ago: bool) -> Option<IntervalMonthDayNano> {
         let sign = if ago { -1 } else { 1 };
         Some(IntervalMonthDayNano::new(
-            i32::try_from(self.months * sign).ok()?,
-            i32::try_from(self.days * sign).ok()?,
+            i32::try_from(self.months.checked_mul(sign)?).ok()?,
+            i32::try_from(self.days.checked_mul(sign)?).ok()?,
             self.micros.checked_mul(1000 * sign)?,
         ))
     }
@@ -1879,8 +1882,14 @@ fn decode_array_binary(ty: &Type, elem: &Type, b: &[u8]) -> Result<ScalarValue> 
     };
     let mut int = || -> Result<i32> { Ok(i32::from_be_bytes(fixed(take(4)?).ok_or_else(bad)?)) };
     let (ndim, _flags, oid) = (int()?, int()?, int()? as u32);
-    // Decode by the element type on the wire when it is a known one.
-    let elem = Type::from_oid(oid).unwrap_or_else(|| elem.clone());
+    // Decode by the element type on the wire when it is a known scalar type; an array type
+    // there would make arrays of arrays (and unbounded recursion), which a one-dimensional
+    // array parameter cannot be.
+    let elem = match Type::from_oid(oid) {
+        Some(wire) if element_type_of(&wire).is_some() => return Err(bad()),
+        Some(wire) => wire,
+        None => elem.clone(),
+    };
     let len = match ndim {
         0 => 0,
         1 => {

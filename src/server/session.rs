@@ -166,6 +166,12 @@ impl Session {
                 let plan = self.engine.plan(&state, ast, &declared_types).await?;
                 let inferred = planner::parameter_types(&plan)?;
                 let count = inferred.len().max(declared_types.len());
+                if count > planner::MAX_PARAMETERS {
+                    return Err(Error::InvalidValue(format!(
+                        "a statement takes at most {} parameters",
+                        planner::MAX_PARAMETERS
+                    )));
+                }
                 let param_types = (0..count)
                     .map(|i| {
                         declared_types
@@ -184,6 +190,9 @@ impl Session {
                     .collect();
                 let result_schema = result_schema_of(&plan)
                     .map(|schema| planner::with_postgres_column_names(ast, schema));
+                if let Some(schema) = &result_schema {
+                    check_column_count(schema)?;
+                }
                 (param_types, result_schema)
             }
             Statement::Show(name) => (Vec::new(), Some(show_schema(name.as_deref()))),
@@ -216,7 +225,9 @@ impl Session {
                         batches,
                         verb,
                     } => Output::Rows {
-                        schema: planner::with_postgres_column_names(ast, schema),
+                        schema: check_column_count(&planner::with_postgres_column_names(
+                            ast, schema,
+                        ))?,
                         batches,
                         verb,
                     },
@@ -523,6 +534,18 @@ fn show_schema(name: Option<&str>) -> SchemaRef {
 }
 
 /// The columns a plan returns to the client; None for commands (DDL, DML).
+/// A result the wire protocol can describe: RowDescription counts columns in 16 signed bits.
+fn check_column_count(schema: &SchemaRef) -> Result<SchemaRef> {
+    const MAX_COLUMNS: usize = i16::MAX as usize;
+    if schema.fields().len() > MAX_COLUMNS {
+        return Err(Error::InvalidValue(format!(
+            "a result has at most {MAX_COLUMNS} columns, this one has {}",
+            schema.fields().len()
+        )));
+    }
+    Ok(Arc::clone(schema))
+}
+
 fn result_schema_of(plan: &LogicalPlan) -> Option<SchemaRef> {
     match plan {
         LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Copy(_) => None,

@@ -8,6 +8,7 @@
 //! ParameterStatus message after they change.
 
 use std::collections::BTreeMap;
+use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
@@ -280,6 +281,12 @@ fn normalize_value(name: &str, value: &str) -> Result<String> {
             let tz = value.trim_matches('\'');
             if tz.eq_ignore_ascii_case("local") || tz.eq_ignore_ascii_case("default") {
                 return Ok("UTC".to_string());
+            }
+            // The zone must be one the encoder and DataFusion can apply (IANA names, offsets).
+            if datafusion::arrow::array::timezone::Tz::from_str(tz).is_err() {
+                return Err(Error::InvalidValue(format!(
+                    "invalid value for parameter \"TimeZone\": \"{tz}\""
+                )));
             }
             Ok(tz.to_string())
         }
