@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::planner::Engine;
 
 /// How long running connections get to finish after shutdown begins.
@@ -89,6 +89,14 @@ pub async fn start(
     });
     let tls_acceptor = tls.map(|(acceptor, _)| acceptor);
 
+    // The data directory is claimed at start so a bad path fails now, not at the first write.
+    // (Tables are in memory until durable storage lands; nothing is written here yet.)
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        Error::Config(format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
     let pg_listener = TcpListener::bind(config.listen_addr()?).await?;
     let http_listener = TcpListener::bind(config.http_listen_addr()?).await?;
     let addrs = BoundAddrs {

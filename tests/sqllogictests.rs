@@ -120,6 +120,13 @@ fn main() {
                 .any(|p| f.to_string_lossy().contains(p.as_str()))
     });
 
+    if files.is_empty() {
+        eprintln!(
+            "sqllogictests: no .slt file under {} matches {filters:?}",
+            root.display()
+        );
+        std::process::exit(1);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -32,7 +32,7 @@ use pgwire::api::{
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
-use pgwire::messages::extendedquery::{Describe, Sync as PgSync};
+use pgwire::messages::extendedquery::{Describe, Execute, Sync as PgSync};
 use pgwire::messages::response::{EmptyQueryResponse, NoticeResponse, TransactionStatus};
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::ParameterStatus;
@@ -425,6 +425,21 @@ impl ExtendedQueryHandler for QueryHandler {
     }
 
     /// Sync ends an extended-protocol batch: report the session's transaction status.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self._on_execute(client, message).await?;
+        // pgwire carries the status it saw before the statement forward, so a ROLLBACK TO
+        // SAVEPOINT sent through Execute would leave the block failed: the session decides.
+        let status = session_of(client, &self.engine).transaction_status();
+        client.set_transaction_status(status);
+        Ok(())
+    }
+
     async fn on_sync<C>(&self, client: &mut C, _message: PgSync) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
