@@ -246,9 +246,9 @@ fn classify(stmt: ast::Statement) -> Result<Statement> {
         S::Rollback {
             savepoint: Some(name),
             ..
-        } => Statement::RollbackToSavepoint(name.value),
-        S::Savepoint { name } => Statement::Savepoint(name.value),
-        S::ReleaseSavepoint { name } => Statement::ReleaseSavepoint(name.value),
+        } => Statement::RollbackToSavepoint(normalize_ident(&name)),
+        S::Savepoint { name } => Statement::Savepoint(normalize_ident(&name)),
+        S::ReleaseSavepoint { name } => Statement::ReleaseSavepoint(normalize_ident(&name)),
         S::Discard { .. } => Statement::NoOp { tag: "DISCARD ALL" },
         S::Close {
             cursor: ast::CloseCursor::All,
@@ -384,16 +384,9 @@ impl VisitorMut for TypeRewrites {
             return ControlFlow::Continue(());
         };
         if matches!(data_type, SqlType::Bytea)
-            && let Expr::Value(literal) = inner.as_mut()
-            && let Value::SingleQuotedString(text) | Value::EscapedStringLiteral(text) =
-                &literal.value
+            && let Err(e) = read_as_bytea(inner)
         {
-            let Some(bytes) = parse_bytea(text) else {
-                return ControlFlow::Break(Error::InvalidTextRepresentation(format!(
-                    "invalid input syntax for type bytea: \"{text}\""
-                )));
-            };
-            literal.value = Value::HexStringLiteral(hex_digits(&bytes));
+            return ControlFlow::Break(e);
         }
         ControlFlow::Continue(())
     }
@@ -426,6 +419,30 @@ impl VisitorMut for TypeRewrites {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// An identifier as PostgreSQL folds it: unquoted names are lowercased, quoted ones kept.
+pub fn normalize_ident(ident: &ast::Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_ascii_lowercase(),
+    }
+}
+
+/// A string literal destined for a bytea value, read in PostgreSQL's bytea input format (`\\x0102`
+/// or escapes) and replaced by the hex literal of those bytes; any other expression is left as is.
+pub fn read_as_bytea(expr: &mut Expr) -> Result<()> {
+    if let Expr::Value(literal) = expr
+        && let Value::SingleQuotedString(text) | Value::EscapedStringLiteral(text) = &literal.value
+    {
+        let bytes = parse_bytea(text).ok_or_else(|| {
+            Error::InvalidTextRepresentation(format!(
+                "invalid input syntax for type bytea: \"{text}\""
+            ))
+        })?;
+        literal.value = Value::HexStringLiteral(hex_digits(&bytes));
+    }
+    Ok(())
 }
 
 /// The PostgreSQL name of a type EddyDB stores as text with metadata, if `t` is one.

@@ -36,11 +36,11 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use pgwire::api::Type;
 
-use crate::catalog::pg_types::{hex_digits, parse_bytea, pg_type_metadata, pg_type_of_field};
+use crate::catalog::pg_types::{pg_type_metadata, pg_type_of_field};
 use crate::catalog::{Catalog, DATABASE_NAME, DEFAULT_SCHEMA, QualifiedName};
 use crate::catalog::{information_schema, pg_attribute, pg_functions};
 use crate::error::{Error, Result};
-use crate::parser::text_backed_type_name;
+use crate::parser::{normalize_ident, read_as_bytea, text_backed_type_name};
 use crate::server::settings::SharedSettings;
 
 /// What executing a statement produced.
@@ -198,17 +198,7 @@ impl Engine {
                 ) {
                     continue;
                 }
-                if let ast::Expr::Value(literal) = value
-                    && let ast::Value::SingleQuotedString(text)
-                    | ast::Value::EscapedStringLiteral(text) = &literal.value
-                {
-                    let bytes = parse_bytea(text).ok_or_else(|| {
-                        Error::InvalidTextRepresentation(format!(
-                            "invalid input syntax for type bytea: \"{text}\""
-                        ))
-                    })?;
-                    literal.value = ast::Value::HexStringLiteral(hex_digits(&bytes));
-                }
+                read_as_bytea(value)?;
             }
         }
         Ok(())
@@ -605,13 +595,6 @@ fn functions_in_from(state: &SessionState, statement: &mut ast::Statement) -> Re
 
 /// Table functions with exactly one output column.
 const SINGLE_COLUMN_TABLE_FUNCTIONS: &[&str] = &["generate_series", "range", "unnest"];
-
-fn normalize_ident(ident: &Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_ascii_lowercase(),
-    }
-}
 
 /// Put the declared PostgreSQL types back on a CREATE TABLE plan's schema.
 fn restore_declared_types(plan: LogicalPlan, declared: &HashMap<String, String>) -> LogicalPlan {

@@ -22,7 +22,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 
-use crate::catalog::pg_types::pg_type_of_field;
+use crate::catalog::pg_types::{pg_type_of_field, type_modifier};
 
 /// Replace the catalog's `pg_catalog` schema with one whose `pg_attribute` reports EddyDB types.
 pub fn install(catalogs: Arc<dyn CatalogProviderList>, database: &str) -> crate::Result<()> {
@@ -175,14 +175,8 @@ impl PgAttribute {
                     let index = usize::try_from(attnums.value(row)).ok()?.checked_sub(1)?;
                     s.fields().get(index).cloned()
                 });
-            typmods.push(match field.as_ref().map(|f| f.data_type()) {
-                // numeric(p, s), as PostgreSQL encodes it: ((p << 16) | s) + VARHDRSZ
-                Some(
-                    DataType::Decimal32(p, s)
-                    | DataType::Decimal64(p, s)
-                    | DataType::Decimal128(p, s)
-                    | DataType::Decimal256(p, s),
-                ) if *s >= 0 => ((i32::from(*p) << 16) | i32::from(*s)) + 4,
+            typmods.push(match field.as_ref().map(|f| type_modifier(f.data_type())) {
+                Some(modifier) if modifier >= 0 => modifier,
                 _ => original_typmods.value(row),
             });
             typids.push(match field {

@@ -232,6 +232,22 @@ pub fn parse_bytea(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The type modifier PostgreSQL gives a column of this Arrow type: `numeric(p, s)` is
+/// `((p << 16) | s) + VARHDRSZ`; -1 (none) for everything else.
+pub fn type_modifier(data_type: &DataType) -> i32 {
+    match data_type {
+        DataType::Decimal32(p, s)
+        | DataType::Decimal64(p, s)
+        | DataType::Decimal128(p, s)
+        | DataType::Decimal256(p, s)
+            if *s >= 0 =>
+        {
+            ((i32::from(*p) << 16) | i32::from(*s)) + 4
+        }
+        _ => -1,
+    }
+}
+
 /// Bytes as lowercase hexadecimal digits, two per byte.
 pub fn hex_digits(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -42,13 +42,13 @@ use futures::{Stream, StreamExt};
 use pgwire::api::Type;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::results::{FieldFormat, FieldInfo};
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::error::PgWireResult;
 use pgwire::messages::data::DataRow;
 use pgwire::types::format::FormatOptions;
 
 use crate::catalog::pg_types::{
     element_type_of, format_uuid, parse_bytea, parse_uuid, pg_type_of, pg_type_of_field,
-    text_backed_input, type_len,
+    text_backed_input, type_len, type_modifier,
 };
 use crate::error::{Error, Result};
 
@@ -79,17 +79,7 @@ pub fn row_description(
             let info = FieldInfo::new(field.name().clone(), None, None, t, format_at(format, i))
                 .with_type_size(size)
                 .with_format_options(Arc::clone(options));
-            match field.data_type() {
-                DataType::Decimal32(p, s)
-                | DataType::Decimal64(p, s)
-                | DataType::Decimal128(p, s)
-                | DataType::Decimal256(p, s)
-                    if *s >= 0 =>
-                {
-                    info.with_type_modifier(((i32::from(*p) << 16) | i32::from(*s)) + 4)
-                }
-                _ => info,
-            }
+            info.with_type_modifier(type_modifier(field.data_type()))
         })
         .collect()
 }
@@ -106,15 +96,6 @@ fn format_at(format: Option<&Format>, i: usize) -> FieldFormat {
     }
 }
 
-/// A pgwire error carrying the crate error's SQLSTATE and message.
-fn pg_error(e: Error) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".into(),
-        e.sqlstate().into(),
-        e.to_string(),
-    )))
-}
-
 /// Encode a stream of record batches into DataRows, batch by batch.
 pub fn encode_stream(
     stream: SendableRecordBatchStream,
@@ -126,7 +107,7 @@ pub fn encode_stream(
             .and_then(|batch| encode_batch(&batch, &fields));
         let items: Vec<PgWireResult<DataRow>> = match rows {
             Ok(rows) => rows.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(pg_error(e))],
+            Err(e) => vec![Err(super::handler::user_error(&e))],
         };
         futures::stream::iter(items)
     })

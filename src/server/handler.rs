@@ -85,7 +85,8 @@ pub fn error_info(error: &Error) -> ErrorInfo {
     )
 }
 
-fn user_error(error: &Error) -> PgWireError {
+/// The error a pgwire handler returns for `error`.
+pub(super) fn user_error(error: &Error) -> PgWireError {
     PgWireError::UserError(Box::new(error_info(error)))
 }
 
