@@ -18,6 +18,7 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{ParamValues, TableReference};
+use datafusion::datasource::MemTable;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::logical_plan::dml::InsertOp;
 use datafusion::logical_expr::{
@@ -211,6 +212,17 @@ impl Engine {
                 let name = qualified(&create.name)?;
                 let schema: SchemaRef = Arc::new(create.input.schema().as_arrow().clone());
                 let has_rows = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(_));
+                // CREATE TABLE ... AS runs its query before the catalog changes, so a failing or
+                // cancelled SELECT leaves any existing table (OR REPLACE) in place.
+                let rows = if has_rows {
+                    let ctx = SessionContext::new_with_state(state.clone());
+                    let df = ctx
+                        .execute_logical_plan(Arc::unwrap_or_clone(create.input))
+                        .await?;
+                    Some(df.collect().await?)
+                } else {
+                    None
+                };
                 if create.or_replace {
                     self.catalog.drop_table(&name, true)?;
                 }
@@ -220,18 +232,14 @@ impl Engine {
                     create.constraints.clone(),
                     create.if_not_exists,
                 )?;
-                if created && has_rows {
-                    let table = self.catalog.table(&name).await?;
-                    let insert = LogicalPlanBuilder::insert_into(
-                        Arc::unwrap_or_clone(create.input),
-                        TableReference::partial(name.schema.as_str(), name.name.as_str()),
-                        datafusion::datasource::provider_as_source(table),
-                        InsertOp::Append,
-                    )?
-                    .build()?;
-                    let rows = self.run_count(state, insert).await?;
+                if let (true, Some(batches)) = (created, rows) {
+                    let inserted = self.insert_batches(state, &name, batches).await;
+                    if inserted.is_err() {
+                        // No half-made table: PostgreSQL's CREATE TABLE AS is atomic.
+                        self.catalog.drop_table(&name, true)?;
+                    }
                     return Ok(Output::Command {
-                        tag: format!("SELECT {rows}"),
+                        tag: format!("SELECT {}", inserted?),
                     });
                 }
                 Ok(Output::Command {
@@ -303,6 +311,34 @@ impl Engine {
                 })
             }
         }
+    }
+
+    /// Append batches to a catalog table through its insert path; returns the rows written.
+    async fn insert_batches(
+        &self,
+        state: &SessionState,
+        name: &QualifiedName,
+        batches: Vec<RecordBatch>,
+    ) -> Result<u64> {
+        let Some(schema) = batches.first().map(RecordBatch::schema) else {
+            return Ok(0);
+        };
+        let source = MemTable::try_new(schema, vec![batches])?;
+        let input = LogicalPlanBuilder::scan(
+            "create_table_as",
+            datafusion::datasource::provider_as_source(Arc::new(source)),
+            None,
+        )?
+        .build()?;
+        let table = self.catalog.table(name).await?;
+        let insert = LogicalPlanBuilder::insert_into(
+            input,
+            TableReference::partial(name.schema.as_str(), name.name.as_str()),
+            datafusion::datasource::provider_as_source(table),
+            InsertOp::Append,
+        )?
+        .build()?;
+        self.run_count(state, insert).await
     }
 
     /// Run a DML plan and read the affected-row count DataFusion returns.
