@@ -11,6 +11,7 @@
 //! ROLLBACK cannot undo statements already applied, and the session says so in a NOTICE when a
 //! block that wrote data is rolled back or a client asks for a stricter isolation level.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, RwLock};
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
@@ -28,9 +29,10 @@ use crate::planner::{self, Engine, Output};
 use crate::server::settings::{Settings, SharedSettings};
 
 /// Where the session is with respect to a transaction block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Block {
     /// Not in a block: each statement stands alone.
+    #[default]
     Idle,
     /// Inside `BEGIN ...`.
     Open,
@@ -38,12 +40,16 @@ enum Block {
     Failed,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct TransactionState {
     block: Block,
     savepoints: Vec<String>,
     /// Statements in the current block that changed data or the catalog.
     writes: usize,
+    /// The settings when the block began: ROLLBACK restores them, COMMIT those set LOCAL.
+    settings_at_begin: Option<Settings>,
+    /// Parameters (lowercase) changed with SET LOCAL in this block.
+    local_settings: BTreeSet<String>,
 }
 
 /// The result of one statement, with what the client must be told besides.
@@ -111,11 +117,7 @@ impl Session {
             engine,
             settings,
             state: RwLock::new(state),
-            transaction: Mutex::new(TransactionState {
-                block: Block::Idle,
-                savepoints: Vec::new(),
-                writes: 0,
-            }),
+            transaction: Mutex::new(TransactionState::default()),
         }
     }
 
@@ -293,14 +295,42 @@ impl Session {
         }
     }
 
-    fn set(&self, name: &str, value: Option<&str>, _local: bool) -> Result<Executed> {
+    fn set(&self, name: &str, value: Option<&str>, local: bool) -> Result<Executed> {
+        if local && self.lock_transaction().block == Block::Idle {
+            // As PostgreSQL: outside a block SET LOCAL would last for no time at all.
+            return Ok(Executed::command("SET")
+                .with_notice("SET LOCAL can only be used in transaction blocks"));
+        }
         let (canonical, reported) = match value {
             Some(value) => write(&self.settings).set(name, value)?,
             None => write(&self.settings).reset(name)?,
         };
+        if local {
+            self.lock_transaction()
+                .local_settings
+                .insert(canonical.to_ascii_lowercase());
+        }
         let mut executed = Executed::command("SET");
         self.after_setting_change(&canonical, reported, &mut executed)?;
         Ok(executed)
+    }
+
+    /// Undo SETs made since `earlier` was taken (only the lowercase names in `only`, if given),
+    /// telling the client about reported parameters that change back.
+    fn restore_settings(
+        &self,
+        earlier: Option<&Settings>,
+        only: Option<&BTreeSet<String>>,
+        executed: &mut Executed,
+    ) {
+        let Some(earlier) = earlier else {
+            return;
+        };
+        let changed = write(&self.settings).restore_from(earlier, only);
+        for (canonical, reported) in changed {
+            // The values were valid when set, so applying them again cannot fail.
+            let _ = self.after_setting_change(&canonical, reported, executed);
+        }
     }
 
     /// Propagate a changed setting: to DataFusion (time zone) and to the client.
@@ -370,8 +400,8 @@ impl Session {
         } else {
             *tx = TransactionState {
                 block: Block::Open,
-                savepoints: Vec::new(),
-                writes: 0,
+                settings_at_begin: Some(read(&self.settings).clone()),
+                ..TransactionState::default()
             };
         }
         if let Some(notice) = isolation_notice(isolation) {
@@ -383,32 +413,28 @@ impl Session {
     fn commit(&self) -> Executed {
         let mut tx = self.lock_transaction();
         let previous = tx.block;
-        *tx = TransactionState {
-            block: Block::Idle,
-            savepoints: Vec::new(),
-            writes: 0,
-        };
-        match previous {
+        let ended = std::mem::take(&mut *tx);
+        drop(tx);
+        let mut executed = match previous {
             Block::Idle => {
                 Executed::command("COMMIT").with_notice("there is no transaction in progress")
             }
             Block::Open => Executed::command("COMMIT"),
             // PostgreSQL answers COMMIT of a failed block with ROLLBACK.
             Block::Failed => Executed::command("ROLLBACK"),
-        }
+        };
+        // A committed block keeps its SETs but not its SET LOCALs; a failed one keeps neither.
+        let only = (previous == Block::Open).then_some(&ended.local_settings);
+        self.restore_settings(ended.settings_at_begin.as_ref(), only, &mut executed);
+        executed
     }
 
     fn rollback(&self) -> Executed {
         let mut tx = self.lock_transaction();
-        let previous = std::mem::replace(
-            &mut *tx,
-            TransactionState {
-                block: Block::Idle,
-                savepoints: Vec::new(),
-                writes: 0,
-            },
-        );
-        let executed = Executed::command("ROLLBACK");
+        let previous = std::mem::take(&mut *tx);
+        drop(tx);
+        let mut executed = Executed::command("ROLLBACK");
+        self.restore_settings(previous.settings_at_begin.as_ref(), None, &mut executed);
         match previous.block {
             Block::Idle => executed.with_notice("there is no transaction in progress"),
             _ if previous.writes > 0 => {

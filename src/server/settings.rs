@@ -7,7 +7,7 @@
 //! PostgreSQL reports to the client (ParameterStatus) are marked, so the server can send a
 //! ParameterStatus message after they change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
@@ -185,6 +185,39 @@ impl Settings {
                 "unrecognized configuration parameter \"{name}\""
             ))),
         }
+    }
+
+    /// Put parameters back to their values in `earlier` (all of them, or only the lowercase
+    /// names in `only`): how a transaction's SETs are undone. Returns the canonical name of every
+    /// parameter that changed and whether it is reported.
+    pub fn restore_from(
+        &mut self,
+        earlier: &Settings,
+        only: Option<&BTreeSet<String>>,
+    ) -> Vec<(String, bool)> {
+        let keys: BTreeSet<String> = self
+            .values
+            .keys()
+            .chain(earlier.values.keys())
+            .filter(|k| only.is_none_or(|names| names.contains(*k)))
+            .cloned()
+            .collect();
+        let mut changed = Vec::new();
+        for key in keys {
+            let before = earlier.values.get(&key);
+            if self.values.get(&key) == before {
+                continue;
+            }
+            match before {
+                Some(value) => self.values.insert(key.clone(), value.clone()),
+                None => self.values.remove(&key),
+            };
+            changed.push(match spec(&key) {
+                Some(p) => (p.name.to_string(), p.reported),
+                None => (key, false),
+            });
+        }
+        changed
     }
 
     /// `RESET ALL`: the reported parameters that changed, to announce again.
