@@ -55,21 +55,6 @@ pub enum Statement {
     NoOp { tag: &'static str },
 }
 
-impl Statement {
-    /// Whether this statement changes or ends the transaction block.
-    pub fn is_transaction_control(&self) -> bool {
-        matches!(
-            self,
-            Statement::Begin { .. }
-                | Statement::Commit
-                | Statement::Rollback
-                | Statement::Savepoint(_)
-                | Statement::ReleaseSavepoint(_)
-                | Statement::RollbackToSavepoint(_)
-        )
-    }
-}
-
 static PG_COMPAT: LazyLock<PostgresCompatibilityParser> =
     LazyLock::new(PostgresCompatibilityParser::new);
 

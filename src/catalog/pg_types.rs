@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use datafusion::arrow::datatypes::{DataType, Field, IntervalUnit};
+use datafusion::arrow::datatypes::{DataType, Field};
 use pgwire::api::Type;
 use postgres_types::Kind;
 
@@ -185,18 +185,6 @@ pub fn type_len(t: &Type) -> i16 {
         _ => -1,
     }
 }
-
-/// The Arrow type EddyDB stores for a PostgreSQL type name that DataFusion's SQL planner does not
-/// know (`json`, `jsonb`, `uuid`), with the metadata that keeps the PostgreSQL type visible.
-pub fn arrow_type_for_pg_only_type(name: &str) -> Option<(DataType, HashMap<String, String>)> {
-    match name.to_ascii_lowercase().as_str() {
-        n @ ("json" | "jsonb" | "uuid") => Some((DataType::Utf8, pg_type_metadata(n))),
-        _ => None,
-    }
-}
-
-/// Arrow interval unit used when EddyDB creates interval columns.
-pub const INTERVAL_UNIT: IntervalUnit = IntervalUnit::MonthDayNano;
 
 /// `byteain`: `\x` followed by hex pairs, or the escape format (`\\`, `\ooo` octal).
 pub fn parse_bytea(s: &str) -> Option<Vec<u8>> {
