@@ -33,7 +33,7 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<String>,
 
-    /// Directory for all data (catalog, stream logs, local object store) [default: ./eddydb-data]
+    /// Directory for data, created at start (tables are in memory until durable storage lands) [default: ./eddydb-data]
     #[arg(long, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
