@@ -16,6 +16,8 @@ use datafusion::sql::sqlparser::ast::{
     self, DataType as SqlType, Expr, ObjectName, Set, ShowStatementFilter, Value, VisitMut,
     VisitorMut,
 };
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
 use crate::catalog::pg_types::{hex_digits, parse_bytea};
@@ -61,18 +63,94 @@ static PG_COMPAT: LazyLock<PostgresCompatibilityParser> =
 /// Parse a query string into statements; comments and empty statements vanish.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     // datafusion-pg-catalog substitutes whole queries DataFusion cannot run with results of the
-    // same shape: psql's `\d` probes of policies, extended statistics and publications (empty),
-    // and Grafana's search_path subquery in its table listing (`''`, so Grafana lists tables
-    // schema-qualified, which its query builder accepts). Then it applies its rewrites.
+    // same shape (psql's `\d` probes of policies, extended statistics and publications, all
+    // empty), then applies its rewrites. Grafana's table listing is the exception: its
+    // substitution would drop the search_path test, so such queries are parsed here and only
+    // get the rewrites, after `SearchPathMembership`.
     let sql = with_plannable_fragments(sql);
     let sql = regproc_literals_as_names(&sql);
-    let statements = PG_COMPAT.parse(&sql);
+    let statements = if sql.contains(SEARCH_PATH_SETTING) {
+        Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(&sql)
+            .and_then(|mut p| p.parse_statements())
+            .map(|statements| {
+                statements
+                    .into_iter()
+                    .map(|mut statement| {
+                        let _ = statement.visit(&mut SearchPathMembership);
+                        PG_COMPAT.rewrite(statement)
+                    })
+                    .collect()
+            })
+    } else {
+        PG_COMPAT.parse(&sql)
+    };
     let statements: Vec<ast::Statement> = match statements {
         Ok(s) => s,
         // sqlparser does not know PostgreSQL's ABORT, a synonym of ROLLBACK.
         Err(e) => return abort_as_rollback(&sql).ok_or(Error::Parse(e)),
     };
     statements.into_iter().map(classify).collect()
+}
+
+/// How clients read the search path in SQL.
+const SEARCH_PATH_SETTING: &str = "current_setting('search_path')";
+
+/// Grafana asks whether a schema is on the search path with
+/// `x IN (SELECT CASE WHEN trim(s[i]) = '"$user"' ... FROM generate_series(..) AS i,
+/// string_to_array(current_setting('search_path'), ',') s)`, in its select list and its ORDER BY,
+/// where DataFusion cannot plan a subquery. The membership test becomes
+/// `array_has(current_schemas(false), x)`: the same schemas, as the session's search_path lists
+/// them.
+struct SearchPathMembership;
+
+impl VisitorMut for SearchPathMembership {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::InSubquery {
+            expr: member,
+            subquery,
+            negated,
+        } = expr
+            && subquery.to_string().contains(SEARCH_PATH_SETTING)
+        {
+            let member = std::mem::replace(member.as_mut(), Expr::value(Value::Null));
+            let schemas =
+                function_call("current_schemas", vec![Expr::value(Value::Boolean(false))]);
+            let test = function_call("array_has", vec![schemas, member]);
+            *expr = if *negated {
+                Expr::UnaryOp {
+                    op: ast::UnaryOperator::Not,
+                    expr: Box::new(test),
+                }
+            } else {
+                test
+            };
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// The expression `name(args...)`.
+fn function_call(name: &str, args: Vec<Expr>) -> Expr {
+    Expr::Function(ast::Function {
+        name: ObjectName::from(vec![ast::Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: ast::FunctionArguments::None,
+        args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|arg| ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(arg)))
+                .collect(),
+            clauses: Vec::new(),
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: Vec::new(),
+    })
 }
 
 /// Fragments of client catalog queries that DataFusion cannot plan, each with an equivalent it
@@ -385,22 +463,7 @@ impl VisitorMut for TypeRewrites {
             && let Some(name) = text_backed_type_name(data_type)
         {
             let argument = std::mem::replace(inner.as_mut(), Expr::value(Value::Null));
-            *expr = Expr::Function(ast::Function {
-                name: ObjectName::from(vec![ast::Ident::new(name)]),
-                uses_odbc_syntax: false,
-                parameters: ast::FunctionArguments::None,
-                args: ast::FunctionArguments::List(ast::FunctionArgumentList {
-                    duplicate_treatment: None,
-                    args: vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
-                        argument,
-                    ))],
-                    clauses: Vec::new(),
-                }),
-                filter: None,
-                null_treatment: None,
-                over: None,
-                within_group: Vec::new(),
-            });
+            *expr = function_call(name, vec![argument]);
         }
         ControlFlow::Continue(())
     }

@@ -109,6 +109,48 @@ async fn save_and_test() {
 async fn frontend_schema_browser() {
     let server = TestServer::start();
     let client = setup(&server).await;
+    // Tables with no schema chosen: unqualified when their schema is on the search_path.
+    let listing = "SELECT
+    CASE WHEN 
+          quote_ident(table_schema) IN (
+          SELECT
+            CASE WHEN trim(s[i]) = '\"$user\"' THEN user ELSE trim(s[i]) END
+          FROM
+            generate_series(
+              array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)
+            ) as i,
+            string_to_array(current_setting('search_path'),',') s
+          )
+      THEN quote_ident(table_name)
+      ELSE quote_ident(table_schema) || '.' || quote_ident(table_name)
+    END AS \"table\"
+    FROM information_schema.tables
+    WHERE quote_ident(table_schema) NOT IN ('information_schema',
+                             'pg_catalog',
+                             '_timescaledb_cache',
+                             '_timescaledb_catalog',
+                             '_timescaledb_internal',
+                             '_timescaledb_config',
+                             'timescaledb_information',
+                             'timescaledb_experimental')
+    ORDER BY CASE WHEN 
+          quote_ident(table_schema) IN (
+          SELECT
+            CASE WHEN trim(s[i]) = '\"$user\"' THEN user ELSE trim(s[i]) END
+          FROM
+            generate_series(
+              array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)
+            ) as i,
+            string_to_array(current_setting('search_path'),',') s
+          )
+      THEN 0 ELSE 1 END, 1";
+    assert_eq!(simple_rows(&client, listing).await, strings(&[&["games"]]));
+    assert_eq!(
+        described(&client, listing).await,
+        vec![("table".to_string(), Type::TEXT)]
+    );
     let tables = "SELECT quote_ident(table_name) AS \"table\"
       FROM information_schema.tables
       WHERE quote_ident(table_schema) = 'public'
