@@ -117,7 +117,7 @@ impl Engine {
         let (mut statement, declared_types) = with_storage_types(statement.clone());
         functions_in_from(state, &mut statement)?;
         alias_repeated_expressions(&mut statement);
-        integer_literals_as_int4(&mut statement);
+        selected_literals_as_postgres_types(&mut statement);
         self.bytea_literals_in_values(&mut statement).await?;
         let declared: Option<Vec<SqlType>> = if param_types.is_empty() {
             None
@@ -727,39 +727,63 @@ fn alias_repeated_expressions(statement: &mut ast::Statement) {
     }
 }
 
-/// PostgreSQL types an integer literal that fits in 32 bits as `integer`; DataFusion as `bigint`.
-/// Drivers decode by type (node-postgres hands out int8 as a string), so a selected literal
-/// (`SELECT 1`, `SELECT 1 AS value`, `ARRAY[1, 2]`) is cast to `integer`. Literals inside
-/// expressions keep DataFusion's typing, which only widens arithmetic.
-fn integer_literals_as_int4(statement: &mut ast::Statement) {
-    fn small_integer(expr: &ast::Expr) -> bool {
+/// PostgreSQL types a numeric literal by its text: `integer` when it fits in 32 bits, else
+/// `bigint`, and `numeric` when it has a decimal point; DataFusion makes `bigint` and `double`.
+/// Drivers decode by type (node-postgres hands out int8 as a string, psycopg numeric as
+/// `Decimal`), so a selected literal (`SELECT 1`, `SELECT 1.5 AS x`, `ARRAY[1, 2]`) is cast to
+/// PostgreSQL's type. Literals inside expressions keep DataFusion's typing.
+fn selected_literals_as_postgres_types(statement: &mut ast::Statement) {
+    /// The PostgreSQL type of a numeric literal when it differs from DataFusion's.
+    fn literal_type(expr: &ast::Expr) -> Option<SqlType> {
         match expr {
             ast::Expr::Value(v) => {
-                matches!(&v.value, ast::Value::Number(n, _) if n.parse::<i32>().is_ok())
+                let ast::Value::Number(n, _) = &v.value else {
+                    return None;
+                };
+                if n.parse::<i32>().is_ok() {
+                    return Some(SqlType::Integer(None));
+                }
+                let (whole, fraction) = n.split_once('.')?;
+                let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+                if !digits(whole) || !digits(fraction) {
+                    return None; // exponents stay double precision
+                }
+                let scale = fraction.len() as u64;
+                let precision = (whole.trim_start_matches('0').len() as u64 + scale).max(1);
+                (precision <= 38).then_some(SqlType::Numeric(
+                    ast::ExactNumberInfo::PrecisionAndScale(precision, scale as i64),
+                ))
             }
             ast::Expr::UnaryOp {
                 op: ast::UnaryOperator::Minus,
                 expr,
-            } => small_integer(expr),
-            _ => false,
+            } => literal_type(expr),
+            _ => None,
         }
     }
-    fn as_int4(expr: &mut ast::Expr) {
-        let int4 = |e: ast::Expr| ast::Expr::Cast {
+    fn cast(expr: &mut ast::Expr, data_type: SqlType) {
+        *expr = ast::Expr::Cast {
             kind: ast::CastKind::Cast,
-            expr: Box::new(e),
-            data_type: SqlType::Integer(None),
+            expr: Box::new(expr.clone()),
+            data_type,
             array: false,
             format: None,
         };
-        match expr {
-            e if small_integer(e) => *e = int4(e.clone()),
-            ast::Expr::Array(array) if array.elem.iter().all(small_integer) => {
-                for elem in &mut array.elem {
-                    *elem = int4(elem.clone());
-                }
+    }
+    fn retype(expr: &mut ast::Expr) {
+        if let Some(data_type) = literal_type(expr) {
+            return cast(expr, data_type);
+        }
+        // An array of integer literals is integer[] (mixed literals keep DataFusion's choice).
+        if let ast::Expr::Array(array) = expr
+            && array
+                .elem
+                .iter()
+                .all(|e| literal_type(e) == Some(SqlType::Integer(None)))
+        {
+            for elem in &mut array.elem {
+                cast(elem, SqlType::Integer(None));
             }
-            _ => {}
         }
     }
     let ast::Statement::Query(query) = statement else {
@@ -771,7 +795,7 @@ fn integer_literals_as_int4(statement: &mut ast::Statement) {
     for item in &mut select.projection {
         match item {
             ast::SelectItem::UnnamedExpr(expr) | ast::SelectItem::ExprWithAlias { expr, .. } => {
-                as_int4(expr)
+                retype(expr)
             }
             _ => {}
         }

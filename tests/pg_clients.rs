@@ -393,6 +393,16 @@ async fn errors_carry_sqlstate_and_the_session_goes_on() {
         Some(&SqlState::INVALID_PARAMETER_VALUE),
         "{err:?}"
     );
+    // Selected literals have PostgreSQL's types.
+    let literals = client
+        .prepare("SELECT 1, 3000000000, 7.10, ARRAY[1, 2]")
+        .await
+        .expect("literals");
+    let types: Vec<&Type> = literals.columns().iter().map(|c| c.type_()).collect();
+    assert_eq!(
+        types,
+        [&Type::INT4, &Type::INT8, &Type::NUMERIC, &Type::INT4_ARRAY]
+    );
     // Arithmetic on literals is bigint in DataFusion (integer in PostgreSQL).
     assert_eq!(row.get::<_, i64>(0), 42);
 }
