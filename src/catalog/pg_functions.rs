@@ -1002,10 +1002,37 @@ impl ScalarUDFImpl for TimeBucket {
     }
 }
 
-/// `current_setting(name [, missing_ok])`: a parameter of the session that registered it.
+/// The settings of the session a function was registered for. Two such functions are the same
+/// function when they serve the same session, so equality and hashing go by the pointer.
 #[derive(Debug)]
+struct SessionSettings(SharedSettings);
+
+impl PartialEq for SessionSettings {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SessionSettings {}
+
+impl Hash for SessionSettings {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state);
+    }
+}
+
+impl std::ops::Deref for SessionSettings {
+    type Target = SharedSettings;
+
+    fn deref(&self) -> &SharedSettings {
+        &self.0
+    }
+}
+
+/// `current_setting(name [, missing_ok])`: a parameter of the session that registered it.
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct CurrentSetting {
-    settings: SharedSettings,
+    settings: SessionSettings,
     aliases: Vec<String>,
     signature: Signature,
 }
@@ -1013,27 +1040,12 @@ struct CurrentSetting {
 impl CurrentSetting {
     fn new(settings: SharedSettings) -> Self {
         Self {
-            settings,
+            settings: SessionSettings(settings),
             aliases: pg_catalog_alias("current_setting"),
             // Stable, as in PostgreSQL: one value per statement, so it is folded at planning
             // time (which lets `generate_series(..current_setting(..)..)` plan at all).
             signature: Signature::user_defined(Volatility::Stable),
         }
-    }
-}
-
-impl PartialEq for CurrentSetting {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.settings, &other.settings)
-    }
-}
-
-impl Eq for CurrentSetting {}
-
-impl Hash for CurrentSetting {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        "current_setting".hash(state);
-        (Arc::as_ptr(&self.settings) as usize).hash(state);
     }
 }
 
@@ -1108,10 +1120,10 @@ impl ScalarUDFImpl for CurrentSetting {
 
 /// `current_user`, `user`, `session_user`: the session's role, from its
 /// `session_authorization` setting.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct SessionUser {
     name: &'static str,
-    settings: SharedSettings,
+    settings: SessionSettings,
     aliases: Vec<String>,
     signature: Signature,
 }
@@ -1120,25 +1132,10 @@ impl SessionUser {
     fn new(name: &'static str, settings: SharedSettings) -> Self {
         Self {
             name,
-            settings,
+            settings: SessionSettings(settings),
             aliases: pg_catalog_alias(name),
             signature: Signature::nullary(Volatility::Stable),
         }
-    }
-}
-
-impl PartialEq for SessionUser {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && Arc::ptr_eq(&self.settings, &other.settings)
-    }
-}
-
-impl Eq for SessionUser {}
-
-impl Hash for SessionUser {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
-        (Arc::as_ptr(&self.settings) as usize).hash(state);
     }
 }
 
@@ -1173,9 +1170,9 @@ impl ScalarUDFImpl for SessionUser {
 /// quotes removed and `pg_catalog` first when `include_implicit` is true (unless the path names
 /// it). The `"$user"` entry is left out: PostgreSQL skips schemas that do not exist, and EddyDB
 /// creates no per-user schemas. Existence of the other schemas is not checked.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct CurrentSchemas {
-    settings: SharedSettings,
+    settings: SessionSettings,
     aliases: Vec<String>,
     signature: Signature,
 }
@@ -1183,25 +1180,10 @@ struct CurrentSchemas {
 impl CurrentSchemas {
     fn new(settings: SharedSettings) -> Self {
         Self {
-            settings,
+            settings: SessionSettings(settings),
             aliases: pg_catalog_alias("current_schemas"),
             signature: Signature::user_defined(Volatility::Stable),
         }
-    }
-}
-
-impl PartialEq for CurrentSchemas {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.settings, &other.settings)
-    }
-}
-
-impl Eq for CurrentSchemas {}
-
-impl Hash for CurrentSchemas {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        "current_schemas".hash(state);
-        (Arc::as_ptr(&self.settings) as usize).hash(state);
     }
 }
 
@@ -1286,9 +1268,9 @@ impl ScalarUDFImpl for CurrentSchemas {
 /// its new value. `is_local` is accepted but the change lasts for the session (EddyDB does not
 /// scope settings to transactions yet). A NULL value resets the parameter. Changes made here
 /// are not announced with ParameterStatus by this function; the session can compare values.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct SetConfig {
-    settings: SharedSettings,
+    settings: SessionSettings,
     aliases: Vec<String>,
     signature: Signature,
 }
@@ -1296,25 +1278,10 @@ struct SetConfig {
 impl SetConfig {
     fn new(settings: SharedSettings) -> Self {
         Self {
-            settings,
+            settings: SessionSettings(settings),
             aliases: pg_catalog_alias("set_config"),
             signature: Signature::user_defined(Volatility::Volatile),
         }
-    }
-}
-
-impl PartialEq for SetConfig {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.settings, &other.settings)
-    }
-}
-
-impl Eq for SetConfig {}
-
-impl Hash for SetConfig {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        "set_config".hash(state);
-        (Arc::as_ptr(&self.settings) as usize).hash(state);
     }
 }
 
