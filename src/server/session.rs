@@ -52,6 +52,19 @@ struct TransactionState {
     local_settings: BTreeSet<String>,
 }
 
+impl TransactionState {
+    /// Where the newest savepoint called `name` is in the stack.
+    fn savepoint_position(&self, name: &str) -> Result<usize> {
+        self.savepoints
+            .iter()
+            .rposition(|s| s == name)
+            .ok_or_else(|| Error::NotFound {
+                kind: "savepoint",
+                name: name.to_string(),
+            })
+    }
+}
+
 /// The result of one statement, with what the client must be told besides.
 #[derive(Debug)]
 pub struct Executed {
@@ -458,14 +471,7 @@ impl Session {
         if tx.block == Block::Idle {
             return Err(Error::NoTransactionBlock("RELEASE SAVEPOINT"));
         }
-        let position = tx
-            .savepoints
-            .iter()
-            .rposition(|s| s == name)
-            .ok_or_else(|| Error::NotFound {
-                kind: "savepoint",
-                name: name.to_string(),
-            })?;
+        let position = tx.savepoint_position(name)?;
         tx.savepoints.truncate(position);
         Ok(Executed::command("RELEASE"))
     }
@@ -475,14 +481,7 @@ impl Session {
         if tx.block == Block::Idle {
             return Err(Error::NoTransactionBlock("ROLLBACK TO SAVEPOINT"));
         }
-        let position = tx
-            .savepoints
-            .iter()
-            .rposition(|s| s == name)
-            .ok_or_else(|| Error::NotFound {
-                kind: "savepoint",
-                name: name.to_string(),
-            })?;
+        let position = tx.savepoint_position(name)?;
         tx.savepoints.truncate(position + 1);
         tx.block = Block::Open;
         let executed = Executed::command("ROLLBACK");
