@@ -123,10 +123,53 @@ pub fn pg_functions() -> Vec<ScalarUDF> {
         ScalarUDF::from(ToRegtype::new()),
         ScalarUDF::from(PgSizePretty::new()),
         ScalarUDF::from(TimeBucket::new()),
+        ScalarUDF::from(PgTypeof::new()),
         ScalarUDF::from(TextBackedCast::new(Type::JSON)),
         ScalarUDF::from(TextBackedCast::new(Type::JSONB)),
         ScalarUDF::from(TextBackedCast::new(Type::UUID)),
     ]
+}
+
+/// `pg_typeof(x)`: the PostgreSQL type of its argument, by the same mapping the wire uses.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgTypeof {
+    aliases: Vec<String>,
+    signature: Signature,
+}
+
+impl PgTypeof {
+    fn new() -> Self {
+        Self {
+            aliases: pg_catalog_alias("pg_typeof"),
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for PgTypeof {
+    fn name(&self) -> &str {
+        "pg_typeof"
+    }
+
+    fn aliases(&self) -> &[String] {
+        &self.aliases
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let Some(field) = args.arg_fields.first() else {
+            return exec_err!("pg_typeof expects one argument");
+        };
+        let name = pg_types::format_type(&pg_types::pg_type_of_field(field));
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))))
+    }
 }
 
 /// Casts to the types Arrow stores as text: `json(x)`, `jsonb(x)`, `uuid(x)`, which is how

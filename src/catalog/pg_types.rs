@@ -173,6 +173,16 @@ pub fn sql_standard_name(t: &Type) -> &'static str {
     }
 }
 
+/// A type as PostgreSQL's `format_type` shows it: `integer`, `timestamp with time zone`,
+/// `text[]`.
+pub fn format_type(t: &Type) -> String {
+    match (element_type_of(t), sql_standard_name(t)) {
+        (Some(element), _) => format!("{}[]", format_type(&element)),
+        (None, "USER-DEFINED") => t.name().to_string(),
+        (None, name) => name.to_string(),
+    }
+}
+
 /// `pg_type.typlen`: fixed width in bytes, or -1 for variable-length types.
 pub fn type_len(t: &Type) -> i16 {
     match *t {
