@@ -113,7 +113,7 @@ impl VisitorMut for SearchPathMembership {
             subquery,
             negated,
         } = expr
-            && subquery.to_string().contains(SEARCH_PATH_SETTING)
+            && is_search_path_listing(subquery)
         {
             let member = std::mem::replace(member.as_mut(), Expr::value(Value::Null));
             let schemas =
@@ -130,6 +130,15 @@ impl VisitorMut for SearchPathMembership {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// Whether a subquery lists the schemas of the search path the way Grafana does: splitting
+/// `current_setting('search_path')` with `string_to_array` and walking it with `generate_series`.
+fn is_search_path_listing(subquery: &ast::Query) -> bool {
+    let text = subquery.to_string();
+    [SEARCH_PATH_SETTING, "string_to_array", "generate_series"]
+        .iter()
+        .all(|part| text.contains(part))
 }
 
 /// The expression `name(args...)`.

@@ -214,6 +214,15 @@ impl Engine {
                 let has_rows = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(_));
                 // CREATE TABLE ... AS runs its query before the catalog changes, so a failing or
                 // cancelled SELECT leaves any existing table (OR REPLACE) in place.
+                if create.if_not_exists
+                    && !create.or_replace
+                    && self.catalog.table(&name).await.is_ok()
+                {
+                    // As PostgreSQL: nothing to do, and the query is not run.
+                    return Ok(Output::Command {
+                        tag: "CREATE TABLE".to_string(),
+                    });
+                }
                 let rows = if has_rows {
                     let ctx = SessionContext::new_with_state(state.clone());
                     let df = ctx
@@ -235,8 +244,9 @@ impl Engine {
                 if let (true, Some(batches)) = (created, rows) {
                     let inserted = self.insert_batches(state, &name, batches).await;
                     if inserted.is_err() {
-                        // No half-made table: PostgreSQL's CREATE TABLE AS is atomic.
-                        self.catalog.drop_table(&name, true)?;
+                        // No half-made table: PostgreSQL's CREATE TABLE AS is atomic. The
+                        // insert's error is the one to report.
+                        let _ = self.catalog.drop_table(&name, true);
                     }
                     return Ok(Output::Command {
                         tag: format!("SELECT {}", inserted?),
@@ -413,7 +423,7 @@ fn parameter_casts(plan: &LogicalPlan) -> Result<Vec<(String, DataType)>> {
 }
 
 /// The most parameters a statement may take: the wire protocol counts them in 16 bits.
-pub const MAX_PARAMETERS: usize = u16::MAX as usize;
+const MAX_PARAMETERS: usize = u16::MAX as usize;
 
 /// Bind parameter values, casting each to the type the plan expects.
 pub fn bind_parameters(plan: LogicalPlan, values: Vec<ScalarValue>) -> Result<LogicalPlan> {
@@ -771,8 +781,15 @@ fn selected_literals_as_postgres_types(statement: &mut ast::Statement) {
         };
     }
     fn retype(expr: &mut ast::Expr) {
-        if let Some(data_type) = literal_type(expr) {
-            return cast(expr, data_type);
+        match literal_type(expr) {
+            // DataFusion reads `1.5` as a double; numeric is cast from the literal's text so
+            // no digit is lost.
+            Some(numeric @ SqlType::Numeric(_)) => {
+                *expr = ast::Expr::value(ast::Value::SingleQuotedString(expr.to_string()));
+                return cast(expr, numeric);
+            }
+            Some(data_type) => return cast(expr, data_type),
+            None => {}
         }
         // An array of integer literals is integer[] (mixed literals keep DataFusion's choice).
         if let ast::Expr::Array(array) = expr

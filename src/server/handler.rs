@@ -425,7 +425,6 @@ impl ExtendedQueryHandler for QueryHandler {
         Ok(())
     }
 
-    /// Sync ends an extended-protocol batch: report the session's transaction status.
     async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -441,6 +440,7 @@ impl ExtendedQueryHandler for QueryHandler {
         Ok(())
     }
 
+    /// Sync ends an extended-protocol batch: report the session's transaction status.
     async fn on_sync<C>(&self, client: &mut C, _message: PgSync) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,

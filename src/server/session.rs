@@ -11,7 +11,7 @@
 //! ROLLBACK cannot undo statements already applied, and the session says so in a NOTICE when a
 //! block that wrote data is rolled back or a client asks for a stricter isolation level.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
@@ -48,8 +48,9 @@ struct TransactionState {
     writes: usize,
     /// The settings when the block began: ROLLBACK restores them, COMMIT those set LOCAL.
     settings_at_begin: Option<Settings>,
-    /// Parameters (lowercase) changed with SET LOCAL in this block.
-    local_settings: BTreeSet<String>,
+    /// Parameters (lowercase) whose latest change in this block was a SET LOCAL, with the
+    /// settings from just before their first SET LOCAL: COMMIT puts them back to that.
+    local_settings: BTreeMap<String, Settings>,
 }
 
 impl TransactionState {
@@ -181,12 +182,6 @@ impl Session {
                 let plan = self.engine.plan(&state, ast, &declared_types).await?;
                 let inferred = planner::parameter_types(&plan)?;
                 let count = inferred.len().max(declared_types.len());
-                if count > planner::MAX_PARAMETERS {
-                    return Err(Error::InvalidValue(format!(
-                        "a statement takes at most {} parameters",
-                        planner::MAX_PARAMETERS
-                    )));
-                }
                 let param_types = (0..count)
                     .map(|i| {
                         declared_types
@@ -314,15 +309,20 @@ impl Session {
             return Ok(Executed::command("SET")
                 .with_notice("SET LOCAL can only be used in transaction blocks"));
         }
+        let before = local.then(|| read(&self.settings).clone());
         let (canonical, reported) = match value {
             Some(value) => write(&self.settings).set(name, value)?,
             None => write(&self.settings).reset(name)?,
         };
-        if local {
-            self.lock_transaction()
-                .local_settings
-                .insert(canonical.to_ascii_lowercase());
+        let key = canonical.to_ascii_lowercase();
+        let mut tx = self.lock_transaction();
+        if let Some(before) = before {
+            tx.local_settings.entry(key).or_insert(before);
+        } else {
+            // A plain SET after SET LOCAL outlives the block, as in PostgreSQL.
+            tx.local_settings.remove(&key);
         }
+        drop(tx);
         let mut executed = Executed::command("SET");
         self.after_setting_change(&canonical, reported, &mut executed)?;
         Ok(executed)
@@ -437,8 +437,14 @@ impl Session {
             Block::Failed => Executed::command("ROLLBACK"),
         };
         // A committed block keeps its SETs but not its SET LOCALs; a failed one keeps neither.
-        let only = (previous == Block::Open).then_some(&ended.local_settings);
-        self.restore_settings(ended.settings_at_begin.as_ref(), only, &mut executed);
+        if previous == Block::Open {
+            for (name, before) in &ended.local_settings {
+                let only = BTreeSet::from([name.clone()]);
+                self.restore_settings(Some(before), Some(&only), &mut executed);
+            }
+        } else {
+            self.restore_settings(ended.settings_at_begin.as_ref(), None, &mut executed);
+        }
         executed
     }
 
@@ -558,7 +564,6 @@ fn show_schema(name: Option<&str>) -> SchemaRef {
     }
 }
 
-/// The columns a plan returns to the client; None for commands (DDL, DML).
 /// A result the wire protocol can describe: RowDescription counts columns in 16 signed bits.
 fn check_column_count(schema: &SchemaRef) -> Result<SchemaRef> {
     const MAX_COLUMNS: usize = i16::MAX as usize;
@@ -571,6 +576,7 @@ fn check_column_count(schema: &SchemaRef) -> Result<SchemaRef> {
     Ok(Arc::clone(schema))
 }
 
+/// The columns a plan returns to the client; None for commands (DDL, DML).
 fn result_schema_of(plan: &LogicalPlan) -> Option<SchemaRef> {
     match plan {
         LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Copy(_) => None,

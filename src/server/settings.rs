@@ -315,7 +315,14 @@ fn normalize_value(name: &str, value: &str) -> Result<String> {
             if tz.eq_ignore_ascii_case("local") || tz.eq_ignore_ascii_case("default") {
                 return Ok("UTC".to_string());
             }
-            // The zone must be one the encoder and DataFusion can apply (IANA names, offsets).
+            if ["UTC", "GMT", "Z", "Etc/UTC", "Zulu"]
+                .iter()
+                .any(|utc| tz.eq_ignore_ascii_case(utc))
+            {
+                return Ok("UTC".to_string());
+            }
+            // The zone must be one the encoder and DataFusion can apply (IANA names as the tz
+            // database spells them, offsets).
             if datafusion::arrow::array::timezone::Tz::from_str(tz).is_err() {
                 return Err(Error::InvalidValue(format!(
                     "invalid value for parameter \"TimeZone\": \"{tz}\""
