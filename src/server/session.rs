@@ -43,7 +43,8 @@ enum Block {
 #[derive(Debug, Default)]
 struct TransactionState {
     block: Block,
-    savepoints: Vec<String>,
+    /// Savepoint names, oldest first, each with the settings when it was made.
+    savepoints: Vec<(String, Settings)>,
     /// Statements in the current block that changed data or the catalog.
     writes: usize,
     /// The settings when the block began: ROLLBACK restores them, COMMIT those set LOCAL.
@@ -58,7 +59,7 @@ impl TransactionState {
     fn savepoint_position(&self, name: &str) -> Result<usize> {
         self.savepoints
             .iter()
-            .rposition(|s| s == name)
+            .rposition(|(s, _)| s == name)
             .ok_or_else(|| Error::NotFound {
                 kind: "savepoint",
                 name: name.to_string(),
@@ -468,7 +469,8 @@ impl Session {
         if tx.block == Block::Idle {
             return Err(Error::NoTransactionBlock("SAVEPOINT"));
         }
-        tx.savepoints.push(name.to_string());
+        let settings = read(&self.settings).clone();
+        tx.savepoints.push((name.to_string(), settings));
         Ok(Executed::command("SAVEPOINT"))
     }
 
@@ -490,9 +492,14 @@ impl Session {
         let position = tx.savepoint_position(name)?;
         tx.savepoints.truncate(position + 1);
         tx.block = Block::Open;
-        let executed = Executed::command("ROLLBACK");
-        Ok(if tx.writes > 0 {
-            executed.with_notice(unapplied_rollback_notice(tx.writes))
+        let at_savepoint = tx.savepoints.get(position).map(|(_, s)| s.clone());
+        let writes = tx.writes;
+        drop(tx);
+        let mut executed = Executed::command("ROLLBACK");
+        // SETs made since the savepoint are undone, as in PostgreSQL.
+        self.restore_settings(at_savepoint.as_ref(), None, &mut executed);
+        Ok(if writes > 0 {
+            executed.with_notice(unapplied_rollback_notice(writes))
         } else {
             executed
         })
