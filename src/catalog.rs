@@ -6,9 +6,9 @@
 //! `information_schema` ([`information_schema`]). Clients may name any database at startup; all
 //! names reach the same catalog.
 //!
-//! User tables are created and dropped only through [`Catalog`], so where a table's rows live is
-//! decided here and nowhere else: today an in-memory `MemTable`; the storage layer replaces that
-//! with durable tables without touching the planner or the server.
+//! Streams and tables are created and dropped only through [`Catalog`], which keeps DataFusion's
+//! view (one table provider per relation, see [`crate::storage`]) in step with the durable
+//! catalog in [`Storage`]: at start every stored relation is registered again under its name.
 
 pub mod information_schema;
 pub mod pg_attribute;
@@ -19,11 +19,12 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
-use datafusion::common::Constraints;
-use datafusion::datasource::{MemTable, TableProvider};
+use datafusion::common::{Constraint, Constraints};
+use datafusion::datasource::TableProvider;
 use datafusion::prelude::SessionContext;
 
 use crate::error::{Error, Result};
+use crate::storage::{Relation, RelationDef, RelationKind, Storage};
 
 /// Name of the single database/catalog EddyDB serves.
 pub const DATABASE_NAME: &str = "eddy";
@@ -37,6 +38,7 @@ const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
 #[derive(Debug)]
 pub struct Catalog {
     provider: Arc<MemoryCatalogProvider>,
+    storage: Arc<Storage>,
 }
 
 /// A table reference resolved to schema and name.
@@ -53,18 +55,32 @@ impl std::fmt::Display for QualifiedName {
 }
 
 impl Catalog {
-    /// A catalog with an empty `public` schema, registered on `ctx` as [`DATABASE_NAME`].
-    pub fn install(ctx: &SessionContext) -> Result<Arc<Catalog>> {
+    /// The catalog of `storage`'s relations, registered on `ctx` as [`DATABASE_NAME`].
+    pub fn install(ctx: &SessionContext, storage: Arc<Storage>) -> Result<Arc<Catalog>> {
         let provider = Arc::new(MemoryCatalogProvider::new());
         provider.register_schema(DEFAULT_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
         ctx.register_catalog(
             DATABASE_NAME,
             Arc::clone(&provider) as Arc<dyn CatalogProvider>,
         );
-        Ok(Arc::new(Catalog { provider }))
+        storage.register_object_store(ctx.runtime_env().as_ref());
+        let catalog = Catalog { provider, storage };
+        for relation in catalog.storage.relations() {
+            let def = relation.def();
+            catalog
+                .user_schema(&def.schema_name)?
+                .register_table(def.name.clone(), relation.provider())?;
+        }
+        Ok(Arc::new(catalog))
     }
 
-    /// Create a table. `if_not_exists` turns "already exists" into a no-op (returns false).
+    /// The durable storage behind the catalog.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// Create a table; a primary key among `constraints` makes it keyed (upserts, deletes by
+    /// key). `if_not_exists` turns "already exists" into a no-op (returns false).
     pub fn create_table(
         &self,
         name: &QualifiedName,
@@ -72,32 +88,91 @@ impl Catalog {
         constraints: Constraints,
         if_not_exists: bool,
     ) -> Result<bool> {
-        let schema_provider = self.user_schema(&name.schema)?;
-        if schema_provider.table_exist(&name.name) {
+        let mut def = RelationDef::new(RelationKind::Table, &name.schema, &name.name, &schema);
+        for constraint in constraints.iter() {
+            match constraint {
+                Constraint::PrimaryKey(columns) => {
+                    def.primary_key = columns
+                        .iter()
+                        .map(|&i| schema.field(i).name().clone())
+                        .collect();
+                }
+                Constraint::Unique(_) => {
+                    return Err(Error::Unsupported(
+                        "UNIQUE constraints other than the PRIMARY KEY".to_string(),
+                    ));
+                }
+            }
+        }
+        self.create(def, if_not_exists)
+    }
+
+    /// Create a stream or table from its definition. `if_not_exists` turns "already exists"
+    /// into a no-op (returns false).
+    pub fn create(&self, def: RelationDef, if_not_exists: bool) -> Result<bool> {
+        let schema_provider = self.user_schema(&def.schema_name)?;
+        if schema_provider.table_exist(&def.name) {
             if if_not_exists {
                 return Ok(false);
             }
             return Err(Error::AlreadyExists {
                 kind: "relation",
-                name: name.name.clone(),
+                name: def.name.clone(),
             });
         }
-        let table = MemTable::try_new(schema, vec![vec![]])?.with_constraints(constraints);
-        schema_provider.register_table(name.name.clone(), Arc::new(table))?;
+        let name = def.name.clone();
+        let relation = self.storage.create(def)?;
+        schema_provider.register_table(name, relation.provider())?;
         Ok(true)
     }
 
-    /// Drop a table. `if_exists` turns "does not exist" into a no-op (returns false).
-    pub fn drop_table(&self, name: &QualifiedName, if_exists: bool) -> Result<bool> {
+    /// Drop a stream or table; `kind` is what the statement named (DROP STREAM / DROP TABLE).
+    /// `if_exists` turns "does not exist" into a no-op (returns false).
+    pub async fn drop_relation(
+        &self,
+        name: &QualifiedName,
+        kind: RelationKind,
+        if_exists: bool,
+    ) -> Result<bool> {
         let schema_provider = self.user_schema(&name.schema)?;
-        match schema_provider.deregister_table(&name.name)? {
-            Some(_) => Ok(true),
-            None if if_exists => Ok(false),
-            None => Err(Error::NotFound {
-                kind: "table",
-                name: name.name.clone(),
-            }),
+        let relation = match schema_provider.table(&name.name).await? {
+            Some(provider) => Relation::of_provider(provider.as_ref()),
+            None if if_exists => return Ok(false),
+            None => {
+                return Err(Error::NotFound {
+                    kind: kind_name(kind),
+                    name: name.name.clone(),
+                });
+            }
+        };
+        let Some(relation) = relation else {
+            return Err(Error::WrongObjectType(format!(
+                "\"{}\" is not a {}",
+                name.name,
+                kind_name(kind)
+            )));
+        };
+        let def = relation.def();
+        if def.kind != kind {
+            return Err(Error::WrongObjectType(format!(
+                "\"{}\" is a {}, not a {}; use DROP {}",
+                name.name,
+                kind_name(def.kind),
+                kind_name(kind),
+                kind_name(def.kind).to_ascii_uppercase()
+            )));
         }
+        self.storage.drop_relation(def.id).await?;
+        schema_provider.deregister_table(&name.name)?;
+        Ok(true)
+    }
+
+    /// The stream or table called `name`.
+    pub async fn relation(&self, name: &QualifiedName) -> Result<Relation> {
+        let provider = self.table(name).await?;
+        Relation::of_provider(provider.as_ref()).ok_or_else(|| {
+            Error::WrongObjectType(format!("\"{}\" is not a stream or table", name.name))
+        })
     }
 
     /// The table provider behind a user table.
@@ -106,7 +181,7 @@ impl Catalog {
             .table(&name.name)
             .await?
             .ok_or_else(|| Error::NotFound {
-                kind: "table",
+                kind: "relation",
                 name: name.name.clone(),
             })
     }
@@ -121,5 +196,13 @@ impl Catalog {
             kind: "schema",
             name: schema.to_string(),
         })
+    }
+}
+
+/// How a statement names a kind of relation.
+pub fn kind_name(kind: RelationKind) -> &'static str {
+    match kind {
+        RelationKind::Stream => "stream",
+        RelationKind::Table => "table",
     }
 }

@@ -33,10 +33,16 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<String>,
 
-    /// Directory for data, created at start (tables are in memory until durable storage lands) [default: ./eddydb-data]
+    /// Directory for the catalog, logs and (by default) the cold tier, created at start [default: ./eddydb-data]
     #[arg(long, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+
+    /// Object store for the cold tier: s3://bucket/prefix (AWS_* variables for credentials,
+    /// region, endpoint) or file:///dir [default: <data-dir>/cold]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<String>,
 
     /// TOML configuration file; values in it are overridden by EDDY_* variables and flags
     #[arg(long, value_name = "FILE", env = "EDDY_CONFIG")]
@@ -74,6 +80,19 @@ CONFIGURATION
   data_dir = \"./eddydb-data\"         EDDY_DATA_DIR         where data is kept
   log_level = \"info\"                 EDDY_LOG_LEVEL        tracing filter (RUST_LOG overrides)
   log_format = \"text\"                EDDY_LOG_FORMAT       text or json
+  object_store = \"s3://bucket/eddy\"  EDDY_OBJECT_STORE     cold tier (default: <data_dir>/cold)
+  [storage]
+  sync = \"fsync\"                     EDDY_STORAGE__SYNC    fsync: acknowledge after fsync (group
+                                     commit); none: after the OS has the write (survives a
+                                     killed server, not a power loss)
+  segment_bytes = 67108864           log segment size
+  hot_max_bytes = 536870912          memory for the hot tier of all streams; beyond it writers
+                                     wait for a flush
+  flush_bytes = 67108864             flush a stream's hot tier to Parquet at this size ...
+  flush_age_ms = 60000               ... or when its oldest row is this old
+  maintenance_interval_ms = 1000     how often flush, compaction and retention run
+  compact_min_files = 8              merge a partition's small files when it has this many
+  compact_target_bytes = 134217728   files smaller than this count as small
   [auth]
   trust_loopback = true              EDDY_AUTH__TRUST_LOOPBACK  loopback clients need no password
   password_method = \"scram-sha-256\" EDDY_AUTH__PASSWORD_METHOD scram-sha-256, or (weaker, only
@@ -99,8 +118,49 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub object_store: Option<String>,
+    pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+}
+
+/// How data is kept: the log's durability, the hot tier's size, and when data moves to Parquet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub sync: crate::storage::log::SyncPolicy,
+    pub segment_bytes: u64,
+    pub hot_max_bytes: usize,
+    pub flush_bytes: usize,
+    pub flush_age_ms: u64,
+    pub maintenance_interval_ms: u64,
+    pub compact_min_files: usize,
+    pub compact_target_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            sync: crate::storage::log::SyncPolicy::Fsync,
+            segment_bytes: 64 << 20,
+            hot_max_bytes: 512 << 20,
+            flush_bytes: 64 << 20,
+            flush_age_ms: 60_000,
+            maintenance_interval_ms: 1_000,
+            compact_min_files: 8,
+            compact_target_bytes: 128 << 20,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn flush_age(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.flush_age_ms)
+    }
+
+    pub fn maintenance_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.maintenance_interval_ms.max(10))
+    }
 }
 
 /// How logs are written.
@@ -165,6 +225,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./eddydb-data"),
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
+            object_store: None,
+            storage: StorageConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
         }
@@ -237,6 +299,11 @@ impl Config {
             (Some(_), None) => errors.push("tls.cert is set but tls.key is not".to_string()),
             (None, Some(_)) => errors.push("tls.key is set but tls.cert is not".to_string()),
             (None, None) => {}
+        }
+        if let Some(url) = &self.object_store
+            && let Err(e) = url::Url::parse(url)
+        {
+            errors.push(format!("object_store: \"{url}\" is not a URL: {e}"));
         }
         let mut seen = std::collections::HashSet::new();
         for user in &self.auth.users {

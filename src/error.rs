@@ -67,6 +67,34 @@ pub enum Error {
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 
+    /// The durable log or the object store failed; the write was not acknowledged.
+    #[error("storage error: {0}")]
+    Storage(String),
+
+    /// A row whose key another row already has.
+    #[error("{0}")]
+    UniqueViolation(String),
+
+    /// NULL where the column is NOT NULL (primary keys).
+    #[error("{0}")]
+    NotNullViolation(String),
+
+    /// One statement touching a row twice where that is ambiguous (ON CONFLICT DO UPDATE).
+    #[error("{0}")]
+    CardinalityViolation(String),
+
+    /// COPY or HTTP input with the wrong shape (column count, quoting, encoding).
+    #[error("{0}")]
+    BadCopyFormat(String),
+
+    /// The object exists but is the wrong kind for the command (DROP TABLE on a stream).
+    #[error("{0}")]
+    WrongObjectType(String),
+
+    /// A size limit: one write too large for the log, too many columns.
+    #[error("{0}")]
+    ProgramLimitExceeded(String),
+
     #[error("configuration error: {0}")]
     Config(String),
 
@@ -77,6 +105,17 @@ pub enum Error {
 impl From<datafusion::arrow::error::ArrowError> for Error {
     fn from(e: datafusion::arrow::error::ArrowError) -> Self {
         Error::from(DataFusionError::ArrowError(Box::new(e), None))
+    }
+}
+
+impl From<Error> for DataFusionError {
+    /// Our errors cross DataFusion (a TableProvider's sink) intact: [`Error::sqlstate`] finds
+    /// them again at the root.
+    fn from(e: Error) -> Self {
+        match e {
+            Error::DataFusion(inner) => *inner,
+            other => DataFusionError::External(Box::new(other)),
+        }
     }
 }
 
@@ -91,6 +130,7 @@ impl From<DataFusionError> for Error {
 fn strip_df_prefix(e: &DataFusionError) -> String {
     let root = e.find_root();
     match root {
+        DataFusionError::External(inner) => inner.to_string(),
         DataFusionError::Plan(msg)
         | DataFusionError::Execution(msg)
         | DataFusionError::NotImplemented(msg)
@@ -113,9 +153,13 @@ impl Error {
     /// Who caused this error.
     pub fn domain(&self) -> ErrorDomain {
         match self {
-            Error::Io(_) => ErrorDomain::External,
+            Error::Io(_) | Error::Storage(_) => ErrorDomain::External,
             Error::Internal(_) => ErrorDomain::Internal,
             Error::DataFusion(e) => match e.find_root() {
+                DataFusionError::External(inner) => match inner.downcast_ref::<Error>() {
+                    Some(ours) => ours.domain(),
+                    None => ErrorDomain::External,
+                },
                 DataFusionError::Internal(_) => ErrorDomain::Internal,
                 DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => {
                     ErrorDomain::External
@@ -154,7 +198,13 @@ impl Error {
             Error::Cancelled | Error::StatementTimeout => "57014",
             Error::InFailedTransaction => "25P02",
             Error::NoTransactionBlock(_) => "25P01",
-            Error::Io(_) => "58030",
+            Error::Io(_) | Error::Storage(_) => "58030",
+            Error::UniqueViolation(_) => "23505",
+            Error::NotNullViolation(_) => "23502",
+            Error::CardinalityViolation(_) => "21000",
+            Error::BadCopyFormat(_) => "22P04",
+            Error::WrongObjectType(_) => "42809",
+            Error::ProgramLimitExceeded(_) => "54000",
             Error::Config(_) => "F0000",
             Error::Internal(_) => "XX000",
             Error::DataFusion(e) => datafusion_sqlstate(e),
@@ -167,6 +217,10 @@ impl Error {
 fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
     let root = e.find_root();
     match root {
+        DataFusionError::External(inner) => match inner.downcast_ref::<Error>() {
+            Some(ours) => ours.sqlstate(),
+            None => "XX000",
+        },
         DataFusionError::SQL(_, _) => "42601",
         DataFusionError::NotImplemented(_) => "0A000",
         DataFusionError::ResourcesExhausted(_) => "53200",

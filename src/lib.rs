@@ -26,6 +26,7 @@ pub mod error;
 pub mod parser;
 pub mod planner;
 pub mod server;
+pub mod storage;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -40,6 +40,7 @@ use pgwire::api::Type;
 use crate::catalog::pg_types::{pg_type_metadata, pg_type_of_field};
 use crate::catalog::{Catalog, DATABASE_NAME, DEFAULT_SCHEMA, QualifiedName};
 use crate::catalog::{information_schema, pg_attribute, pg_functions};
+use crate::storage::{RelationKind, Storage};
 use crate::error::{Error, Result};
 use crate::parser::{normalize_ident, read_as_bytea, text_backed_type_name};
 use crate::server::settings::SharedSettings;
@@ -73,14 +74,14 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Build the engine: catalog, pg_catalog, information_schema and PostgreSQL functions.
-    pub fn new() -> Result<Arc<Engine>> {
+    pub fn new(storage: Arc<Storage>) -> Result<Arc<Engine>> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE_NAME, DEFAULT_SCHEMA)
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(false);
         config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
         let ctx = SessionContext::new_with_config(config);
-        let catalog = Catalog::install(&ctx)?;
+        let catalog = Catalog::install(&ctx, storage)?;
         datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE_NAME, EmptyContextProvider)
             .map_err(|e| Error::from(*e))?;
         pg_attribute::install(Arc::clone(ctx.state().catalog_list()), DATABASE_NAME)?;
@@ -233,7 +234,9 @@ impl Engine {
                     None
                 };
                 if create.or_replace {
-                    self.catalog.drop_table(&name, true)?;
+                    self.catalog
+                        .drop_relation(&name, RelationKind::Table, true)
+                        .await?;
                 }
                 let created = self.catalog.create_table(
                     &name,
@@ -246,7 +249,10 @@ impl Engine {
                     if inserted.is_err() {
                         // No half-made table: PostgreSQL's CREATE TABLE AS is atomic. The
                         // insert's error is the one to report.
-                        let _ = self.catalog.drop_table(&name, true);
+                        let _ = self
+                            .catalog
+                            .drop_relation(&name, RelationKind::Table, true)
+                            .await;
                     }
                     return Ok(Output::Command {
                         tag: format!("SELECT {}", inserted?),
@@ -258,7 +264,8 @@ impl Engine {
             }
             LogicalPlan::Ddl(DdlStatement::DropTable(drop)) => {
                 self.catalog
-                    .drop_table(&qualified(&drop.name)?, drop.if_exists)?;
+                    .drop_relation(&qualified(&drop.name)?, RelationKind::Table, drop.if_exists)
+                    .await?;
                 Ok(Output::Command {
                     tag: "DROP TABLE".to_string(),
                 })

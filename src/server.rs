@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::planner::Engine;
+use crate::storage::Storage;
 
 /// How long running connections get to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -74,7 +75,22 @@ pub async fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running> {
-    let engine = Engine::new()?;
+    // The data directory is claimed at start so a bad path fails now, not at the first write,
+    // and locked so two servers never write the same files.
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        Error::Config(format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let data_dir_lock = lock_data_dir(&config.data_dir)?;
+    let storage = Storage::open(
+        &config.data_dir,
+        config.object_store.as_deref(),
+        config.storage.clone(),
+    )
+    .await?;
+    let engine = Engine::new(Arc::clone(&storage))?;
     let tls = auth::tls_acceptor(&config.tls)?;
     let connections = Arc::new(ConnectionManager::new());
     let startup = auth::Startup::new(
@@ -83,20 +99,12 @@ pub async fn start(
         tls.as_ref().map(|(_, pem)| pem.as_slice()),
     )?;
     let handlers = Arc::new(Handlers {
-        query: Arc::new(handler::QueryHandler::new(engine)),
+        query: Arc::new(handler::QueryHandler::new(Arc::clone(&engine))),
         startup: Arc::new(startup),
         cancel: Arc::new(DefaultCancelHandler::new(connections)),
     });
     let tls_acceptor = tls.map(|(acceptor, _)| acceptor);
 
-    // The data directory is claimed at start so a bad path fails now, not at the first write.
-    // (Tables are in memory until durable storage lands; nothing is written here yet.)
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        Error::Config(format!(
-            "cannot create data directory {}: {e}",
-            config.data_dir.display()
-        ))
-    })?;
     let pg_listener = TcpListener::bind(config.listen_addr()?).await?;
     let http_listener = TcpListener::bind(config.http_listen_addr()?).await?;
     let addrs = BoundAddrs {
@@ -114,7 +122,13 @@ pub async fn start(
 
     let task = tokio::spawn(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let http = tokio::spawn(http::serve(http_listener, stop_rx.clone()));
+        let _data_dir_lock = data_dir_lock;
+        storage.spawn_maintenance(stop_rx.clone());
+        let http = tokio::spawn(http::serve(
+            http_listener,
+            Arc::clone(&engine),
+            stop_rx.clone(),
+        ));
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -158,6 +172,28 @@ pub async fn start(
         Ok(())
     });
     Ok(Running { addrs, task })
+}
+
+/// Hold an exclusive lock on `data_dir/LOCK` for as long as the returned file lives.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Config(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
+            "data directory {} is in use by another EddyDB server",
+            data_dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Config(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 /// Run until `shutdown` resolves.

@@ -6,7 +6,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Serve HTTP until `stop` turns true.
-pub async fn serve(listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    engine: std::sync::Arc<crate::planner::Engine>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = engine;
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(|| async { "ready\n" }));

@@ -1,0 +1,734 @@
+//! Durable storage for streams and tables, and the durable catalog that lists them.
+//!
+//! ```text
+//! data_dir/
+//!   catalog.json                  every stream and table (definition, id); replaced atomically
+//!   relations/<id>/log/*.seg      the relation's write-ahead log (see [`log`])
+//!   relations/<id>/manifest.json  a stream's cold files (see [`cold`])
+//!   cold/relations/<id>/...       Parquet files, unless --object-store points elsewhere
+//! ```
+//!
+//! [`Storage::open`] reads the catalog and recovers every relation (log replay, torn tails
+//! dropped), then removes what a crash left half-done: directories of relations the catalog does
+//! not list (a crash inside CREATE or DROP) and cold files no manifest lists. A relation is
+//! created by first making its directory and then committing the catalog, and dropped by first
+//! committing the catalog and then deleting, so the catalog is always the truth.
+//!
+//! [`Relation`] is what the rest of the server holds: a stream ([`stream::StreamStore`], hot
+//! tier in memory and cold tier in Parquet) or a table ([`table::TableStore`], keyed rows in
+//! memory); both are durable before a write returns. The maintenance task
+//! ([`Storage::spawn_maintenance`]) flushes, compacts and expires streams in the background.
+
+pub mod codec;
+pub mod cold;
+pub mod log;
+pub mod stream;
+pub mod table;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::TableProvider;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, watch};
+
+pub use crate::config::StorageConfig;
+use crate::error::{Error, Result};
+use cold::ColdStore;
+use stream::{StreamStore, StreamTable};
+use table::{KeyedTable, OnConflict, TableStore};
+
+/// What kind of relation a definition describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelationKind {
+    Stream,
+    Table,
+}
+
+/// One column as stored in the catalog: the Arrow type in its textual form, which
+/// `DataType::from_str` reads back exactly, and the field metadata (declared PostgreSQL types).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ColumnDef {
+    pub name: String,
+    pub data_type: String,
+    pub nullable: bool,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The durable definition of a stream or table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RelationDef {
+    /// Assigned by [`Storage::create`]; names the relation's directory and files, so a dropped
+    /// and recreated name never meets the old data.
+    #[serde(default)]
+    pub id: u64,
+    pub kind: RelationKind,
+    pub schema_name: String,
+    pub name: String,
+    pub columns: Vec<ColumnDef>,
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    /// A stream's event-time column (from `WATERMARK FOR col AS ...`).
+    #[serde(default)]
+    pub event_time: Option<String>,
+    /// The watermark expression, as SQL text (`ts - INTERVAL '5' SECOND`).
+    #[serde(default)]
+    pub watermark: Option<String>,
+    /// `WITH (...)` options, names lower-cased (`retention`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Options a stream accepts in `WITH (...)` and `ALTER STREAM ... SET (...)`.
+pub const STREAM_OPTIONS: &[&str] = &["retention"];
+
+impl RelationDef {
+    /// A definition from an Arrow schema.
+    pub fn new(kind: RelationKind, schema_name: &str, name: &str, schema: &Schema) -> RelationDef {
+        RelationDef {
+            id: 0,
+            kind,
+            schema_name: schema_name.to_string(),
+            name: name.to_string(),
+            columns: schema
+                .fields()
+                .iter()
+                .map(|f| ColumnDef {
+                    name: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                    nullable: f.is_nullable(),
+                    metadata: f.metadata().clone().into_iter().collect(),
+                })
+                .collect(),
+            primary_key: Vec::new(),
+            event_time: None,
+            watermark: None,
+            options: BTreeMap::new(),
+        }
+    }
+
+    /// The Arrow schema the definition describes.
+    pub fn arrow_schema(&self) -> Result<SchemaRef> {
+        let fields = self
+            .columns
+            .iter()
+            .map(|c| {
+                let data_type: DataType = c.data_type.parse().map_err(|e| {
+                    Error::Storage(format!(
+                        "catalog: column \"{}\" of \"{}\" has unreadable type \"{}\": {e}",
+                        c.name, self.name, c.data_type
+                    ))
+                })?;
+                Ok(Field::new(&c.name, data_type, c.nullable)
+                    .with_metadata(c.metadata.clone().into_iter().collect()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// The stream's retention, if set.
+    pub fn retention(&self) -> Result<Option<Duration>> {
+        self.options
+            .get("retention")
+            .map(|text| parse_duration(text))
+            .transpose()
+    }
+
+    /// Check options against what this kind accepts.
+    pub fn validate_options(&self) -> Result<()> {
+        for name in self.options.keys() {
+            let known = match self.kind {
+                RelationKind::Stream => STREAM_OPTIONS.contains(&name.as_str()),
+                RelationKind::Table => false,
+            };
+            if !known {
+                return Err(Error::InvalidValue(format!(
+                    "unrecognized parameter \"{name}\" (a {} accepts: {})",
+                    match self.kind {
+                        RelationKind::Stream => "stream",
+                        RelationKind::Table => "table",
+                    },
+                    match self.kind {
+                        RelationKind::Stream => STREAM_OPTIONS.join(", "),
+                        RelationKind::Table => "none".to_string(),
+                    }
+                )));
+            }
+        }
+        self.retention()?;
+        Ok(())
+    }
+}
+
+/// A duration as people write it in SQL options: `30 days`, `12 hours`, `90 min`, `1 week`,
+/// `45s`, `2 days 12 hours`.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let bad = || {
+        Error::InvalidValue(format!(
+            "invalid duration \"{text}\" (use e.g. '30 days', '12 hours', '90 minutes')"
+        ))
+    };
+    let mut total = 0u64;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = rest[..unit_len].to_ascii_lowercase();
+        rest = rest[unit_len..].trim_start();
+        let seconds = match unit.as_str() {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hour" | "hours" => 3600,
+            "d" | "day" | "days" => 86_400,
+            "w" | "week" | "weeks" => 604_800,
+            _ => return Err(bad()),
+        };
+        total = number
+            .checked_mul(seconds)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(bad)?;
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// A stream or a table.
+#[derive(Debug, Clone)]
+pub enum Relation {
+    Stream(Arc<StreamStore>),
+    Table(Arc<TableStore>),
+}
+
+impl Relation {
+    pub fn def(&self) -> RelationDef {
+        match self {
+            Relation::Stream(s) => s.def(),
+            Relation::Table(t) => t.def(),
+        }
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Relation::Stream(s) => s.schema(),
+            Relation::Table(t) => t.schema(),
+        }
+    }
+
+    /// The DataFusion table for this relation.
+    pub fn provider(&self) -> Arc<dyn TableProvider> {
+        match self {
+            Relation::Stream(s) => Arc::new(StreamTable::new(Arc::clone(s))),
+            Relation::Table(t) => Arc::new(KeyedTable::new(Arc::clone(t))),
+        }
+    }
+
+    /// The relation behind a provider made by [`Relation::provider`].
+    pub fn of_provider(provider: &dyn TableProvider) -> Option<Relation> {
+        if let Some(stream) = provider.downcast_ref::<StreamTable>() {
+            return Some(Relation::Stream(Arc::clone(stream.store())));
+        }
+        provider
+            .downcast_ref::<KeyedTable>()
+            .map(|t| Relation::Table(Arc::clone(t.store())))
+    }
+
+    /// Insert rows atomically and durably (INSERT, COPY, HTTP): all of them or, on any error,
+    /// none. Returns the row count.
+    pub async fn insert(&self, batches: Vec<RecordBatch>) -> Result<u64> {
+        let schema = self.schema();
+        let batches = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| table::conform(&schema, b))
+            .collect::<Result<Vec<_>>>()?;
+        for batch in &batches {
+            for (field, column) in schema.fields().iter().zip(batch.columns()) {
+                if !field.is_nullable() && column.null_count() > 0 {
+                    return Err(Error::NotNullViolation(format!(
+                        "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                        field.name(),
+                        self.def().name
+                    )));
+                }
+            }
+        }
+        match self {
+            Relation::Stream(s) => s.append(batches).await,
+            Relation::Table(t) => t.insert(batches, OnConflict::Error).await,
+        }
+    }
+}
+
+/// The hot tier's memory across all streams, and the signals between writers waiting for room
+/// and the maintenance task that makes it.
+#[derive(Debug)]
+pub struct HotMemory {
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    flushed: Notify,
+    wake_maintenance: Notify,
+}
+
+impl HotMemory {
+    pub fn add(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn sub(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.flushed.notify_waiters();
+    }
+
+    pub fn used(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn over_budget(&self) -> bool {
+        self.used() > self.max_bytes
+    }
+
+    /// Wait while the hot tier is over its budget, waking the maintenance task to flush.
+    pub async fn wait_for_room(&self) {
+        while self.over_budget() {
+            self.wake_maintenance.notify_one();
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.flushed.notified()).await;
+        }
+    }
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct CatalogFile {
+    next_id: u64,
+    relations: Vec<RelationDef>,
+}
+
+/// All durable relations and the catalog that lists them.
+#[derive(Debug)]
+pub struct Storage {
+    data_dir: PathBuf,
+    config: StorageConfig,
+    cold: Arc<ColdStore>,
+    memory: Arc<HotMemory>,
+    /// The committed catalog; held while changing it so changes are serialized.
+    catalog: Mutex<CatalogFile>,
+    relations: RwLock<HashMap<u64, Relation>>,
+}
+
+impl Storage {
+    /// Open the storage under `data_dir`, recovering every relation.
+    pub async fn open(
+        data_dir: &Path,
+        object_store: Option<&str>,
+        config: StorageConfig,
+    ) -> Result<Arc<Storage>> {
+        let relations_dir = data_dir.join("relations");
+        std::fs::create_dir_all(&relations_dir).map_err(|e| {
+            Error::Storage(format!("could not create {}: {e}", relations_dir.display()))
+        })?;
+        let cold = Arc::new(ColdStore::open(object_store, &data_dir.join("cold"))?);
+        let catalog_path = data_dir.join("catalog.json");
+        let catalog: CatalogFile = match std::fs::read(&catalog_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Storage(format!("unreadable catalog {}: {e}", catalog_path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CatalogFile {
+                next_id: 1,
+                relations: Vec::new(),
+            },
+            Err(e) => {
+                return Err(Error::Storage(format!(
+                    "could not read {}: {e}",
+                    catalog_path.display()
+                )));
+            }
+        };
+        let memory = Arc::new(HotMemory {
+            bytes: AtomicUsize::new(0),
+            max_bytes: config.hot_max_bytes,
+            flushed: Notify::new(),
+            wake_maintenance: Notify::new(),
+        });
+        let storage = Storage {
+            data_dir: data_dir.to_path_buf(),
+            config,
+            cold,
+            memory,
+            catalog: Mutex::new(CatalogFile::default()),
+            relations: RwLock::new(HashMap::new()),
+        };
+        let mut relations = HashMap::new();
+        for def in &catalog.relations {
+            let relation = storage.open_relation(def.clone())?;
+            if let Relation::Stream(stream) = &relation {
+                let removed = stream.remove_unlisted_files().await?;
+                if removed > 0 {
+                    tracing::info!(stream = %def.name, files = removed, "removed cold files a crash left unlisted");
+                }
+            }
+            relations.insert(def.id, relation);
+        }
+        storage.remove_orphan_dirs(&catalog)?;
+        tracing::info!(
+            relations = relations.len(),
+            cold_tier = storage.cold.location(),
+            "storage recovered"
+        );
+        *storage.relations.write().unwrap_or_else(|e| e.into_inner()) = relations;
+        *storage.catalog.lock().unwrap_or_else(|e| e.into_inner()) = catalog;
+        Ok(Arc::new(storage))
+    }
+
+    /// Make the cold tier readable by DataFusion plans run on `runtime`.
+    pub fn register_object_store(&self, runtime: &datafusion::execution::runtime_env::RuntimeEnv) {
+        self.cold.register(runtime);
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    fn relation_dir(&self, id: u64) -> PathBuf {
+        self.data_dir.join("relations").join(id.to_string())
+    }
+
+    fn open_relation(&self, def: RelationDef) -> Result<Relation> {
+        let dir = self.relation_dir(def.id);
+        Ok(match def.kind {
+            RelationKind::Stream => Relation::Stream(Arc::new(StreamStore::open(
+                def,
+                dir,
+                &self.config,
+                Arc::clone(&self.cold),
+                Arc::clone(&self.memory),
+            )?)),
+            RelationKind::Table => {
+                Relation::Table(Arc::new(TableStore::open(def, dir, &self.config)?))
+            }
+        })
+    }
+
+    fn remove_orphan_dirs(&self, catalog: &CatalogFile) -> Result<()> {
+        let dir = self.data_dir.join("relations");
+        let listed: std::collections::HashSet<String> =
+            catalog.relations.iter().map(|r| r.id.to_string()).collect();
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| Error::Storage(format!("could not list {}: {e}", dir.display())))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !listed.contains(&name) {
+                tracing::info!(dir = %entry.path().display(), "removing data of a relation the catalog does not list");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_catalog(&self, catalog: &CatalogFile) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(catalog)
+            .map_err(|e| Error::Internal(format!("catalog encoding: {e}")))?;
+        cold::write_atomically(&self.data_dir.join("catalog.json"), &bytes)
+    }
+
+    /// Every relation, in creation order.
+    pub fn relations(&self) -> Vec<Relation> {
+        let relations = self.relations.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<Relation> = relations.values().cloned().collect();
+        all.sort_by_key(|r| r.def().id);
+        all
+    }
+
+    /// Create a relation durably; the definition's id is assigned here.
+    pub fn create(&self, mut def: RelationDef) -> Result<Relation> {
+        def.validate_options()?;
+        def.arrow_schema()?;
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        def.id = catalog.next_id;
+        let relation = self.open_relation(def.clone())?;
+        catalog.next_id += 1;
+        catalog.relations.push(def.clone());
+        if let Err(e) = self.commit_catalog(&catalog) {
+            catalog.relations.pop();
+            return Err(e);
+        }
+        self.relations
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(def.id, relation.clone());
+        Ok(relation)
+    }
+
+    /// Replace a relation's definition (ALTER ... SET); kind, id and columns stay.
+    pub fn alter(&self, def: RelationDef) -> Result<()> {
+        def.validate_options()?;
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(position) = catalog.relations.iter().position(|r| r.id == def.id) else {
+            return Err(Error::NotFound {
+                kind: "relation",
+                name: def.name,
+            });
+        };
+        let previous = std::mem::replace(&mut catalog.relations[position], def.clone());
+        if let Err(e) = self.commit_catalog(&catalog) {
+            catalog.relations[position] = previous;
+            return Err(e);
+        }
+        if let Some(Relation::Stream(s)) = self
+            .relations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&def.id)
+        {
+            s.set_def(def);
+        }
+        Ok(())
+    }
+
+    /// Drop a relation: forget it in the catalog, then delete its data.
+    pub async fn drop_relation(&self, id: u64) -> Result<()> {
+        {
+            let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+            let before = catalog.relations.clone();
+            catalog.relations.retain(|r| r.id != id);
+            if let Err(e) = self.commit_catalog(&catalog) {
+                catalog.relations = before;
+                return Err(e);
+            }
+        }
+        let relation = self
+            .relations
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let dir = self.relation_dir(id);
+        let removed = match relation {
+            Some(Relation::Stream(s)) => s.destroy(&dir).await,
+            Some(Relation::Table(t)) => t.destroy(&dir),
+            None => Ok(()),
+        };
+        if let Err(e) = removed {
+            // The catalog no longer lists it; the next start removes what is left.
+            tracing::warn!(error = %e, id, "could not remove all data of a dropped relation");
+        }
+        Ok(())
+    }
+
+    /// Run flush, compaction, retention and file cleanup until `stop` turns true.
+    pub fn spawn_maintenance(self: &Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let storage = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(storage.config.maintenance_interval()) => {}
+                    _ = storage.memory.wake_maintenance.notified() => {}
+                    _ = stop.changed() => {}
+                }
+                if *stop.borrow() {
+                    break;
+                }
+                storage.maintain().await;
+            }
+        });
+    }
+
+    /// One round of background work over every stream; errors are logged and retried next
+    /// round (an unreachable object store leaves data in memory and in the log).
+    pub async fn maintain(&self) {
+        let over_budget = self.memory.over_budget();
+        let mut streams: Vec<Arc<StreamStore>> = self
+            .relations()
+            .into_iter()
+            .filter_map(|r| match r {
+                Relation::Stream(s) => Some(s),
+                Relation::Table(_) => None,
+            })
+            .collect();
+        // Over budget, the biggest hot tiers go first.
+        streams.sort_by_key(|s| std::cmp::Reverse(s.hot_bytes()));
+        for stream in streams {
+            let name = stream.def().name;
+            if stream.wants_flush(&self.config, over_budget)
+                && let Err(e) = stream.flush().await
+            {
+                tracing::warn!(stream = %name, error = %e, "flush to the cold tier failed; will retry");
+                continue;
+            }
+            if let Err(e) = stream
+                .compact(self.config.compact_min_files, self.config.compact_target_bytes)
+                .await
+            {
+                tracing::warn!(stream = %name, error = %e, "compaction failed; will retry");
+            }
+            if let Err(e) = stream.expire().await {
+                tracing::warn!(stream = %name, error = %e, "retention failed; will retry");
+            }
+            if let Err(e) = stream.bury().await {
+                tracing::warn!(stream = %name, error = %e, "deleting compacted files failed; will retry");
+            }
+        }
+    }
+
+    /// Flush every stream's hot tier now (shutdown, tests, `FLUSH`).
+    pub async fn flush_all(&self) -> Result<()> {
+        for relation in self.relations() {
+            if let Relation::Stream(s) = relation {
+                s.flush().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The sink behind INSERT into a stream or table: the whole statement's rows are inserted as one
+/// atomic, durable write.
+#[derive(Debug)]
+pub struct InsertSink {
+    relation: Relation,
+    schema: SchemaRef,
+}
+
+impl InsertSink {
+    pub fn new(relation: Relation) -> InsertSink {
+        let schema = relation.schema();
+        InsertSink { relation, schema }
+    }
+}
+
+impl DisplayAs for InsertSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InsertSink: {}", self.relation.def().name)
+    }
+}
+
+#[async_trait]
+impl DataSink for InsertSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> datafusion::error::Result<u64> {
+        let mut batches = Vec::new();
+        while let Some(batch) = data.next().await {
+            batches.push(batch?);
+        }
+        Ok(self.relation.insert(batches).await?)
+    }
+}
+
+type Mutation = Box<dyn FnOnce() -> BoxFuture<'static, Result<u64>> + Send>;
+
+/// A DELETE, UPDATE or TRUNCATE run when its plan executes (not when it is planned, so
+/// `EXPLAIN DELETE` changes nothing), reporting the affected rows like an insert does.
+pub struct MutationSink {
+    mutation: Mutex<Option<Mutation>>,
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for MutationSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MutationSink")
+    }
+}
+
+impl MutationSink {
+    /// A plan that runs `mutation` once when executed.
+    pub fn plan(
+        schema: SchemaRef,
+        mutation: impl FnOnce() -> BoxFuture<'static, Result<u64>> + Send + 'static,
+    ) -> Arc<dyn ExecutionPlan> {
+        let sink = MutationSink {
+            mutation: Mutex::new(Some(Box::new(mutation))),
+            schema,
+        };
+        let nothing = Arc::new(EmptyExec::new(Arc::new(Schema::empty())));
+        Arc::new(DataSinkExec::new(nothing, Arc::new(sink), None))
+    }
+}
+
+impl DisplayAs for MutationSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MutationSink")
+    }
+}
+
+#[async_trait]
+impl DataSink for MutationSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        _data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> datafusion::error::Result<u64> {
+        let mutation = self
+            .mutation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match mutation {
+            Some(run) => Ok(run().await?),
+            None => Err(Error::Internal("a mutation plan ran twice".to_string()).into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30 days").unwrap(), Duration::from_secs(30 * 86_400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2 weeks").unwrap(), Duration::from_secs(14 * 86_400));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn arrow_types_round_trip_through_the_catalog() {
+        use datafusion::arrow::datatypes::{IntervalUnit, TimeUnit};
+        let schema = Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())), true),
+            Field::new("n", DataType::Decimal128(12, 3), true),
+            Field::new("i", DataType::Interval(IntervalUnit::MonthDayNano), true),
+            Field::new("l", DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))), true),
+            Field::new("j", DataType::Utf8, true).with_metadata(
+                [("eddy.pg_type".to_string(), "jsonb".to_string())].into(),
+            ),
+        ]);
+        let def = RelationDef::new(RelationKind::Table, "public", "t", &schema);
+        let json = serde_json::to_string(&def).unwrap();
+        let back: RelationDef = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.arrow_schema().unwrap().as_ref(), &schema);
+    }
+}
