@@ -55,6 +55,10 @@ pub enum Error {
     #[error("canceling statement due to user request")]
     Cancelled,
 
+    /// The client ended an operation (COPY's CopyFail).
+    #[error("{0}")]
+    QueryCanceled(String),
+
     #[error("canceling statement due to statement timeout")]
     StatementTimeout,
 
@@ -82,6 +86,22 @@ pub enum Error {
     /// One statement touching a row twice where that is ambiguous (ON CONFLICT DO UPDATE).
     #[error("{0}")]
     CardinalityViolation(String),
+
+    /// A message that is wrong at this point of the protocol.
+    #[error("{0}")]
+    ProtocolViolation(String),
+
+    /// A value of the wrong type where a particular one is required.
+    #[error("{0}")]
+    DatatypeMismatch(String),
+
+    /// A column list that matches no constraint (ON CONFLICT).
+    #[error("{0}")]
+    InvalidColumnReference(String),
+
+    /// Input bytes that are not valid UTF-8.
+    #[error("{0}")]
+    CharacterNotInRepertoire(String),
 
     /// COPY or HTTP input with the wrong shape (column count, quoting, encoding).
     #[error("{0}")]
@@ -195,7 +215,7 @@ impl Error {
             Error::InvalidValue(_) => "22023",
             Error::InvalidParameter(_) => "42704",
             Error::InvalidTextRepresentation(_) => "22P02",
-            Error::Cancelled | Error::StatementTimeout => "57014",
+            Error::Cancelled | Error::StatementTimeout | Error::QueryCanceled(_) => "57014",
             Error::InFailedTransaction => "25P02",
             Error::NoTransactionBlock(_) => "25P01",
             Error::Io(_) | Error::Storage(_) => "58030",
@@ -203,6 +223,10 @@ impl Error {
             Error::NotNullViolation(_) => "23502",
             Error::CardinalityViolation(_) => "21000",
             Error::BadCopyFormat(_) => "22P04",
+            Error::CharacterNotInRepertoire(_) => "22021",
+            Error::DatatypeMismatch(_) => "42804",
+            Error::ProtocolViolation(_) => "08P01",
+            Error::InvalidColumnReference(_) => "42P10",
             Error::WrongObjectType(_) => "42809",
             Error::ProgramLimitExceeded(_) => "54000",
             Error::Config(_) => "F0000",

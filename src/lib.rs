@@ -23,6 +23,7 @@
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod ingest;
 pub mod parser;
 pub mod planner;
 pub mod server;

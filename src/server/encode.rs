@@ -1268,8 +1268,8 @@ fn list_scalar(elem: &Type, values: Vec<Option<ScalarValue>>) -> Result<ScalarVa
     Ok(datafusion::common::utils::SingleRowListArrayBuilder::new(array).build_list_scalar())
 }
 
-/// A text-format parameter.
-fn decode_text(ty: &Type, s: &str) -> Result<ScalarValue> {
+/// A value in PostgreSQL text input format (a text-format parameter, a COPY or JSON field).
+pub fn decode_text(ty: &Type, s: &str) -> Result<ScalarValue> {
     let bad = || invalid(ty, s);
     let t = s.trim();
     Ok(match *ty {

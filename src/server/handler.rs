@@ -38,7 +38,13 @@ use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::ParameterStatus;
 use pgwire::types::format::FormatOptions;
 
+use pgwire::api::copy::{CopyHandler, send_copy_in_response, send_copy_out_response};
+use pgwire::api::results::CopyResponse;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use datafusion::arrow::record_batch::RecordBatch;
+
 use crate::error::{Error, ErrorDomain};
+use crate::ingest::{self, CopyFormat};
 use crate::parser;
 use crate::planner::{Engine, Output};
 use crate::server::encode;
@@ -169,11 +175,13 @@ where
     Ok(())
 }
 
-/// The pgwire response for an output; rows use the given result formats.
+/// The pgwire response for an output; rows use the given result formats. A COPY FROM STDIN
+/// hands its decoder to the session, which receives the data that follows.
 fn into_response(
     output: Output,
     format: Option<&Format>,
     options: &Arc<FormatOptions>,
+    session: &Session,
 ) -> Response {
     match output {
         Output::Rows {
@@ -196,7 +204,58 @@ fn into_response(
             Response::Query(response)
         }
         Output::Command { tag } => Response::Execution(Tag::new(&tag)),
+        Output::CopyIn { relation, decoder } => {
+            let columns = relation.schema().fields().len();
+            session.begin_copy(relation, decoder);
+            Response::CopyIn(CopyResponse::new(0, columns, futures::stream::empty()))
+        }
+        Output::CopyOut {
+            schema,
+            batches,
+            format: copy_format,
+        } => {
+            let fields = Arc::new(encode::row_description(&schema, None, options));
+            let columns = fields.len();
+            let header = copy_format.header.then(|| {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                ingest::header_line(&names, &copy_format)
+            });
+            Response::CopyOut(CopyResponse::new(
+                0,
+                columns,
+                copy_out_stream(batches, fields, copy_format, header),
+            ))
+        }
     }
+}
+
+/// Rows as CopyData messages, one per row (pgwire counts them for the `COPY n` tag); a header
+/// line travels with the first row.
+fn copy_out_stream(
+    batches: Vec<RecordBatch>,
+    fields: Arc<Vec<FieldInfo>>,
+    format: CopyFormat,
+    mut header: Option<Vec<u8>>,
+) -> impl futures::Stream<Item = PgWireResult<CopyData>> + Send + 'static {
+    let mut messages: Vec<PgWireResult<CopyData>> = Vec::new();
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            let mut line = header.take().unwrap_or_default();
+            let encoded =
+                ingest::encode_copy_rows(&batch.slice(row, 1), &fields, &format, &mut line);
+            match encoded {
+                Ok(()) => messages.push(Ok(CopyData::new(line.into()))),
+                Err(e) => {
+                    messages.push(Err(user_error(&e)));
+                    return futures::stream::iter(messages);
+                }
+            }
+        }
+    }
+    if let Some(header) = header {
+        messages.push(Ok(CopyData::new(header.into())));
+    }
+    futures::stream::iter(messages)
 }
 
 #[async_trait]
@@ -231,8 +290,15 @@ impl SimpleQueryHandler for QueryHandler {
                         .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
                         .await?;
                 }
-                Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
-                    let e = Error::Unsupported("COPY".to_string());
+                Response::CopyIn(copy) => {
+                    // The data follows; CopyDone or CopyFail ends the query (see CopyHandler).
+                    send_copy_in_response(client, copy).await?;
+                    client.set_state(PgWireConnectionState::CopyInProgress(false));
+                    return Ok(());
+                }
+                Response::CopyOut(copy) => send_copy_out_response(client, copy).await?,
+                Response::CopyBoth(_) => {
+                    let e = Error::Unsupported("COPY BOTH".to_string());
                     client
                         .feed(PgWireBackendMessage::ErrorResponse(error_info(&e).into()))
                         .await?;
@@ -283,7 +349,13 @@ impl SimpleQueryHandler for QueryHandler {
                     } else {
                         Arc::new(session.format_options())
                     };
-                    responses.push(into_response(executed.output, None, &options));
+                    let copy_in = matches!(executed.output, Output::CopyIn { .. });
+                    responses.push(into_response(executed.output, None, &options, &session));
+                    if copy_in {
+                        // The client sends the data next; statements after the COPY in the
+                        // same string are not run (a COPY FROM STDIN is sent on its own).
+                        break;
+                    }
                 }
                 Err(e) => {
                     session.statement_failed();
@@ -293,6 +365,52 @@ impl SimpleQueryHandler for QueryHandler {
             }
         }
         Ok(responses)
+    }
+}
+
+#[async_trait]
+impl CopyHandler for QueryHandler {
+    async fn on_copy_data<C>(&self, client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        session_of(client, &self.engine).copy_data(&copy_data.data);
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client, &self.engine);
+        let result = session.finish_copy().await;
+        client.set_transaction_status(session.transaction_status());
+        let rows = result.map_err(|e| user_error(&e))?;
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new("COPY").with_rows(rows as usize).into(),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client, &self.engine);
+        session.abort_copy();
+        client.set_transaction_status(session.transaction_status());
+        user_error(&Error::QueryCanceled(format!(
+            "COPY from stdin failed: {}",
+            fail.message
+        )))
     }
 }
 
@@ -494,6 +612,7 @@ impl ExtendedQueryHandler for QueryHandler {
                     executed.output,
                     Some(&portal.result_column_format),
                     &options,
+                    &session,
                 ))
             }
             Err(e) => {

@@ -25,7 +25,9 @@ use pgwire::types::format::FormatOptions;
 
 use crate::error::{Error, Result};
 use crate::parser::Statement;
+use crate::ingest::RowDecoder;
 use crate::planner::{self, Engine, Output};
+use crate::storage::Relation;
 use crate::server::settings::{Settings, SharedSettings};
 
 /// Where the session is with respect to a transaction block.
@@ -117,6 +119,17 @@ pub struct Session {
     settings: SharedSettings,
     state: RwLock<SessionState>,
     transaction: Mutex<TransactionState>,
+    /// The `COPY ... FROM STDIN` receiving data, between CopyInResponse and CopyDone.
+    copy: Mutex<Option<PendingCopy>>,
+}
+
+/// A COPY FROM STDIN in progress: rows decoded as CopyData arrives, stored at CopyDone.
+#[derive(Debug)]
+struct PendingCopy {
+    relation: Relation,
+    decoder: Box<RowDecoder>,
+    /// The first error; later data is ignored and CopyDone reports it.
+    error: Option<Error>,
 }
 
 impl Session {
@@ -133,7 +146,54 @@ impl Session {
             settings,
             state: RwLock::new(state),
             transaction: Mutex::new(TransactionState::default()),
+            copy: Mutex::new(None),
         }
+    }
+
+    /// Start receiving COPY data for `relation`.
+    pub fn begin_copy(&self, relation: Relation, decoder: Box<RowDecoder>) {
+        *self.copy.lock().unwrap_or_else(|e| e.into_inner()) = Some(PendingCopy {
+            relation,
+            decoder,
+            error: None,
+        });
+    }
+
+    /// One CopyData message. A decoding error is kept for CopyDone: the client is still
+    /// sending, and PostgreSQL reports the error once the copy ends.
+    pub fn copy_data(&self, data: &[u8]) {
+        let mut copy = self.copy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(copy) = copy.as_mut()
+            && copy.error.is_none()
+            && let Err(e) = copy.decoder.push(data)
+        {
+            copy.error = Some(e);
+        }
+    }
+
+    /// CopyDone: store every row atomically, or none; returns the row count.
+    pub async fn finish_copy(&self) -> Result<u64> {
+        let copy = self.copy.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(copy) = copy else {
+            return Err(Error::ProtocolViolation("CopyDone without a COPY in progress".into()));
+        };
+        let result = match copy.error {
+            Some(e) => Err(e),
+            None => match copy.decoder.finish() {
+                Ok(batches) => copy.relation.insert(batches).await,
+                Err(e) => Err(e),
+            },
+        };
+        if result.is_err() {
+            self.statement_failed();
+        }
+        result
+    }
+
+    /// CopyFail: the client gave up; nothing is stored.
+    pub fn abort_copy(&self) {
+        self.copy.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.statement_failed();
     }
 
     /// The wire-protocol transaction status for ReadyForQuery.
@@ -207,6 +267,16 @@ impl Session {
                 (param_types, result_schema)
             }
             Statement::Show(name) => (Vec::new(), Some(show_schema(name.as_deref()))),
+            Statement::ShowRelations(kind) => match self.engine.show_relations(*kind)? {
+                Output::Rows { schema, .. } => (Vec::new(), Some(schema)),
+                _ => (Vec::new(), None),
+            },
+            Statement::CopyTo { query, .. } => {
+                // Rows go out as COPY data, not DataRows: no row description, but the query
+                // is checked now.
+                self.engine.plan(&self.state(), query, &[]).await?;
+                (Vec::new(), None)
+            }
             _ => (Vec::new(), None),
         };
         Ok(Prepared {
@@ -230,7 +300,11 @@ impl Session {
                 let state = self.state();
                 let plan = self.engine.plan(&state, ast, declared_types).await?;
                 let plan = planner::bind_parameters(plan, params)?;
-                let output = match self.engine.execute(&state, plan).await? {
+                let executed = match planner::on_conflict(ast) {
+                    Some(on) => self.engine.upsert(&state, plan, on).await?,
+                    None => self.engine.execute(&state, plan).await?,
+                };
+                let output = match executed {
                     Output::Rows {
                         schema,
                         batches,
@@ -279,6 +353,41 @@ impl Session {
                 }
             }
             Statement::NoOp { tag } => Executed::command(tag),
+            Statement::CreateStream(create) => {
+                self.lock_transaction().writes += 1;
+                Executed::of(self.engine.create_stream(&self.state(), create).await?)
+            }
+            Statement::DropStream { names, if_exists } => {
+                self.lock_transaction().writes += 1;
+                Executed::of(self.engine.drop_streams(names, *if_exists).await?)
+            }
+            Statement::AlterStream { name, set, reset } => {
+                self.lock_transaction().writes += 1;
+                Executed::of(self.engine.alter_stream(name, set, reset).await?)
+            }
+            Statement::ShowRelations(kind) => Executed::of(self.engine.show_relations(*kind)?),
+            Statement::CopyFrom {
+                table,
+                columns,
+                format,
+            } => {
+                self.lock_transaction().writes += 1;
+                Executed::of(self.engine.copy_in(table, columns, format).await?)
+            }
+            Statement::CopyTo { query, format } => {
+                let state = self.state();
+                let plan = self.engine.plan(&state, query, &[]).await?;
+                match self.engine.execute(&state, plan).await? {
+                    Output::Rows {
+                        schema, batches, ..
+                    } => Executed::of(Output::CopyOut {
+                        schema: planner::with_postgres_column_names(query, schema),
+                        batches,
+                        format: format.clone(),
+                    }),
+                    _ => return Err(Error::Unsupported("COPY of a statement without rows".into())),
+                }
+            }
         };
         Ok(executed)
     }

@@ -9,6 +9,8 @@
 //! A string with no statements (empty, `;`, or only comments such as Grafana's `-- ping`)
 //! parses to an empty list, which the server answers with EmptyQueryResponse.
 
+pub mod extensions;
+
 use std::ops::ControlFlow;
 use std::sync::LazyLock;
 
@@ -22,6 +24,8 @@ use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
 use crate::catalog::pg_types::{hex_digits, parse_bytea};
 use crate::error::{Error, Result};
+use crate::ingest::CopyFormat;
+use crate::storage::RelationKind;
 
 /// One parsed statement.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +56,32 @@ pub enum Statement {
     RollbackToSavepoint(String),
     /// `SET TRANSACTION ...` / `SET SESSION CHARACTERISTICS AS TRANSACTION ...`.
     SetTransaction { isolation: Option<String> },
+    /// `CREATE STREAM ...` ([`extensions`]).
+    CreateStream(extensions::CreateStream),
+    /// `DROP STREAM [IF EXISTS] name, ...`.
+    DropStream {
+        names: Vec<ObjectName>,
+        if_exists: bool,
+    },
+    /// `SHOW STREAMS` / `SHOW TABLES`.
+    ShowRelations(RelationKind),
+    /// `ALTER STREAM name SET (k = v, ...)` / `RESET (k, ...)`.
+    AlterStream {
+        name: ObjectName,
+        set: Vec<(String, String)>,
+        reset: Vec<String>,
+    },
+    /// `COPY table [(columns)] FROM STDIN [WITH (...)]`.
+    CopyFrom {
+        table: ObjectName,
+        columns: Vec<String>,
+        format: CopyFormat,
+    },
+    /// `COPY table [(columns)] TO STDOUT` / `COPY (query) TO STDOUT`, as the query to run.
+    CopyTo {
+        query: Box<ast::Statement>,
+        format: CopyFormat,
+    },
     /// Accepted and ignored, answered with `tag` (`SET TRANSACTION ...`, `DISCARD ALL`,
     /// `CLOSE ALL`, `DEALLOCATE ALL`, `SET SESSION CHARACTERISTICS ...`).
     NoOp { tag: &'static str },
@@ -62,6 +92,21 @@ static PG_COMPAT: LazyLock<PostgresCompatibilityParser> =
 
 /// Parse a query string into statements; comments and empty statements vanish.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    if let Some(pieces) = extensions::split(sql)? {
+        let mut statements = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            match piece {
+                extensions::Piece::Ours(statement) => statements.push(statement),
+                extensions::Piece::Sql(text) => statements.extend(parse_standard(text)?),
+            }
+        }
+        return Ok(statements);
+    }
+    parse_standard(sql)
+}
+
+/// Parse statements sqlparser knows, with the PostgreSQL-compatibility rewrites.
+fn parse_standard(sql: &str) -> Result<Vec<Statement>> {
     // datafusion-pg-catalog substitutes whole queries DataFusion cannot run with results of the
     // same shape (psql's `\d` probes of policies, extended statistics and publications, all
     // empty), then applies its rewrites. Grafana's table listing is the exception: its
@@ -330,8 +375,75 @@ fn classify(stmt: ast::Statement) -> Result<Statement> {
         S::Deallocate { .. } => Statement::NoOp {
             tag: "DEALLOCATE ALL",
         },
+        S::ShowTables { .. } => Statement::ShowRelations(RelationKind::Table),
+        S::Copy {
+            source,
+            to,
+            target,
+            options,
+            legacy_options,
+            values: _,
+        } => classify_copy(source, to, target, &options, &legacy_options)?,
         other => Statement::DataFusion(Box::new(rewrite_types(other)?)),
     })
+}
+
+fn classify_copy(
+    source: ast::CopySource,
+    to: bool,
+    target: ast::CopyTarget,
+    options: &[ast::CopyOption],
+    legacy_options: &[ast::CopyLegacyOption],
+) -> Result<Statement> {
+    let format = CopyFormat::from_options(options, legacy_options)?;
+    match (to, target, source) {
+        (false, ast::CopyTarget::Stdin, ast::CopySource::Table {
+            table_name,
+            columns,
+        }) => Ok(Statement::CopyFrom {
+            table: table_name,
+            columns: columns.iter().map(normalize_ident).collect(),
+            format,
+        }),
+        (false, ast::CopyTarget::Stdin, ast::CopySource::Query(_)) => Err(Error::Parse(
+            datafusion::sql::sqlparser::parser::ParserError::ParserError(
+                "COPY FROM needs a table, not a query".to_string(),
+            ),
+        )),
+        (true, ast::CopyTarget::Stdout, source) => {
+            let query = match source {
+                ast::CopySource::Query(query) => ast::Statement::Query(query),
+                ast::CopySource::Table {
+                    table_name,
+                    columns,
+                } => {
+                    let list = if columns.is_empty() {
+                        "*".to_string()
+                    } else {
+                        columns
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    let sql = format!("SELECT {list} FROM {table_name}");
+                    let mut parsed = parse_standard(&sql)?;
+                    match parsed.pop() {
+                        Some(Statement::DataFusion(statement)) => *statement,
+                        _ => return Err(Error::Internal(format!("COPY TO as \"{sql}\""))),
+                    }
+                }
+            };
+            Ok(Statement::CopyTo {
+                query: Box::new(rewrite_types(query)?),
+                format,
+            })
+        }
+        (_, target, _) => Err(Error::Unsupported(format!(
+            "COPY {} {target} (the server reads and writes no files; use STDIN/STDOUT, psql's \\copy)",
+            if to { "TO" } else { "FROM" }
+        ))),
+    }
 }
 
 fn classify_set(set: Set) -> Result<Statement> {

@@ -40,10 +40,15 @@ use pgwire::api::Type;
 use crate::catalog::pg_types::{pg_type_metadata, pg_type_of_field};
 use crate::catalog::{Catalog, DATABASE_NAME, DEFAULT_SCHEMA, QualifiedName};
 use crate::catalog::{information_schema, pg_attribute, pg_functions};
-use crate::storage::{RelationKind, Storage};
+use crate::ingest::{CopyFormat, RowDecoder};
+use crate::storage::{Relation, RelationKind, Storage};
 use crate::error::{Error, Result};
 use crate::parser::{normalize_ident, read_as_bytea, text_backed_type_name};
 use crate::server::settings::SharedSettings;
+
+mod relations;
+
+pub use relations::on_conflict;
 
 /// What executing a statement produced.
 #[derive(Debug)]
@@ -56,6 +61,17 @@ pub enum Output {
     },
     /// A command without rows; `tag` is the complete command tag, e.g. `INSERT 0 3`.
     Command { tag: String },
+    /// `COPY ... FROM STDIN`: the client sends data next, decoded for `relation`.
+    CopyIn {
+        relation: Relation,
+        decoder: Box<RowDecoder>,
+    },
+    /// `COPY ... TO STDOUT`: result rows in a COPY format.
+    CopyOut {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        format: CopyFormat,
+    },
 }
 
 /// The server-wide query engine.
@@ -115,7 +131,8 @@ impl Engine {
         param_types: &[Option<Type>],
     ) -> Result<LogicalPlan> {
         refuse_unsupported(statement)?;
-        let (mut statement, declared_types) = with_storage_types(statement.clone());
+        let statement = relations::without_on_conflict(statement).unwrap_or_else(|| statement.clone());
+        let (mut statement, declared_types) = with_storage_types(statement);
         functions_in_from(state, &mut statement)?;
         alias_repeated_expressions(&mut statement);
         selected_literals_as_postgres_types(&mut statement);
