@@ -658,14 +658,15 @@ impl std::fmt::Debug for MutationSink {
 impl MutationSink {
     /// A plan that runs `mutation` once when executed.
     pub fn plan(
-        schema: SchemaRef,
         mutation: impl FnOnce() -> BoxFuture<'static, Result<u64>> + Send + 'static,
     ) -> Arc<dyn ExecutionPlan> {
+        // The sink reads nothing: its input is an empty plan of no columns.
+        let schema = Arc::new(Schema::empty());
         let sink = MutationSink {
             mutation: Mutex::new(Some(Box::new(mutation))),
-            schema,
+            schema: Arc::clone(&schema),
         };
-        let nothing = Arc::new(EmptyExec::new(Arc::new(Schema::empty())));
+        let nothing = Arc::new(EmptyExec::new(schema));
         Arc::new(DataSinkExec::new(nothing, Arc::new(sink), None))
     }
 }

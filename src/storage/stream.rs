@@ -733,7 +733,8 @@ impl TableProvider for StreamTable {
 
 fn append_only(name: &str, verb: &str) -> Error {
     Error::Unsupported(format!(
-        "{verb} on stream \"{name}\": streams are append-only (use a table, or a retention)"
+        "{verb} on stream \"{name}\" (streams are append-only: keep changing rows in a table, \
+         and let a retention remove old events)"
     ))
 }
 

@@ -577,7 +577,7 @@ impl TableProvider for KeyedTable {
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let predicate = self.predicate(state, filters)?;
         let store = Arc::clone(&self.store);
-        Ok(MutationSink::plan(self.store.schema(), move || {
+        Ok(MutationSink::plan(move || {
             Box::pin(async move { store.delete(predicate).await })
         }))
     }
@@ -599,7 +599,7 @@ impl TableProvider for KeyedTable {
         }
         let predicate = self.predicate(state, filters)?;
         let store = Arc::clone(&self.store);
-        Ok(MutationSink::plan(schema, move || {
+        Ok(MutationSink::plan(move || {
             Box::pin(async move { store.update(physical, predicate).await })
         }))
     }
@@ -609,7 +609,7 @@ impl TableProvider for KeyedTable {
         _state: &dyn Session,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let store = Arc::clone(&self.store);
-        Ok(MutationSink::plan(self.store.schema(), move || {
+        Ok(MutationSink::plan(move || {
             Box::pin(async move { store.delete(None).await })
         }))
     }
