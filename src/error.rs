@@ -255,6 +255,7 @@ fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
             ArrowError::CastError(_) | ArrowError::ParseError(_) => "22P02",
             ArrowError::ComputeError(m) if m.contains("overflow") => "22003",
             ArrowError::ArithmeticOverflow(_) => "22003",
+            ArrowError::InvalidArgumentError(m) if m.contains("non-nullable") => "23502",
             _ => "22000",
         },
         DataFusionError::SchemaError(schema_err, _) => {
@@ -279,6 +280,8 @@ fn classify_message(msg: &str) -> &'static str {
         || lower.contains("function") && lower.contains("not found")
     {
         "42883"
+    } else if lower.contains("non-nullable") {
+        "23502"
     } else if lower.contains("already exists") {
         "42P07"
     } else if lower.contains("divide by zero") || lower.contains("division by zero") {

@@ -6,6 +6,10 @@
 //! protocol). Errors render as `<SQLSTATE>: <message>`, so `statement error 42P01` and
 //! `statement error relation "x" does not exist` both work.
 //!
+//! Files may run shell commands (`system ok`, with `control substitution on`) against the same
+//! server: `$EDDY_PG_PORT` is its PostgreSQL port on 127.0.0.1 and `$EDDY_HTTP` its HTTP
+//! address, so COPY goes through psql's `\copy` and HTTP ingest through curl, as users do.
+//!
 //! `cargo test --test sqllogictests -- <filter>` runs only files whose path contains the filter;
 //! `-- --complete` rewrites the files with the actual results.
 
@@ -154,6 +158,9 @@ fn main() {
                     Ok::<_, PgError>(Eddy { client })
                 }
             });
+            // For `system` commands (psql's \copy, curl) under `control substitution on`.
+            runner.set_var("EDDY_PG_PORT".to_string(), server.pg.port().to_string());
+            runner.set_var("EDDY_HTTP".to_string(), server.http.to_string());
             if complete {
                 let col_sep = " ";
                 runner

@@ -1145,7 +1145,7 @@ fn json_encoder(array: &ArrayRef, ty: &Type, ctx: Ctx) -> Result<Enc> {
 fn invalid(ty: &Type, text: &str) -> Error {
     Error::InvalidTextRepresentation(format!(
         "invalid input syntax for type {}: \"{}\"",
-        ty.name(),
+        crate::catalog::pg_types::format_type(ty),
         text
     ))
 }

@@ -425,10 +425,11 @@ mod tests {
         }
         let segments = std::fs::read_dir(dir.path()).unwrap().count();
         assert!(segments >= 3, "small segments roll: {segments}");
-        // Flip a payload byte in the second record's segment.
-        let seg = segment_path(dir.path(), 2);
+        // Flip a payload byte of the second record (the first segment holds records 1 and 2).
+        let seg = segment_path(dir.path(), 1);
         let mut bytes = std::fs::read(&seg).unwrap();
-        bytes[HEADER + 3] ^= 0xff;
+        let second = HEADER + 40;
+        bytes[second + HEADER + 3] ^= 0xff;
         std::fs::write(&seg, bytes).unwrap();
         let (_, records) = Log::open(dir.path(), SyncPolicy::None, 64).unwrap();
         assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1]);

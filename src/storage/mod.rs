@@ -610,8 +610,18 @@ pub struct InsertSink {
 
 impl InsertSink {
     pub fn new(relation: Relation) -> InsertSink {
-        let schema = relation.schema();
-        InsertSink { relation, schema }
+        // Every column nullable: NOT NULL is checked by [`Relation::insert`], which names the
+        // column the way PostgreSQL does, rather than by DataFusion's sink.
+        let fields: Vec<Field> = relation
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        InsertSink {
+            relation,
+            schema: Arc::new(Schema::new(fields)),
+        }
     }
 }
 
