@@ -7,6 +7,9 @@
 use std::net::SocketAddr;
 use std::sync::Once;
 
+pub mod http;
+pub mod process;
+
 use eddydb::config::Config;
 
 /// A running server.
