@@ -73,7 +73,10 @@ async fn copy_writer(process: &EddyProcess, writer: i64, start: i64, ledger: Arc
         let keys: Vec<(i64, i64)> = (seq..seq + 50).map(|s| (writer, s)).collect();
         let mut data = String::new();
         for (w, s) in &keys {
-            data.push_str(&format!("{w},{s},{},2026-01-01 00:00:00+00\n", payload(*w, *s)));
+            data.push_str(&format!(
+                "{w},{s},{},2026-01-01 00:00:00+00\n",
+                payload(*w, *s)
+            ));
         }
         ledger.lock().unwrap().in_doubt.extend(keys.iter().copied());
         let result = async {
@@ -116,7 +119,13 @@ async fn http_writer(process: &EddyProcess, writer: i64, start: i64, ledger: Arc
             })
             .collect();
         ledger.lock().unwrap().in_doubt.extend(keys.iter().copied());
-        let result = common::http::post(process.http, "/v1/streams/events", "application/x-ndjson", body.as_bytes()).await;
+        let result = common::http::post(
+            process.http,
+            "/v1/streams/events",
+            "application/x-ndjson",
+            body.as_bytes(),
+        )
+        .await;
         let mut ledger = ledger.lock().unwrap();
         match result {
             Ok((200, _)) => {
@@ -183,6 +192,13 @@ async fn verify(process: &EddyProcess, ledger: &Mutex<Ledger>) {
         assert_eq!(text, payload(key.0, key.1), "row {key:?} content");
         assert!(stored.insert(key), "row {key:?} stored twice");
     }
+    let kv: BTreeMap<i64, i64> = client
+        .query("SELECT k, v FROM kv", &[])
+        .await
+        .expect("read kv")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     let mut ledger = ledger.lock().unwrap();
     let missing: Vec<_> = ledger.acked.difference(&stored).take(5).collect();
     assert!(missing.is_empty(), "acknowledged rows lost: {missing:?}");
@@ -194,17 +210,14 @@ async fn verify(process: &EddyProcess, ledger: &Mutex<Ledger>) {
     assert!(unknown.is_empty(), "rows never written: {unknown:?}");
     let doubtful = std::mem::take(&mut ledger.in_doubt);
     ledger.acked.extend(doubtful.intersection(&stored).copied());
-    let kv: BTreeMap<i64, i64> = client
-        .query("SELECT k, v FROM kv", &[])
-        .await
-        .expect("read kv")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+
     for (key, (acked, doubt)) in ledger.table.iter_mut() {
         let value = kv.get(key).copied();
         let allowed = value == *acked || value.is_some_and(|v| doubt.contains(&v));
-        assert!(allowed, "key {key}: stored {value:?}, acknowledged {acked:?}, in doubt {doubt:?}");
+        assert!(
+            allowed,
+            "key {key}: stored {value:?}, acknowledged {acked:?}, in doubt {doubt:?}"
+        );
         *acked = value;
         doubt.clear();
     }
@@ -247,12 +260,17 @@ fn acknowledged_rows_survive_sigkill() {
             process.connect().await.batch_execute(SCHEMA).await.unwrap();
             let base = i64::from(round) * 1_000_000;
             let mut writers = tokio::task::JoinSet::new();
-            for (i, kind) in ["insert", "insert", "copy", "http", "upsert"].iter().enumerate() {
+            for (i, kind) in ["insert", "insert", "copy", "http", "upsert"]
+                .iter()
+                .enumerate()
+            {
                 let (p, l) = (Arc::clone(&process), Arc::clone(&ledger));
                 let writer = i as i64;
                 let start = base;
                 match *kind {
-                    "insert" => writers.spawn(async move { insert_writer(&p, writer, start, l).await }),
+                    "insert" => {
+                        writers.spawn(async move { insert_writer(&p, writer, start, l).await })
+                    }
                     "copy" => writers.spawn(async move { copy_writer(&p, writer, start, l).await }),
                     "http" => writers.spawn(async move { http_writer(&p, writer, start, l).await }),
                     _ => writers.spawn(async move { upsert_writer(&p, start, l).await }),
@@ -276,11 +294,16 @@ fn acknowledged_rows_survive_sigkill() {
         let cold_rows: u64 = streams
             .iter()
             .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get("cold_rows").map(|v| v.parse().unwrap()),
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    r.get("cold_rows").map(|v| v.parse().unwrap())
+                }
                 _ => None,
             })
             .expect("the stream is listed");
-        assert!(cold_rows > 0, "the crashes happened while data was being tiered to Parquet");
+        assert!(
+            cold_rows > 0,
+            "the crashes happened while data was being tiered to Parquet"
+        );
         client
             .batch_execute("INSERT INTO events VALUES (99, 1, 'after', now())")
             .await

@@ -36,7 +36,11 @@ const COMPACT: &[(&str, &str)] = &[
 /// The days the rows fall on, relative to today: three recent ones and one older than 30 days.
 fn days() -> [String; 4] {
     let today = chrono::Utc::now().date_naive();
-    [13, 12, 11, 83].map(|ago| (today - chrono::Days::new(ago)).format("%Y-%m-%d").to_string())
+    [13, 12, 11, 83].map(|ago| {
+        (today - chrono::Days::new(ago))
+            .format("%Y-%m-%d")
+            .to_string()
+    })
 }
 
 /// The queries whose answers must not change as data moves between tiers.
@@ -85,14 +89,21 @@ async fn tiers(process: &EddyProcess) -> (u64, u64, u64) {
 }
 
 /// Wait until `done(tiers)` holds.
-async fn wait_for(process: &EddyProcess, what: &str, done: impl Fn((u64, u64, u64)) -> bool) -> (u64, u64, u64) {
+async fn wait_for(
+    process: &EddyProcess,
+    what: &str,
+    done: impl Fn((u64, u64, u64)) -> bool,
+) -> (u64, u64, u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let t = tiers(process).await;
         if done(t) {
             return t;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {t:?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {t:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -136,7 +147,11 @@ async fn scenario(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) {
 
     // 2. Flushed batch by batch: several small files per partition.
     let process = EddyProcess::start_with_args(data_dir, args, &with(FLUSH_ONLY));
-    assert_eq!(answers(&process).await, expected_first, "after recovery of hot rows");
+    assert_eq!(
+        answers(&process).await,
+        expected_first,
+        "after recovery of hot rows"
+    );
     let client = process.connect().await;
     for batch in 1..6 {
         wait_for(&process, "flush", |(hot, _, _)| hot == 0).await;
@@ -168,10 +183,17 @@ async fn scenario(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) {
         &format!("EXPLAIN ANALYZE SELECT count(*) FROM bids WHERE ts >= '{first} 00:00:00+00' AND ts < '{first} 06:00:00+00'"),
     )
     .await;
-    let plan: String = plan.iter().map(|r| r.join(" ")).collect::<Vec<_>>().join("\n");
+    let plan: String = plan
+        .iter()
+        .map(|r| r.join(" "))
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(plan.contains(&format!("date={first}")), "{plan}");
     for other in rest {
-        assert!(!plan.contains(&format!("date={other}")), "{other} should be pruned:\n{plan}");
+        assert!(
+            !plan.contains(&format!("date={other}")),
+            "{other} should be pruned:\n{plan}"
+        );
     }
     assert!(plan.contains("pruning_predicate"), "{plan}");
     drop(process);
@@ -182,19 +204,34 @@ async fn scenario(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) {
 
     // 5. Retention: exactly the partitions older than 30 days go.
     let client = process.connect().await;
-    let expired = rows(&client, "SELECT count(*) FROM bids WHERE ts < now() - INTERVAL '30 days'").await;
-    let kept = rows(&client, "SELECT count(*), sum(auction) FROM bids WHERE ts >= now() - INTERVAL '30 days'").await;
+    let expired = rows(
+        &client,
+        "SELECT count(*) FROM bids WHERE ts < now() - INTERVAL '30 days'",
+    )
+    .await;
+    let kept = rows(
+        &client,
+        "SELECT count(*), sum(auction) FROM bids WHERE ts >= now() - INTERVAL '30 days'",
+    )
+    .await;
     assert_eq!(expired[0][0], "500", "the batch of 83 days ago");
     client
         .batch_execute("ALTER STREAM bids SET (retention = '30 days')")
         .await
         .unwrap();
     wait_for(&process, "retention", |(_, cold, _)| cold == 2500).await;
-    assert_eq!(rows(&client, "SELECT count(*), sum(auction) FROM bids").await, kept);
+    assert_eq!(
+        rows(&client, "SELECT count(*), sum(auction) FROM bids").await,
+        kept
+    );
     drop(process);
     let process = EddyProcess::start_with_args(data_dir, args, &with(NO_MAINTENANCE));
     let client = process.connect().await;
-    assert_eq!(rows(&client, "SELECT count(*), sum(auction) FROM bids").await, kept, "after restart");
+    assert_eq!(
+        rows(&client, "SELECT count(*), sum(auction) FROM bids").await,
+        kept,
+        "after restart"
+    );
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -225,7 +262,11 @@ impl Drop for Moto {
 }
 
 fn start_moto() -> Moto {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -256,11 +297,19 @@ fn tiering_on_s3() {
             ("AWS_DEFAULT_REGION", "us-east-1"),
             ("AWS_ENDPOINT_URL", endpoint.as_str()),
         ];
-        scenario(dir.path(), &["--object-store", "s3://eddy-test/tiering"], &env).await;
+        scenario(
+            dir.path(),
+            &["--object-store", "s3://eddy-test/tiering"],
+            &env,
+        )
+        .await;
         // Nothing went to the local default.
         assert!(!dir.path().join("cold/relations").exists());
         // The files are in the bucket, under the prefix.
-        let (status, listing) = common::http::get(addr, "/eddy-test?list-type=2&prefix=tiering/relations/").await.unwrap();
+        let (status, listing) =
+            common::http::get(addr, "/eddy-test?list-type=2&prefix=tiering/relations/")
+                .await
+                .unwrap();
         assert_eq!(status, 200);
         assert!(listing.contains(".parquet"), "{listing}");
     });

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::SchemaRef;
 #[cfg(test)]
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use pgwire::api::Type;
 use pgwire::api::results::FieldInfo;
@@ -70,7 +70,11 @@ impl RowDecoder {
             }
             indices
         };
-        let types = schema.fields().iter().map(|f| pg_type_of_field(f)).collect();
+        let types = schema
+            .fields()
+            .iter()
+            .map(|f| pg_type_of_field(f))
+            .collect();
         let n = schema.fields().len();
         Ok(RowDecoder {
             source: source.into(),
@@ -91,7 +95,11 @@ impl RowDecoder {
 
     /// Rows decoded so far (complete records only).
     pub fn rows(&self) -> usize {
-        self.batches.iter().map(RecordBatch::num_rows).sum::<usize>() + self.row_lines.len()
+        self.batches
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum::<usize>()
+            + self.row_lines.len()
     }
 
     /// Feed more input.
@@ -138,7 +146,9 @@ impl RowDecoder {
             let rest = &text[consumed..];
             let parsed = match self.format.kind {
                 CopyKind::Csv => parse_csv_record(rest, &self.format, line, at_eof)?,
-                CopyKind::Text | CopyKind::Binary => parse_text_record(rest, &self.format, line, at_eof)?,
+                CopyKind::Text | CopyKind::Binary => {
+                    parse_text_record(rest, &self.format, line, at_eof)?
+                }
                 CopyKind::JsonLines => parse_json_line(rest, line, at_eof),
             };
             let Some((fields, start_line, used, lines)) = parsed else {
@@ -449,13 +459,17 @@ fn parse_csv_record(
         if in_quotes {
             if c == format.escape
                 && format.escape != format.quote
-                && chars.peek().is_some_and(|(_, n)| *n == format.quote || *n == format.escape)
+                && chars
+                    .peek()
+                    .is_some_and(|(_, n)| *n == format.quote || *n == format.escape)
             {
                 if let Some((_, n)) = chars.next() {
                     field.push(n);
                 }
             } else if c == format.quote {
-                if format.escape == format.quote && chars.peek().is_some_and(|(_, n)| *n == format.quote) {
+                if format.escape == format.quote
+                    && chars.peek().is_some_and(|(_, n)| *n == format.quote)
+                {
                     chars.next();
                     field.push(format.quote);
                 } else {
@@ -522,7 +536,10 @@ fn parse_json_line(text: &str, line: u64, at_eof: bool) -> Option<Parsed> {
         Ok(serde_json::Value::Object(object)) => object,
         Ok(_) => {
             return Some((
-                vec![Some(JSON_ERROR.to_string()), Some("expected an object".to_string())],
+                vec![
+                    Some(JSON_ERROR.to_string()),
+                    Some("expected an object".to_string()),
+                ],
                 line + 1,
                 used,
                 1,
@@ -661,7 +678,11 @@ mod tests {
             Field::new("id", DataType::Int64, true),
             Field::new("name", DataType::Utf8, true),
             Field::new("price", DataType::Float64, true),
-            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())), true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                true,
+            ),
         ]))
     }
 
@@ -680,14 +701,24 @@ mod tests {
         let batches = decode(
             CopyKind::Csv,
             true,
-            &["id,name,price,ts\n1,\"a, \"\"b\"\"\",1.5,2024-01-01 00:00:00+00\n2,,", "2.5,\n3,\"\",,2024-01-01T01:00:00Z"],
+            &[
+                "id,name,price,ts\n1,\"a, \"\"b\"\"\",1.5,2024-01-01 00:00:00+00\n2,,",
+                "2.5,\n3,\"\",,2024-01-01T01:00:00Z",
+            ],
         )
         .unwrap();
         let text = pretty_format_batches(&batches).unwrap().to_string();
         assert!(text.contains("a, \"b\""), "{text}");
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
-        assert_eq!(batches[0].column(1).null_count(), 1, "unquoted empty is NULL, quoted is ''");
-        assert_eq!(data_type_of(&batches[0], 3), schema().field(3).data_type().clone());
+        assert_eq!(
+            batches[0].column(1).null_count(),
+            1,
+            "unquoted empty is NULL, quoted is ''"
+        );
+        assert_eq!(
+            data_type_of(&batches[0], 3),
+            schema().field(3).data_type().clone()
+        );
     }
 
     #[test]
@@ -703,7 +734,10 @@ mod tests {
         assert!(e.to_string().contains("line 2, column price"), "{e}");
         assert_eq!(e.sqlstate(), "22P02");
         let e = decode(CopyKind::Csv, false, &["1,a\n"]).unwrap_err();
-        assert!(e.to_string().contains("missing data for column \"price\""), "{e}");
+        assert!(
+            e.to_string().contains("missing data for column \"price\""),
+            "{e}"
+        );
         assert_eq!(e.sqlstate(), "22P04");
         let e = decode(CopyKind::Csv, false, &["1,a,1,,9\n"]).unwrap_err();
         assert!(e.to_string().contains("extra data"), "{e}");
@@ -718,12 +752,23 @@ mod tests {
         let batches = decode(
             CopyKind::JsonLines,
             false,
-            &["{\"id\": 1, \"name\": \"x\", \"price\": 2.5, \"ts\": \"2024-01-01T00:00:00Z\"}\n", "{\"id\": 2}\n"],
+            &[
+                "{\"id\": 1, \"name\": \"x\", \"price\": 2.5, \"ts\": \"2024-01-01T00:00:00Z\"}\n",
+                "{\"id\": 2}\n",
+            ],
         )
         .unwrap();
         assert_eq!(batches[0].num_rows(), 2);
-        let e = decode(CopyKind::JsonLines, false, &["{\"id\": 1}\n{\"nope\": 1}\n"]).unwrap_err();
-        assert!(e.to_string().contains("unknown column \"nope\"") && e.to_string().contains("line 2"), "{e}");
+        let e = decode(
+            CopyKind::JsonLines,
+            false,
+            &["{\"id\": 1}\n{\"nope\": 1}\n"],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("unknown column \"nope\"") && e.to_string().contains("line 2"),
+            "{e}"
+        );
         let e = decode(CopyKind::JsonLines, false, &["{\"id\": 1}\n[1]\n"]).unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
         let e = decode(CopyKind::JsonLines, false, &["{\"id\": \"seven\"}\n"]).unwrap_err();

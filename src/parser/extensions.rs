@@ -121,7 +121,12 @@ fn word(t: &Tok) -> Option<String> {
 
 fn form(tokens: &[Tok]) -> Option<Form> {
     let words: Vec<String> = tokens.iter().take(2).map_while(word).collect();
-    match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match words
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["CREATE", "STREAM"] => Some(Form::CreateStream),
         ["DROP", "STREAM"] => Some(Form::DropStream),
         ["SHOW", "STREAMS"] => Some(Form::ShowStreams),
@@ -379,7 +384,14 @@ mod tests {
             })
         );
         assert_eq!(create.options, vec![("retention".into(), "30 days".into())]);
-        assert!(create.table.to_string().starts_with("CREATE TABLE bids (auction BIGINT, ts TIMESTAMPTZ)"), "{}", create.table);
+        assert!(
+            create
+                .table
+                .to_string()
+                .starts_with("CREATE TABLE bids (auction BIGINT, ts TIMESTAMPTZ)"),
+            "{}",
+            create.table
+        );
         assert!(matches!(&pieces[1], Piece::Sql("SELECT 1")));
     }
 

@@ -397,10 +397,14 @@ fn classify_copy(
 ) -> Result<Statement> {
     let format = CopyFormat::from_options(options, legacy_options)?;
     match (to, target, source) {
-        (false, ast::CopyTarget::Stdin, ast::CopySource::Table {
-            table_name,
-            columns,
-        }) => Ok(Statement::CopyFrom {
+        (
+            false,
+            ast::CopyTarget::Stdin,
+            ast::CopySource::Table {
+                table_name,
+                columns,
+            },
+        ) => Ok(Statement::CopyFrom {
             table: table_name,
             columns: columns.iter().map(normalize_ident).collect(),
             format,

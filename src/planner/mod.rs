@@ -40,11 +40,11 @@ use pgwire::api::Type;
 use crate::catalog::pg_types::{pg_type_metadata, pg_type_of_field};
 use crate::catalog::{Catalog, DATABASE_NAME, DEFAULT_SCHEMA, QualifiedName};
 use crate::catalog::{information_schema, pg_attribute, pg_functions};
-use crate::ingest::{CopyFormat, RowDecoder};
-use crate::storage::{Relation, RelationKind, Storage};
 use crate::error::{Error, Result};
+use crate::ingest::{CopyFormat, RowDecoder};
 use crate::parser::{normalize_ident, read_as_bytea, text_backed_type_name};
 use crate::server::settings::SharedSettings;
+use crate::storage::{Relation, RelationKind, Storage};
 
 mod relations;
 
@@ -131,7 +131,8 @@ impl Engine {
         param_types: &[Option<Type>],
     ) -> Result<LogicalPlan> {
         refuse_unsupported(statement)?;
-        let statement = relations::without_on_conflict(statement).unwrap_or_else(|| statement.clone());
+        let statement =
+            relations::without_on_conflict(statement).unwrap_or_else(|| statement.clone());
         let (mut statement, declared_types) = with_storage_types(statement);
         functions_in_from(state, &mut statement)?;
         alias_repeated_expressions(&mut statement);

@@ -15,8 +15,8 @@ use datafusion::common::DFSchema;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, ExprSchemable, LogicalPlan, WriteOp};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::{self, VisitMut, VisitorMut};
 use datafusion::sql::planner::object_name_to_table_reference;
+use datafusion::sql::sqlparser::ast::{self, VisitMut, VisitorMut};
 
 use super::{Engine, Output, qualified};
 use crate::catalog::{QualifiedName, kind_name};
@@ -28,10 +28,16 @@ use crate::storage::{Relation, RelationDef, RelationKind};
 
 impl Engine {
     /// `CREATE STREAM`: plan the columns as a table's, check the watermark, store.
-    pub async fn create_stream(&self, state: &SessionState, create: &CreateStream) -> Result<Output> {
+    pub async fn create_stream(
+        &self,
+        state: &SessionState,
+        create: &CreateStream,
+    ) -> Result<Output> {
         let plan = self.plan(state, &create.table, &[]).await?;
         let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(table)) = plan else {
-            return Err(Error::Internal("CREATE STREAM did not plan as a table".to_string()));
+            return Err(Error::Internal(
+                "CREATE STREAM did not plan as a table".to_string(),
+            ));
         };
         if !table.constraints.is_empty() {
             return Err(Error::Unsupported(
@@ -128,7 +134,8 @@ impl Engine {
             .into_iter()
             .filter(|r| r.def().kind == kind)
             .collect();
-        let text = |values: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(values)) };
+        let text =
+            |values: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(values)) };
         let (fields, columns): (Vec<Field>, Vec<ArrayRef>) = match kind {
             RelationKind::Stream => {
                 let defs: Vec<RelationDef> = relations.iter().map(Relation::def).collect();
@@ -153,10 +160,18 @@ impl Engine {
                         text(defs.iter().map(|d| Some(d.name.clone())).collect()),
                         text(defs.iter().map(|d| d.event_time.clone()).collect()),
                         text(defs.iter().map(|d| d.watermark.clone()).collect()),
-                        text(defs.iter().map(|d| d.options.get("retention").cloned()).collect()),
-                        Arc::new(UInt64Array::from_iter_values(stats.iter().map(|s| s.hot_rows))),
+                        text(
+                            defs.iter()
+                                .map(|d| d.options.get("retention").cloned())
+                                .collect(),
+                        ),
                         Arc::new(UInt64Array::from_iter_values(
-                            stats.iter().map(|s| s.cold_files.iter().map(|f| f.rows).sum::<u64>()),
+                            stats.iter().map(|s| s.hot_rows),
+                        )),
+                        Arc::new(UInt64Array::from_iter_values(
+                            stats
+                                .iter()
+                                .map(|s| s.cold_files.iter().map(|f| f.rows).sum::<u64>()),
                         )),
                         Arc::new(UInt64Array::from_iter_values(
                             stats.iter().map(|s| s.cold_files.len() as u64),
@@ -292,11 +307,16 @@ fn check_conflict_target(def: &RelationDef, target: Option<&ast::ConflictTarget>
     match target {
         None => Ok(()),
         Some(ast::ConflictTarget::Columns(columns)) => {
-            let mut named: Vec<String> = columns.iter().map(crate::parser::normalize_ident).collect();
+            let mut named: Vec<String> =
+                columns.iter().map(crate::parser::normalize_ident).collect();
             let mut key = def.primary_key.clone();
             named.sort();
             key.sort();
-            if named == key { Ok(()) } else { Err(no_match()) }
+            if named == key {
+                Ok(())
+            } else {
+                Err(no_match())
+            }
         }
         Some(ast::ConflictTarget::OnConstraint(name)) => {
             let constraint = name.to_string();
@@ -335,7 +355,9 @@ fn conflict_update(
     let mut assignments = Vec::with_capacity(update.assignments.len());
     for assignment in &update.assignments {
         let ast::AssignmentTarget::ColumnName(column) = &assignment.target else {
-            return Err(Error::Unsupported("tuple assignment in ON CONFLICT".to_string()));
+            return Err(Error::Unsupported(
+                "tuple assignment in ON CONFLICT".to_string(),
+            ));
         };
         let column = column
             .0

@@ -38,10 +38,10 @@ use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::ParameterStatus;
 use pgwire::types::format::FormatOptions;
 
+use datafusion::arrow::record_batch::RecordBatch;
 use pgwire::api::copy::{CopyHandler, send_copy_in_response, send_copy_out_response};
 use pgwire::api::results::CopyResponse;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, ErrorDomain};
 use crate::ingest::{self, CopyFormat};

@@ -125,7 +125,11 @@ fn request_format(query: &HashMap<String, String>, headers: &HeaderMap) -> Resul
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let kind = match query.get("format").map(|f| f.to_ascii_lowercase()).as_deref() {
+    let kind = match query
+        .get("format")
+        .map(|f| f.to_ascii_lowercase())
+        .as_deref()
+    {
         Some("csv") => CopyKind::Csv,
         Some("json" | "jsonl" | "ndjson") => CopyKind::JsonLines,
         Some(other) => {
@@ -138,7 +142,10 @@ fn request_format(query: &HashMap<String, String>, headers: &HeaderMap) -> Resul
     };
     let mut format = CopyFormat::new(kind);
     if let Some(header) = query.get("header") {
-        format.header = matches!(header.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on");
+        format.header = matches!(
+            header.to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes" | "on"
+        );
     }
     Ok(format)
 }

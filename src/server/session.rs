@@ -24,11 +24,11 @@ use pgwire::messages::response::TransactionStatus;
 use pgwire::types::format::FormatOptions;
 
 use crate::error::{Error, Result};
-use crate::parser::Statement;
 use crate::ingest::RowDecoder;
+use crate::parser::Statement;
 use crate::planner::{self, Engine, Output};
-use crate::storage::Relation;
 use crate::server::settings::{Settings, SharedSettings};
+use crate::storage::Relation;
 
 /// Where the session is with respect to a transaction block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -175,7 +175,9 @@ impl Session {
     pub async fn finish_copy(&self) -> Result<u64> {
         let copy = self.copy.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(copy) = copy else {
-            return Err(Error::ProtocolViolation("CopyDone without a COPY in progress".into()));
+            return Err(Error::ProtocolViolation(
+                "CopyDone without a COPY in progress".into(),
+            ));
         };
         let result = match copy.error {
             Some(e) => Err(e),
@@ -385,7 +387,11 @@ impl Session {
                         batches,
                         format: format.clone(),
                     }),
-                    _ => return Err(Error::Unsupported("COPY of a statement without rows".into())),
+                    _ => {
+                        return Err(Error::Unsupported(
+                            "COPY of a statement without rows".into(),
+                        ));
+                    }
                 }
             }
         };

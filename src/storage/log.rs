@@ -358,7 +358,7 @@ fn read_segment(path: &Path, next_seq: &mut u64, records: &mut Vec<Record>) -> R
         let len = u32::from_le_bytes(word(offset)) as usize;
         let crc = u32::from_le_bytes(word(offset + 4));
         let body_start = offset + 8;
-        if len < 9 || len >= MAX_FRAME || bytes.len() - body_start < len {
+        if !(9..MAX_FRAME).contains(&len) || bytes.len() - body_start < len {
             break;
         }
         let body = &bytes[body_start..body_start + len];

@@ -187,7 +187,9 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
@@ -351,7 +353,10 @@ impl Storage {
         let catalog_path = data_dir.join("catalog.json");
         let catalog: CatalogFile = match std::fs::read(&catalog_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::Storage(format!("unreadable catalog {}: {e}", catalog_path.display()))
+                Error::Storage(format!(
+                    "unreadable catalog {}: {e}",
+                    catalog_path.display()
+                ))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CatalogFile {
                 next_id: 1,
@@ -575,7 +580,10 @@ impl Storage {
                 continue;
             }
             if let Err(e) = stream
-                .compact(self.config.compact_min_files, self.config.compact_target_bytes)
+                .compact(
+                    self.config.compact_min_files,
+                    self.config.compact_target_bytes,
+                )
                 .await
             {
                 tracing::warn!(stream = %name, error = %e, "compaction failed; will retry");
@@ -716,9 +724,15 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("30 days").unwrap(), Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            parse_duration("30 days").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("2 weeks").unwrap(), Duration::from_secs(14 * 86_400));
+        assert_eq!(
+            parse_duration("2 weeks").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("5 fortnights").is_err());
@@ -729,13 +743,20 @@ mod tests {
         use datafusion::arrow::datatypes::{IntervalUnit, TimeUnit};
         let schema = Schema::new(vec![
             Field::new("a", DataType::Int64, false),
-            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())), true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                true,
+            ),
             Field::new("n", DataType::Decimal128(12, 3), true),
             Field::new("i", DataType::Interval(IntervalUnit::MonthDayNano), true),
-            Field::new("l", DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))), true),
-            Field::new("j", DataType::Utf8, true).with_metadata(
-                [("eddy.pg_type".to_string(), "jsonb".to_string())].into(),
+            Field::new(
+                "l",
+                DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+                true,
             ),
+            Field::new("j", DataType::Utf8, true)
+                .with_metadata([("eddy.pg_type".to_string(), "jsonb".to_string())].into()),
         ]);
         let def = RelationDef::new(RelationKind::Table, "public", "t", &schema);
         let json = serde_json::to_string(&def).unwrap();

@@ -31,11 +31,11 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicro
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
@@ -343,7 +343,9 @@ impl StreamStore {
             let merged = self.write_file(path, hour, &batches, now).await?;
             let replaced: HashSet<&str> = group.iter().map(|f| f.path.as_str()).collect();
             let mut manifest = read(&self.state).manifest.clone();
-            manifest.files.retain(|f| !replaced.contains(f.path.as_str()));
+            manifest
+                .files
+                .retain(|f| !replaced.contains(f.path.as_str()));
             manifest.files.push(merged);
             manifest.store(&self.manifest_path)?;
             self.state
@@ -425,7 +427,10 @@ impl StreamStore {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Storage(format!("could not remove {}: {e}", dir.display()))),
+            Err(e) => Err(Error::Storage(format!(
+                "could not remove {}: {e}",
+                dir.display()
+            ))),
         }
     }
 
@@ -436,7 +441,10 @@ impl StreamStore {
         batches: &[RecordBatch],
         now: i64,
     ) -> Result<ColdFile> {
-        let bytes = self.cold.write_parquet(&path, &self.schema, batches).await?;
+        let bytes = self
+            .cold
+            .write_parquet(&path, &self.schema, batches)
+            .await?;
         let (min_time, max_time) = self.time_range(batches)?;
         Ok(ColdFile {
             path,
@@ -543,12 +551,10 @@ impl TimeBounds {
                 }
                 let (op, value) = match (left.as_ref(), right.as_ref()) {
                     (Expr::Column(c), Expr::Literal(v, _)) if c.name == column => (*op, v),
-                    (Expr::Literal(v, _), Expr::Column(c)) if c.name == column => {
-                        match op.swap() {
-                            Some(op) => (op, v),
-                            None => return,
-                        }
-                    }
+                    (Expr::Literal(v, _), Expr::Column(c)) if c.name == column => match op.swap() {
+                        Some(op) => (op, v),
+                        None => return,
+                    },
                     _ => return,
                 };
                 let Some(t) = scalar_micros(value) else {
@@ -755,15 +761,32 @@ mod tests {
 
     #[test]
     fn time_bounds_from_filters() {
-        let ts = |v: i64| lit(ScalarValue::TimestampMicrosecond(Some(v), Some("UTC".into())));
-        let filters = vec![col("ts").gt_eq(ts(100)).and(col("ts").lt(ts(200))), ts(150).lt(col("ts"))];
+        let ts = |v: i64| {
+            lit(ScalarValue::TimestampMicrosecond(
+                Some(v),
+                Some("UTC".into()),
+            ))
+        };
+        let filters = vec![
+            col("ts").gt_eq(ts(100)).and(col("ts").lt(ts(200))),
+            ts(150).lt(col("ts")),
+        ];
         let bounds = TimeBounds::from_filters(&filters, "ts");
-        assert_eq!(bounds, TimeBounds { lower: Some(150), upper: Some(200) });
+        assert_eq!(
+            bounds,
+            TimeBounds {
+                lower: Some(150),
+                upper: Some(200)
+            }
+        );
         assert!(bounds.may_contain(Some(190), Some(300)));
         assert!(!bounds.may_contain(Some(0), Some(149)));
         assert!(!bounds.may_contain(Some(201), Some(300)));
         assert!(bounds.may_contain(None, None));
-        assert_eq!(TimeBounds::from_filters(&[col("x").gt(ts(1))], "ts"), TimeBounds::default());
+        assert_eq!(
+            TimeBounds::from_filters(&[col("x").gt(ts(1))], "ts"),
+            TimeBounds::default()
+        );
     }
 
     #[test]

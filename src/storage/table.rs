@@ -129,7 +129,7 @@ impl TableStore {
         let _turn = self.write_turn.lock().await;
         if self.key.is_empty() {
             let rows = proposed.num_rows() as u64;
-            let payload = codec::encode_batches(&self.schema, &[proposed.clone()])?;
+            let payload = codec::encode_batches(&self.schema, std::slice::from_ref(&proposed))?;
             self.commit(KIND_APPEND, payload, |contents| {
                 concat_batches(&self.schema, [contents, &proposed])
             })
@@ -260,13 +260,18 @@ impl TableStore {
     }
 
     /// Log and apply a keyed change: remove the keys of `deleted`, upsert `upserted`.
-    async fn commit_change(&self, deleted: Option<RecordBatch>, upserted: RecordBatch) -> Result<()> {
+    async fn commit_change(
+        &self,
+        deleted: Option<RecordBatch>,
+        upserted: RecordBatch,
+    ) -> Result<()> {
         let deleted_keys = match &deleted {
             Some(d) => d.project(&self.key)?,
             None => RecordBatch::new_empty(Arc::new(self.schema.project(&self.key)?)),
         };
-        let keys_ipc = codec::encode_batches(&deleted_keys.schema(), &[deleted_keys.clone()])?;
-        let rows_ipc = codec::encode_batches(&self.schema, &[upserted.clone()])?;
+        let keys_ipc =
+            codec::encode_batches(&deleted_keys.schema(), std::slice::from_ref(&deleted_keys))?;
+        let rows_ipc = codec::encode_batches(&self.schema, std::slice::from_ref(&upserted))?;
         let payload = codec::join_parts(&[&keys_ipc, &rows_ipc]);
         self.commit(KIND_CHANGE, payload, |contents| {
             apply_change(&self.schema, &self.key, contents, &deleted_keys, &upserted)
@@ -275,7 +280,7 @@ impl TableStore {
     }
 
     async fn replace_with(&self, contents: RecordBatch) -> Result<()> {
-        let payload = codec::encode_batches(&self.schema, &[contents.clone()])?;
+        let payload = codec::encode_batches(&self.schema, std::slice::from_ref(&contents))?;
         self.commit(KIND_REPLACE, payload, |_| Ok(contents.clone()))
             .await
     }
@@ -322,7 +327,10 @@ impl TableStore {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Storage(format!("could not remove {}: {e}", dir.display()))),
+            Err(e) => Err(Error::Storage(format!(
+                "could not remove {}: {e}",
+                dir.display()
+            ))),
         }
     }
 
@@ -441,7 +449,9 @@ fn replay(
             apply_change(schema, key, &contents, &one(keys)?, &one(rows)?)?
         }
         other => {
-            return Err(Error::Storage(format!("unknown table log record kind {other}")));
+            return Err(Error::Storage(format!(
+                "unknown table log record kind {other}"
+            )));
         }
     })
 }
@@ -539,7 +549,10 @@ impl TableProvider for KeyedTable {
         &self,
         filters: &[&Expr],
     ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+        Ok(vec![
+            TableProviderFilterPushDown::Unsupported;
+            filters.len()
+        ])
     }
 
     async fn scan(
@@ -624,7 +637,10 @@ fn is_identity(expr: &Expr, column: &str) -> bool {
 /// source produced a compatible but different type.
 pub fn conform(schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
     if batch.schema().fields() == schema.fields() {
-        return Ok(RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec())?);
+        return Ok(RecordBatch::try_new(
+            Arc::clone(schema),
+            batch.columns().to_vec(),
+        )?);
     }
     if batch.num_columns() != schema.fields().len() {
         return Err(Error::Internal(format!(

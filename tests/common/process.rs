@@ -92,7 +92,11 @@ impl EddyProcess {
     }
 
     pub fn conn_str(&self) -> String {
-        format!("host={} port={} user=eddy dbname=eddy", self.pg.ip(), self.pg.port())
+        format!(
+            "host={} port={} user=eddy dbname=eddy",
+            self.pg.ip(),
+            self.pg.port()
+        )
     }
 
     pub async fn try_connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
