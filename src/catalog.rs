@@ -67,9 +67,13 @@ impl Catalog {
         let catalog = Catalog { provider, storage };
         for relation in catalog.storage.relations() {
             let def = relation.def();
-            catalog
-                .user_schema(&def.schema_name)?
-                .register_table(def.name.clone(), relation.provider())?;
+            let registered = catalog.user_schema(&def.schema_name).and_then(|schema| {
+                Ok(schema.register_table(def.name.clone(), relation.provider())?)
+            });
+            if let Err(e) = registered {
+                // The rest of the data stays reachable; this relation needs an operator.
+                tracing::error!(relation = %def.name, id = def.id, error = %e, "stored relation not registered");
+            }
         }
         Ok(Arc::new(catalog))
     }
@@ -121,7 +125,12 @@ impl Catalog {
             });
         }
         let name = def.name.clone();
-        let relation = self.storage.create(def)?;
+        let relation = match self.storage.create(def) {
+            Ok(relation) => relation,
+            // Another session created the name between the check above and now.
+            Err(Error::AlreadyExists { .. }) if if_not_exists => return Ok(false),
+            Err(e) => return Err(e),
+        };
         schema_provider.register_table(name, relation.provider())?;
         Ok(true)
     }

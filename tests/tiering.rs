@@ -161,6 +161,11 @@ async fn scenario(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) {
     let (_, cold_rows, files_flushed) = wait_for(&process, "flush", |(hot, _, _)| hot == 0).await;
     assert_eq!(cold_rows, 3000);
     assert_eq!(answers(&process).await, hot, "after flush to Parquet");
+    assert_eq!(
+        log_bytes(data_dir),
+        0,
+        "log segments are freed once their rows are in Parquet"
+    );
     drop(process);
 
     // 3. After a restart, with compaction.
@@ -234,6 +239,24 @@ async fn scenario(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) {
     );
 }
 
+/// Bytes in the write-ahead logs of all relations.
+fn log_bytes(data_dir: &Path) -> u64 {
+    let mut total = 0;
+    for relation in std::fs::read_dir(data_dir.join("relations"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(segments) = std::fs::read_dir(relation.path().join("log")) {
+            total += segments
+                .flatten()
+                .filter_map(|s| s.metadata().ok())
+                .map(|m| m.len())
+                .sum::<u64>();
+        }
+    }
+    total
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -249,6 +272,34 @@ fn tiering_on_the_local_cold_tier() {
     // The files are where the default says: under the data directory.
     let cold = dir.path().join("cold/relations");
     assert!(cold.is_dir(), "{} exists", cold.display());
+}
+
+#[test]
+fn hot_tier_memory_is_bounded() {
+    // No flush by age or size: only the memory bound can move rows to Parquet.
+    let dir = tempfile::tempdir().unwrap();
+    let process = EddyProcess::start(
+        dir.path(),
+        &[
+            ("EDDY_STORAGE__FLUSH_AGE_MS", "3600000"),
+            ("EDDY_STORAGE__HOT_MAX_BYTES", "100000"),
+        ],
+    );
+    runtime().block_on(async {
+        let client = process.connect().await;
+        client
+            .batch_execute("CREATE STREAM bids (auction BIGINT, price DOUBLE PRECISION, channel TEXT, ts TIMESTAMPTZ)")
+            .await
+            .unwrap();
+        for batch in 0..12 {
+            client.batch_execute(&batch_sql(batch)).await.unwrap();
+        }
+        let (hot, cold, _) = tiers(&process).await;
+        assert_eq!(hot + cold, 6000);
+        assert!(cold > 0, "the memory bound flushed rows to Parquet: hot {hot}, cold {cold}");
+        let count = rows(&client, "SELECT count(*) FROM bids").await;
+        assert_eq!(count[0][0], "6000");
+    });
 }
 
 /// A moto S3 server on a free port, stopped when dropped.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{CastOptions, cast};
 #[cfg(test)]
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -19,6 +19,9 @@ use crate::server::encode::{decode_text, encode_batch};
 /// Rows per Arrow batch while decoding.
 const BATCH_ROWS: usize = 8192;
 
+/// The longest record accepted (a quoted CSV field may span lines, but not forever).
+const MAX_RECORD_BYTES: usize = 64 << 20;
+
 /// Decodes rows for one relation from bytes arriving in chunks.
 #[derive(Debug)]
 pub struct RowDecoder {
@@ -30,6 +33,10 @@ pub struct RowDecoder {
     types: Vec<Type>,
     format: CopyFormat,
     pending: Vec<u8>,
+    /// How far `pending` has been scanned for record ends, and whether that point is inside
+    /// CSV quotes.
+    scan_pos: usize,
+    in_quotes: bool,
     /// Lines consumed so far.
     line: u64,
     header_pending: bool,
@@ -41,8 +48,19 @@ pub struct RowDecoder {
     batches: Vec<RecordBatch>,
 }
 
-/// One record's fields, the line it started on, and the bytes it used.
-type Parsed = (Vec<Option<String>>, u64, usize, u64);
+/// One record cut from complete input.
+#[derive(Debug)]
+struct Record {
+    /// The fields; None for a line that holds no row (a blank JSON line).
+    fields: Option<Vec<Option<String>>>,
+    /// The line the record starts on.
+    line: u64,
+    /// Bytes and lines it used.
+    used: usize,
+    lines: u64,
+    /// The `\.` line that ends COPY data.
+    end_of_data: bool,
+}
 
 impl RowDecoder {
     /// A decoder for `schema`; `columns` names the input's fields in order (empty: all columns).
@@ -78,12 +96,14 @@ impl RowDecoder {
         let n = schema.fields().len();
         Ok(RowDecoder {
             source: source.into(),
-            header_pending: format.header,
+            header_pending: format.header && format.kind != CopyKind::JsonLines,
             schema,
             columns: indices,
             types,
             format,
             pending: Vec::new(),
+            scan_pos: 0,
+            in_quotes: false,
             line: 0,
             finished: false,
             values: vec![Vec::new(); n],
@@ -119,13 +139,48 @@ impl RowDecoder {
         format!("{}, line {line}", self.source)
     }
 
-    fn process(&mut self, at_eof: bool) -> Result<()> {
-        let text = match std::str::from_utf8(&self.pending) {
-            Ok(text) => text,
-            Err(e) if e.error_len().is_none() && !at_eof => {
-                // A character split across chunks: decode up to it, keep the rest.
-                std::str::from_utf8(&self.pending[..e.valid_up_to()]).unwrap_or_default()
+    /// Find where the last complete record in `pending` ends, scanning each byte once: a
+    /// newline outside CSV quotes. Returns the length of the complete part.
+    fn complete_prefix(&mut self) -> usize {
+        let quote = (self.format.kind == CopyKind::Csv).then_some(self.format.quote as u8);
+        let mut boundary = 0;
+        for (i, &b) in self.pending.iter().enumerate().skip(self.scan_pos) {
+            if Some(b) == quote {
+                self.in_quotes = !self.in_quotes;
+            } else if b == b'\n' && !self.in_quotes {
+                boundary = i + 1;
             }
+        }
+        self.scan_pos = self.pending.len();
+        if boundary == 0 {
+            // Nothing new completed; an earlier call consumed everything before scan_pos.
+            return 0;
+        }
+        boundary
+    }
+
+    fn process(&mut self, at_eof: bool) -> Result<()> {
+        if self.finished {
+            self.pending.clear();
+            return Ok(());
+        }
+        let complete = if at_eof {
+            self.scan_pos = self.pending.len();
+            self.pending.len()
+        } else {
+            self.complete_prefix()
+        };
+        if complete == 0 {
+            if self.pending.len() > MAX_RECORD_BYTES {
+                return Err(Error::ProgramLimitExceeded(format!(
+                    "a record longer than {MAX_RECORD_BYTES} bytes ({})",
+                    self.context(self.line + 1)
+                )));
+            }
+            return Ok(());
+        }
+        let text = match std::str::from_utf8(&self.pending[..complete]) {
+            Ok(text) => text,
             Err(e) => {
                 let line = self.line
                     + 1
@@ -142,45 +197,36 @@ impl RowDecoder {
         let mut consumed = 0;
         let mut records: Vec<(Vec<Option<String>>, u64)> = Vec::new();
         let mut line = self.line;
-        while !self.finished && consumed < text.len() {
+        while consumed < text.len() {
             let rest = &text[consumed..];
-            let parsed = match self.format.kind {
-                CopyKind::Csv => parse_csv_record(rest, &self.format, line, at_eof)?,
-                CopyKind::Text | CopyKind::Binary => {
-                    parse_text_record(rest, &self.format, line, at_eof)?
-                }
-                CopyKind::JsonLines => parse_json_line(rest, line, at_eof),
+            let record = match self.format.kind {
+                CopyKind::Csv => parse_csv_record(rest, &self.format, line)?,
+                CopyKind::Text | CopyKind::Binary => parse_text_record(rest, &self.format, line)?,
+                CopyKind::JsonLines => parse_json_line(rest, line),
             };
-            let Some((fields, start_line, used, lines)) = parsed else {
-                break;
-            };
-            consumed += used;
-            line += lines;
-            if fields.len() == 1 && fields[0].as_deref() == Some("\\.") {
-                self.finished = true; // end-of-data marker
+            consumed += record.used;
+            line += record.lines;
+            if record.end_of_data {
+                self.finished = true;
                 break;
             }
-            if fields.is_empty() {
-                continue; // blank line
+            if let Some(fields) = record.fields {
+                records.push((fields, record.line));
             }
-            records.push((fields, start_line));
         }
         if self.finished {
-            consumed = text.len();
+            self.pending.clear();
+            self.scan_pos = 0;
+        } else {
+            self.pending.drain(..complete);
+            self.scan_pos -= complete;
         }
-        self.pending.drain(..consumed);
         self.line = line;
         for (fields, start_line) in records {
             if std::mem::take(&mut self.header_pending) {
                 continue;
             }
             self.add_record(fields, start_line)?;
-        }
-        if at_eof && !self.pending.is_empty() && !self.finished {
-            return Err(Error::BadCopyFormat(format!(
-                "unterminated record at end of input ({})",
-                self.context(self.line + 1)
-            )));
         }
         Ok(())
     }
@@ -282,60 +328,58 @@ impl RowDecoder {
                 cast(&array, field.data_type())?
             });
         }
+        // Each value is converted to the column's type on its own (a numeric keeps its own
+        // scale until then), and one that does not fit is an error, never a NULL.
+        let target = field.data_type();
+        let null = ScalarValue::try_from(target)?;
+        let options = CastOptions {
+            safe: false,
+            ..Default::default()
+        };
         let mut scalars = Vec::with_capacity(texts.len());
         for (row, text) in texts.iter().enumerate() {
-            scalars.push(match text {
-                None => None,
-                Some(text) => Some(decode_text(ty, text).map_err(|e| {
-                    Error::InvalidTextRepresentation(format!(
-                        "{e} ({}, column {})",
-                        self.context(self.row_lines[row]),
-                        field.name()
-                    ))
-                })?),
-            });
+            let Some(text) = text else {
+                scalars.push(null.clone());
+                continue;
+            };
+            let in_context = |e: Error| {
+                Error::InvalidTextRepresentation(format!(
+                    "{e} ({}, column {})",
+                    self.context(self.row_lines[row]),
+                    field.name()
+                ))
+            };
+            let value = decode_text(ty, text).map_err(in_context)?;
+            let value = if value.data_type() == *target {
+                value
+            } else {
+                value
+                    .cast_to_with_options(target, &options)
+                    .map_err(|e| in_context(Error::from(e)))?
+            };
+            scalars.push(value);
         }
-        let Some(data_type) = scalars.iter().flatten().next().map(ScalarValue::data_type) else {
-            return Ok(new_null_array(field.data_type(), texts.len()));
-        };
-        let null = ScalarValue::try_from(&data_type)?;
-        let array = ScalarValue::iter_to_array(
-            scalars
-                .into_iter()
-                .map(|s| s.unwrap_or_else(|| null.clone())),
-        )?;
-        if array.data_type() == field.data_type() {
-            return Ok(array);
-        }
-        cast(&array, field.data_type()).map_err(|e| {
-            Error::InvalidTextRepresentation(format!(
-                "{e} ({}, column {})",
-                self.source,
-                field.name()
-            ))
-        })
+        Ok(ScalarValue::iter_to_array(scalars)?)
     }
 }
 
-/// One COPY text-format record from the start of `text`: fields split on the delimiter,
-/// backslash escapes decoded, the NULL string as None. None when the record is incomplete.
-fn parse_text_record(
-    text: &str,
-    format: &CopyFormat,
-    line: u64,
-    at_eof: bool,
-) -> Result<Option<Parsed>> {
+/// One COPY text-format record from the start of `text` (complete input): fields split on the
+/// delimiter, backslash escapes decoded, the NULL string as None.
+fn parse_text_record(text: &str, format: &CopyFormat, line: u64) -> Result<Record> {
     let (record, used) = match text.find('\n') {
         Some(end) => (&text[..end], end + 1),
-        None if at_eof => (text, text.len()),
-        None => return Ok(None),
+        None => (text, text.len()),
     };
     let record = record.strip_suffix('\r').unwrap_or(record);
-    if record.is_empty() {
-        return Ok(Some((Vec::new(), line + 1, used, 1)));
-    }
-    if record == "\\." {
-        return Ok(Some((vec![Some("\\.".to_string())], line + 1, used, 1)));
+    let mut result = Record {
+        fields: None,
+        line: line + 1,
+        used,
+        lines: 1,
+        end_of_data: record == "\\.",
+    };
+    if result.end_of_data {
+        return Ok(result);
     }
     let mut fields = Vec::new();
     let mut raw = String::new();
@@ -353,10 +397,12 @@ fn parse_text_record(
         }
     }
     fields.push(text_field(raw, format, line + 1)?);
-    Ok(Some((fields, line + 1, used, 1)))
+    result.fields = Some(fields);
+    Ok(result)
 }
 
-/// A raw text-format field: the NULL string, or the value with escapes decoded.
+/// A raw text-format field: the NULL string, or the value with escapes decoded (`\\ooo` and
+/// `\\xhh` are bytes, so `\\303\\251` is "é").
 fn text_field(raw: String, format: &CopyFormat, line: u64) -> Result<Option<String>> {
     if raw == format.null {
         return Ok(None);
@@ -364,11 +410,12 @@ fn text_field(raw: String, format: &CopyFormat, line: u64) -> Result<Option<Stri
     if !raw.contains('\\') {
         return Ok(Some(raw));
     }
-    let mut out = String::with_capacity(raw.len());
+    let mut out: Vec<u8> = Vec::with_capacity(raw.len());
     let mut chars = raw.chars().peekable();
+    let mut buf = [0; 4];
     while let Some(c) = chars.next() {
         if c != '\\' {
-            out.push(c);
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
             continue;
         }
         let Some(e) = chars.next() else {
@@ -377,30 +424,24 @@ fn text_field(raw: String, format: &CopyFormat, line: u64) -> Result<Option<Stri
             )));
         };
         match e {
-            'b' => out.push('\u{8}'),
-            'f' => out.push('\u{c}'),
-            'n' => out.push('\n'),
-            'r' => out.push('\r'),
-            't' => out.push('\t'),
-            'v' => out.push('\u{b}'),
-            'x' => {
+            'b' => out.push(0x08),
+            'f' => out.push(0x0c),
+            'n' => out.push(b'\n'),
+            'r' => out.push(b'\r'),
+            't' => out.push(b'\t'),
+            'v' => out.push(0x0b),
+            'x' if chars.peek().is_some_and(|c| c.is_ascii_hexdigit()) => {
                 let mut value = 0u32;
-                let mut digits = 0;
-                while digits < 2 {
+                for _ in 0..2 {
                     match chars.peek().and_then(|c| c.to_digit(16)) {
                         Some(d) => {
                             value = value * 16 + d;
                             chars.next();
-                            digits += 1;
                         }
                         None => break,
                     }
                 }
-                if digits == 0 {
-                    out.push('x');
-                } else {
-                    out.push(char::from_u32(value).unwrap_or('\u{fffd}'));
-                }
+                out.push(value as u8);
             }
             '0'..='7' => {
                 let mut value = e.to_digit(8).unwrap_or(0);
@@ -413,39 +454,38 @@ fn text_field(raw: String, format: &CopyFormat, line: u64) -> Result<Option<Stri
                         None => break,
                     }
                 }
-                out.push(char::from_u32(value).unwrap_or('\u{fffd}'));
+                out.push((value & 0xff) as u8);
             }
-            other => out.push(other),
+            other => out.extend_from_slice(other.encode_utf8(&mut buf).as_bytes()),
         }
     }
-    Ok(Some(out))
+    String::from_utf8(out).map(Some).map_err(|_| {
+        Error::CharacterNotInRepertoire(format!(
+            "invalid byte sequence for encoding \"UTF8\" in an escape (line {line})"
+        ))
+    })
 }
 
-/// One CSV record from the start of `text` (quoted fields may span lines). None when the
-/// record is incomplete.
-fn parse_csv_record(
-    text: &str,
-    format: &CopyFormat,
-    line: u64,
-    at_eof: bool,
-) -> Result<Option<Parsed>> {
+/// One CSV record from the start of `text` (complete input; quoted fields may span lines).
+fn parse_csv_record(text: &str, format: &CopyFormat, line: u64) -> Result<Record> {
+    let first_line = line + 1;
+    // An unquoted line holding only `\.` ends the data.
+    let first = text.split('\n').next().unwrap_or("");
+    if first.trim_end_matches('\r') == "\\." {
+        return Ok(Record {
+            fields: None,
+            line: first_line,
+            used: (first.len() + 1).min(text.len()),
+            lines: 1,
+            end_of_data: true,
+        });
+    }
     let mut fields = Vec::new();
     let mut field = String::new();
     let mut quoted = false; // the current field had a quoted part
     let mut in_quotes = false;
     let mut lines = 0u64;
     let mut chars = text.char_indices().peekable();
-    let first_line = line + 1;
-    // An unquoted line holding only `\.` ends the data.
-    let first = text.split('\n').next().unwrap_or("");
-    if first.trim_end_matches('\r') == "\\." && (text.len() > first.len() || at_eof) {
-        return Ok(Some((
-            vec![Some("\\.".to_string())],
-            first_line,
-            (first.len() + 1).min(text.len()),
-            1,
-        )));
-    }
     let finish_field = |field: &mut String, quoted: &mut bool| -> Option<String> {
         let value = std::mem::take(field);
         let was_quoted = std::mem::take(quoted);
@@ -455,6 +495,7 @@ fn parse_csv_record(
             Some(value)
         }
     };
+    let mut used = text.len();
     while let Some((i, c)) = chars.next() {
         if in_quotes {
             if c == format.escape
@@ -488,33 +529,29 @@ fn parse_csv_record(
             quoted = true;
         } else if c == format.delimiter {
             fields.push(finish_field(&mut field, &mut quoted));
-        } else if c == '\n' || c == '\r' {
-            let mut used = i + 1;
-            if c == '\r' && chars.peek().is_some_and(|(_, n)| *n == '\n') {
-                used += 1;
+        } else if c == '\n' {
+            used = i + 1;
+            if field.ends_with('\r') && !quoted {
+                field.pop();
             }
-            if fields.is_empty() && field.is_empty() && !quoted {
-                return Ok(Some((Vec::new(), first_line, used, lines + 1)));
-            }
-            fields.push(finish_field(&mut field, &mut quoted));
-            return Ok(Some((fields, first_line, used, lines + 1)));
+            break;
         } else {
             field.push(c);
         }
-    }
-    if !at_eof {
-        return Ok(None);
     }
     if in_quotes {
         return Err(Error::BadCopyFormat(format!(
             "unterminated CSV quoted field (line {first_line})"
         )));
     }
-    if fields.is_empty() && field.is_empty() && !quoted {
-        return Ok(Some((Vec::new(), first_line, text.len(), lines + 1)));
-    }
     fields.push(finish_field(&mut field, &mut quoted));
-    Ok(Some((fields, first_line, text.len(), lines + 1)))
+    Ok(Record {
+        fields: Some(fields),
+        line: first_line,
+        used,
+        lines: lines + 1,
+        end_of_data: false,
+    })
 }
 
 /// Marks a JSON line that did not parse; the value field carries the parser's message.
@@ -522,50 +559,43 @@ const JSON_ERROR: &str = "\u{0}json-error";
 
 /// One JSON-lines record as alternating key and value fields (values in PostgreSQL text form:
 /// strings as they are, numbers and booleans as written, objects and arrays as JSON text).
-fn parse_json_line(text: &str, line: u64, at_eof: bool) -> Option<Parsed> {
+/// Blank lines hold no row.
+fn parse_json_line(text: &str, line: u64) -> Record {
     let (record, used) = match text.find('\n') {
         Some(end) => (&text[..end], end + 1),
-        None if at_eof => (text, text.len()),
-        None => return None,
+        None => (text, text.len()),
+    };
+    let mut result = Record {
+        fields: None,
+        line: line + 1,
+        used,
+        lines: 1,
+        end_of_data: false,
     };
     let record = record.trim();
     if record.is_empty() {
-        return Some((Vec::new(), line + 1, used, 1));
+        return result;
     }
-    let object = match serde_json::from_str::<serde_json::Value>(record) {
-        Ok(serde_json::Value::Object(object)) => object,
-        Ok(_) => {
-            return Some((
-                vec![
-                    Some(JSON_ERROR.to_string()),
-                    Some("expected an object".to_string()),
-                ],
-                line + 1,
-                used,
-                1,
-            ));
+    let error = |message: String| Some(vec![Some(JSON_ERROR.to_string()), Some(message)]);
+    result.fields = match serde_json::from_str::<serde_json::Value>(record) {
+        Ok(serde_json::Value::Object(object)) => {
+            let mut fields = Vec::with_capacity(object.len() * 2);
+            for (key, value) in object {
+                fields.push(Some(key));
+                fields.push(match value {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(s) => Some(s),
+                    serde_json::Value::Bool(b) => Some(b.to_string()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    other => Some(other.to_string()),
+                });
+            }
+            Some(fields)
         }
-        Err(e) => {
-            return Some((
-                vec![Some(JSON_ERROR.to_string()), Some(e.to_string())],
-                line + 1,
-                used,
-                1,
-            ));
-        }
+        Ok(_) => error("expected an object".to_string()),
+        Err(e) => error(e.to_string()),
     };
-    let mut fields = Vec::with_capacity(object.len() * 2);
-    for (key, value) in object {
-        fields.push(Some(key));
-        fields.push(match value {
-            serde_json::Value::Null => None,
-            serde_json::Value::String(s) => Some(s),
-            serde_json::Value::Bool(b) => Some(b.to_string()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            other => Some(other.to_string()),
-        });
-    }
-    Some((fields, line + 1, used, 1))
+    result
 }
 
 /// Result rows in COPY text or CSV format, using the server's text encoding of each value.
@@ -745,6 +775,77 @@ mod tests {
         assert!(e.to_string().contains("unterminated"), "{e}");
         let e = decode(CopyKind::Csv, false, &["1,a,1,not a time\n"]).unwrap_err();
         assert!(e.to_string().contains("column ts"), "{e}");
+    }
+
+    #[test]
+    fn numerics_keep_their_value_and_overflow_is_an_error() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "n",
+            DataType::Decimal128(7, 2),
+            true,
+        )]));
+        let decode = |input: &str| {
+            let mut d = RowDecoder::new(
+                "COPY t",
+                Arc::clone(&schema),
+                &[],
+                CopyFormat::new(CopyKind::Csv),
+            )?;
+            d.push(input.as_bytes())?;
+            d.finish()
+        };
+        let batches = decode("1.5\n1.25\n-3\n").unwrap();
+        let text = pretty_format_batches(&batches).unwrap().to_string();
+        assert!(
+            text.contains("1.50") && text.contains("1.25") && text.contains("-3.00"),
+            "{text}"
+        );
+        let e = decode("1.5\n123456.7\n").unwrap_err();
+        assert!(e.to_string().contains("line 2, column n"), "{e}");
+    }
+
+    #[test]
+    fn quoted_end_marker_is_data_and_escapes_are_bytes() {
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)]));
+        let mut d = RowDecoder::new(
+            "COPY t",
+            Arc::clone(&schema),
+            &[],
+            CopyFormat::new(CopyKind::Csv),
+        )
+        .unwrap();
+        d.push(b"a\n\"\\.\"\nb\n\\.\nignored\n").unwrap();
+        let batches = d.finish().unwrap();
+        assert_eq!(
+            batches[0].num_rows(),
+            3,
+            "a, \\. (quoted, data), b; then the end marker"
+        );
+        let mut d =
+            RowDecoder::new("COPY t", schema, &[], CopyFormat::new(CopyKind::Text)).unwrap();
+        d.push(b"caf\\303\\251\n\n").unwrap();
+        let text = pretty_format_batches(&d.finish().unwrap())
+            .unwrap()
+            .to_string();
+        assert!(text.contains("café"), "{text}");
+    }
+
+    #[test]
+    fn records_split_anywhere_across_chunks() {
+        let input = "1,\"x\ny\",2.5,2024-01-01 00:00:00+00\n2,caf\u{e9},1,\n";
+        for split in 0..input.len() {
+            let mut format = CopyFormat::new(CopyKind::Csv);
+            format.header = false;
+            let mut d = RowDecoder::new("COPY t", schema(), &[], format).unwrap();
+            d.push(&input.as_bytes()[..split]).unwrap();
+            d.push(&input.as_bytes()[split..]).unwrap();
+            let batches = d.finish().unwrap();
+            assert_eq!(
+                batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+                2,
+                "split at {split}"
+            );
+        }
     }
 
     #[test]

@@ -147,6 +147,17 @@ impl CopyFormat {
                 "COPY delimiter cannot be newline or carriage return".to_string(),
             ));
         }
+        for (what, c) in [
+            ("delimiter", format.delimiter),
+            ("quote", format.quote),
+            ("escape", format.escape),
+        ] {
+            if !c.is_ascii() {
+                return Err(Error::InvalidValue(format!(
+                    "COPY {what} must be a single one-byte character"
+                )));
+            }
+        }
         Ok(format)
     }
 }

@@ -340,7 +340,10 @@ fn conflict_update(
     schema: &SchemaRef,
     update: &ast::DoUpdate,
 ) -> Result<OnConflict> {
-    let existing = DFSchema::try_from_qualified_schema(name.name.as_str(), schema)?;
+    let existing = DFSchema::try_from_qualified_schema(
+        datafusion::common::TableReference::bare(name.name.clone()),
+        schema,
+    )?;
     let excluded = DFSchema::try_from_qualified_schema("excluded", schema)?;
     let mut combined = existing;
     combined.merge(&excluded);

@@ -105,6 +105,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[derive(Debug)]
 pub struct ColdStore {
     store: Arc<dyn ObjectStore>,
+    /// The directory of a local store: object_store does not fsync what it writes there, so
+    /// [`ColdStore::sync_written`] does (S3 acknowledges a PUT once it is durable).
+    local_root: Option<std::path::PathBuf>,
+    /// Local files written since the last sync.
+    unsynced: tokio::sync::Mutex<Vec<String>>,
     /// Where the store points, for logs and `SHOW`: the URL or the local directory.
     location: String,
 }
@@ -112,11 +117,23 @@ pub struct ColdStore {
 impl ColdStore {
     /// Open the cold tier: `url` if given, else `default_dir` on the local file system.
     pub fn open(url: Option<&str>, default_dir: &Path) -> Result<ColdStore> {
-        let (store, location): (Arc<dyn ObjectStore>, String) = match url {
-            None => (local_store(default_dir)?, default_dir.display().to_string()),
-            Some(url) => (store_for_url(url)?, url.to_string()),
+        let (store, location, local_root): (Arc<dyn ObjectStore>, String, _) = match url {
+            None => (
+                local_store(default_dir)?,
+                default_dir.display().to_string(),
+                Some(default_dir.to_path_buf()),
+            ),
+            Some(url) => {
+                let (store, local_root) = store_for_url(url)?;
+                (store, url.to_string(), local_root)
+            }
         };
-        Ok(ColdStore { store, location })
+        Ok(ColdStore {
+            store,
+            location,
+            local_root,
+            unsynced: tokio::sync::Mutex::new(Vec::new()),
+        })
     }
 
     /// Where the files go, as configured.
@@ -164,7 +181,50 @@ impl ColdStore {
             .put(&StorePath::from(path), PutPayload::from(buffer))
             .await
             .map_err(|e| Error::Storage(format!("could not write {path}: {e}")))?;
+        if self.local_root.is_some() {
+            self.unsynced.lock().await.push(path.to_string());
+        }
         Ok(bytes)
+    }
+
+    /// Make the files written so far durable (fsync of files and directories on a local
+    /// store; nothing to do on S3). Called before a manifest lists them and before the log
+    /// that also holds their rows is released.
+    pub async fn sync_written(&self) -> Result<()> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(());
+        };
+        // Held until the files are synced: a caller finding the list empty must not go on while
+        // another caller is still syncing the files it took.
+        let mut unsynced = self.unsynced.lock().await;
+        let paths = std::mem::take(&mut *unsynced);
+        if paths.is_empty() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut dirs = std::collections::BTreeSet::new();
+            for path in &paths {
+                let file = root.join(path);
+                std::fs::File::open(&file)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| {
+                        Error::Storage(format!("could not sync {}: {e}", file.display()))
+                    })?;
+                let mut dir = file.parent().map(Path::to_path_buf);
+                while let Some(d) = dir {
+                    if !d.starts_with(&root) || !dirs.insert(d.clone()) {
+                        break;
+                    }
+                    dir = d.parent().map(Path::to_path_buf);
+                }
+            }
+            for dir in dirs {
+                super::log::sync_dir(&dir)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("sync task failed: {e}")))?
     }
 
     /// Read a whole Parquet file back.
@@ -226,8 +286,8 @@ fn local_store(dir: &Path) -> Result<Arc<dyn ObjectStore>> {
     Ok(Arc::new(store))
 }
 
-/// The store a `--object-store` URL names.
-fn store_for_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
+/// The store a `--object-store` URL names, and its directory when it is local.
+fn store_for_url(url: &str) -> Result<(Arc<dyn ObjectStore>, Option<std::path::PathBuf>)> {
     let parsed = url::Url::parse(url)
         .map_err(|e| Error::Config(format!("invalid object store URL \"{url}\": {e}")))?;
     let prefix = parsed.path().trim_matches('/').to_string();
@@ -236,7 +296,7 @@ fn store_for_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
             let dir = parsed.to_file_path().map_err(|()| {
                 Error::Config(format!("invalid file URL \"{url}\": not an absolute path"))
             })?;
-            return local_store(&dir);
+            return Ok((local_store(&dir)?, Some(dir)));
         }
         "s3" | "s3a" => {
             let plain_http_endpoint = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
@@ -257,10 +317,11 @@ fn store_for_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
         }
     };
     if prefix.is_empty() {
-        Ok(store)
+        Ok((store, None))
     } else {
-        Ok(Arc::new(object_store::prefix::PrefixStore::new(
-            store, prefix,
-        )))
+        Ok((
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix)),
+            None,
+        ))
     }
 }

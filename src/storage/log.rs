@@ -98,7 +98,14 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 
 impl Log {
     /// Open (or create) the log in `dir`, returning it and every intact record, oldest first.
-    pub fn open(dir: &Path, policy: SyncPolicy, segment_bytes: u64) -> Result<(Log, Vec<Record>)> {
+    /// `floor` is the lowest sequence number the next record may have (one past what is already
+    /// stored elsewhere), so numbers never repeat even if the log lost its tail.
+    pub fn open(
+        dir: &Path,
+        policy: SyncPolicy,
+        segment_bytes: u64,
+        floor: u64,
+    ) -> Result<(Log, Vec<Record>)> {
         std::fs::create_dir_all(dir).map_err(|e| io_error("could not create", dir, e))?;
         let mut segments = BTreeMap::new();
         let entries = std::fs::read_dir(dir).map_err(|e| io_error("could not list", dir, e))?;
@@ -116,21 +123,22 @@ impl Log {
         }
         let mut records = Vec::new();
         let mut next_seq = segments.keys().next().copied().unwrap_or(1);
-        let mut torn_at: Option<u64> = None;
-        for (&first, path) in &segments {
-            if torn_at.is_some() {
+        let mut kept: BTreeMap<u64, PathBuf> = BTreeMap::new();
+        let mut torn = false;
+        for (first, path) in segments {
+            if torn {
                 tracing::warn!(segment = %path.display(), "removing log segment after a torn write");
-                std::fs::remove_file(path).map_err(|e| io_error("could not remove", path, e))?;
+                std::fs::remove_file(&path).map_err(|e| io_error("could not remove", &path, e))?;
                 continue;
             }
             if first != next_seq {
-                // A gap: the segment does not continue the log. Treat it as torn.
+                // A gap: the segment does not continue the log, nor does anything after it.
                 tracing::error!(segment = %path.display(), expected = next_seq, "log segment out of sequence");
-                torn_at = Some(first);
-                std::fs::remove_file(path).map_err(|e| io_error("could not remove", path, e))?;
+                torn = true;
+                std::fs::remove_file(&path).map_err(|e| io_error("could not remove", &path, e))?;
                 continue;
             }
-            let (intact_len, file_len) = read_segment(path, &mut next_seq, &mut records)?;
+            let (intact_len, file_len) = read_segment(&path, &mut next_seq, &mut records)?;
             if intact_len < file_len {
                 tracing::warn!(
                     segment = %path.display(),
@@ -140,26 +148,39 @@ impl Log {
                 );
                 let file = OpenOptions::new()
                     .write(true)
-                    .open(path)
-                    .map_err(|e| io_error("could not open", path, e))?;
+                    .open(&path)
+                    .map_err(|e| io_error("could not open", &path, e))?;
                 file.set_len(intact_len)
                     .and_then(|()| file.sync_all())
-                    .map_err(|e| io_error("could not truncate", path, e))?;
-                torn_at = Some(first);
+                    .map_err(|e| io_error("could not truncate", &path, e))?;
+                torn = true;
             }
+            kept.insert(first, path);
         }
-        segments.retain(|first, _| torn_at.is_none_or(|t| *first <= t));
-        // Segments holding no record at all (a crash right after a roll) are kept; appending
-        // continues in the last one.
-        let (active_first, active_path) = match segments.last_key_value() {
-            Some((first, path)) => (*first, path.clone()),
+        let mut segments = kept;
+        if floor > next_seq {
+            // Everything before `floor` is stored elsewhere (Parquet) and the log lost its end
+            // (a power loss under `sync = "none"`, a removed directory): start again at the
+            // floor so sequence numbers never repeat, and drop segments that held only old
+            // records.
+            tracing::warn!(dir = %dir.display(), log_end = next_seq, floor, "log ends before the flushed boundary; restarting it there");
+            for path in segments.values() {
+                std::fs::remove_file(path).map_err(|e| io_error("could not remove", path, e))?;
+            }
+            segments.clear();
+            records.clear();
+            next_seq = floor;
+        }
+        // Appending continues in the last segment (possibly empty, after a crash right after a
+        // roll), or in a new one named by the next sequence number.
+        let active_path = match segments.last_key_value() {
+            Some((_, path)) => path.clone(),
             None => {
                 let path = segment_path(dir, next_seq);
                 segments.insert(next_seq, path.clone());
-                (next_seq, path)
+                path
             }
         };
-        let _ = active_first;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -198,8 +219,11 @@ impl Log {
                 "the log refuses writes after an earlier failure: {failed}"
             )));
         }
-        if inner.segment_len >= self.segment_bytes {
-            self.roll(&mut inner)?;
+        if inner.segment_len >= self.segment_bytes
+            && let Err(e) = self.roll(&mut inner)
+        {
+            inner.failed = Some(e.to_string());
+            return Err(e);
         }
         let seq = inner.next_seq;
         let frame = encode_frame(seq, kind, payload)?;
@@ -249,6 +273,42 @@ impl Log {
         }
     }
 
+    /// fsync everything written so far, whatever the policy: before records are released
+    /// because something else (a snapshot, a Parquet file) now holds them.
+    pub async fn force_sync(&self) -> Result<()> {
+        let upto = self.written_seq();
+        let file = {
+            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner
+                .file
+                .try_clone()
+                .map_err(|e| io_error("could not sync the log in", &self.dir, e))?
+        };
+        let synced = tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|e| Error::Internal(format!("fsync task failed: {e}")))?;
+        if let Err(e) = synced {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.failed = Some(format!("fsync failed: {e}"));
+            return Err(io_error("could not fsync the log in", &self.dir, e));
+        }
+        self.durable.send_if_modified(|d| {
+            let raised = upto > *d;
+            *d = (*d).max(upto);
+            raised
+        });
+        Ok(())
+    }
+
+    /// The sequence number of the last record written (durable or not).
+    pub fn written_seq(&self) -> u64 {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_seq
+            - 1
+    }
+
     /// The highest sequence number that is durable (readers show nothing beyond it).
     pub fn durable_seq(&self) -> u64 {
         *self.durable.borrow()
@@ -279,8 +339,12 @@ impl Log {
     /// when it is entirely covered, so it can go too.
     pub fn release_upto(&self, seq: u64) -> Result<usize> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if inner.next_seq - 1 <= seq && inner.segment_len > 0 {
-            self.roll(&mut inner)?;
+        if inner.next_seq - 1 <= seq
+            && inner.segment_len > 0
+            && let Err(e) = self.roll(&mut inner)
+        {
+            inner.failed = Some(e.to_string());
+            return Err(e);
         }
         let firsts: Vec<u64> = inner.segments.keys().copied().collect();
         let mut removed = 0;
@@ -390,7 +454,7 @@ mod tests {
     async fn torn_tail_is_dropped_and_appends_continue() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (log, records) = Log::open(dir.path(), SyncPolicy::Fsync, 1 << 20).unwrap();
+            let (log, records) = Log::open(dir.path(), SyncPolicy::Fsync, 1 << 20, 0).unwrap();
             assert!(records.is_empty());
             for i in 0..3u8 {
                 let seq = log.append(1, &[i; 10], |seq| seq).unwrap();
@@ -403,14 +467,14 @@ mod tests {
         f.write_all(&encode_frame(4, 1, &[9; 100]).unwrap()[..50])
             .unwrap();
         drop(f);
-        let (log, records) = Log::open(dir.path(), SyncPolicy::Fsync, 1 << 20).unwrap();
+        let (log, records) = Log::open(dir.path(), SyncPolicy::Fsync, 1 << 20, 0).unwrap();
         assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(&records[2].payload[..], &[2; 10]);
         let seq = log.append(1, b"next", |seq| seq).unwrap();
         assert_eq!(seq, 4);
         log.sync_to(seq).await.unwrap();
         drop(log);
-        let (_, records) = Log::open(dir.path(), SyncPolicy::Fsync, 1 << 20).unwrap();
+        let (_, records) = Log::open(dir.path(), SyncPolicy::Fsync, 1 << 20, 0).unwrap();
         assert_eq!(records.len(), 4);
     }
 
@@ -418,7 +482,7 @@ mod tests {
     async fn corrupted_frame_ends_the_log_and_later_segments_go() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (log, _) = Log::open(dir.path(), SyncPolicy::None, 64).unwrap();
+            let (log, _) = Log::open(dir.path(), SyncPolicy::None, 64, 0).unwrap();
             for i in 0..6u8 {
                 log.append(1, &[i; 40], |_| ()).unwrap();
             }
@@ -431,20 +495,38 @@ mod tests {
         let second = HEADER + 40;
         bytes[second + HEADER + 3] ^= 0xff;
         std::fs::write(&seg, bytes).unwrap();
-        let (_, records) = Log::open(dir.path(), SyncPolicy::None, 64).unwrap();
+        let (_, records) = Log::open(dir.path(), SyncPolicy::None, 64, 0).unwrap();
         assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1]);
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_never_go_below_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, _) = Log::open(dir.path(), SyncPolicy::None, 1 << 20, 0).unwrap();
+            for i in 0..3u8 {
+                log.append(1, &[i], |_| ()).unwrap();
+            }
+        }
+        // Records up to 10 live elsewhere; the log only reached 3 (its tail was lost).
+        let (log, records) = Log::open(dir.path(), SyncPolicy::None, 1 << 20, 11).unwrap();
+        assert!(records.is_empty(), "old records are dropped: {records:?}");
+        assert_eq!(log.append(1, b"x", |seq| seq).unwrap(), 11);
+        drop(log);
+        let (_, records) = Log::open(dir.path(), SyncPolicy::None, 1 << 20, 11).unwrap();
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [11]);
     }
 
     #[tokio::test]
     async fn released_segments_are_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = Log::open(dir.path(), SyncPolicy::None, 64).unwrap();
+        let (log, _) = Log::open(dir.path(), SyncPolicy::None, 64, 0).unwrap();
         for i in 0..6u8 {
             log.append(1, &[i; 40], |_| ()).unwrap();
         }
         log.release_upto(4).unwrap();
         drop(log);
-        let (_, records) = Log::open(dir.path(), SyncPolicy::None, 64).unwrap();
+        let (_, records) = Log::open(dir.path(), SyncPolicy::None, 64, 0).unwrap();
         assert!(records.iter().all(|r| r.seq > 4));
         assert_eq!(records.last().map(|r| r.seq), Some(6));
     }

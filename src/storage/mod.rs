@@ -469,6 +469,17 @@ impl Storage {
         def.validate_options()?;
         def.arrow_schema()?;
         let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        if catalog
+            .relations
+            .iter()
+            .any(|r| r.schema_name == def.schema_name && r.name == def.name)
+        {
+            // Two sessions creating one name at once: the second finds the first's here.
+            return Err(Error::AlreadyExists {
+                kind: "relation",
+                name: def.name,
+            });
+        }
         def.id = catalog.next_id;
         let relation = self.open_relation(def.clone())?;
         catalog.next_id += 1;

@@ -125,7 +125,12 @@ impl StreamStore {
         };
         let manifest_path = dir.join("manifest.json");
         let manifest = Manifest::load(&manifest_path)?;
-        let (log, records) = Log::open(&dir.join("log"), config.sync, config.segment_bytes)?;
+        let (log, records) = Log::open(
+            &dir.join("log"),
+            config.sync,
+            config.segment_bytes,
+            manifest.flushed_seq + 1,
+        )?;
         let mut state = StreamState {
             manifest,
             ..StreamState::default()
@@ -231,6 +236,10 @@ impl StreamStore {
     }
 
     pub fn stats(&self) -> StreamStats {
+        // The log's lock is taken before the state's, never inside it (appends take the log's
+        // lock first, then the state's).
+        let log_bytes = self.log.disk_bytes();
+        let durable_seq = self.log.durable_seq();
         let state = read(&self.state);
         StreamStats {
             hot_rows: state
@@ -241,9 +250,9 @@ impl StreamStore {
                 .sum(),
             hot_bytes: state.hot_bytes as u64,
             cold_files: state.manifest.files.clone(),
-            log_bytes: self.log.disk_bytes(),
+            log_bytes,
             flushed_seq: state.manifest.flushed_seq,
-            durable_seq: self.log.durable_seq(),
+            durable_seq,
         }
     }
 
@@ -266,6 +275,10 @@ impl StreamStore {
     /// records from memory and release the log segments that held them.
     pub async fn flush(&self) -> Result<usize> {
         let _turn = self.maintenance.lock().await;
+        // A write whose client went away between writing and syncing is made durable here, so
+        // it is neither invisible nor stuck in memory.
+        let written = self.log.written_seq();
+        self.log.sync_to(written).await?;
         let (records, upto) = {
             let state = read(&self.state);
             let durable = self.log.durable_seq();
@@ -299,6 +312,7 @@ impl StreamStore {
             files.push(self.write_file(path, hour, &batches, now).await?);
         }
         let flushed = files.len();
+        self.cold.sync_written().await?;
         let mut manifest = read(&self.state).manifest.clone();
         manifest.files.extend(files);
         manifest.flushed_seq = upto;
@@ -341,6 +355,7 @@ impl StreamStore {
                 partition_dir(hour)
             );
             let merged = self.write_file(path, hour, &batches, now).await?;
+            self.cold.sync_written().await?;
             let replaced: HashSet<&str> = group.iter().map(|f| f.path.as_str()).collect();
             let mut manifest = read(&self.state).manifest.clone();
             manifest
@@ -365,7 +380,12 @@ impl StreamStore {
             return Ok(0);
         };
         let _turn = self.maintenance.lock().await;
-        let cutoff = Utc::now().timestamp_micros() - retention.as_micros() as i64;
+        let Some(cutoff) = i64::try_from(retention.as_micros())
+            .ok()
+            .and_then(|r| Utc::now().timestamp_micros().checked_sub(r))
+        else {
+            return Ok(0); // a retention longer than time itself keeps everything
+        };
         let mut manifest = read(&self.state).manifest.clone();
         let (expired, kept): (Vec<ColdFile>, Vec<ColdFile>) = manifest
             .files
@@ -380,9 +400,9 @@ impl StreamStore {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .manifest = manifest;
-        self.cold
-            .delete(&expired.iter().map(|f| f.path.clone()).collect::<Vec<_>>())
-            .await?;
+        // Scans that listed the files may still be reading them.
+        let mut graveyard = self.graveyard.lock().unwrap_or_else(|e| e.into_inner());
+        graveyard.extend(expired.iter().map(|f| (f.path.clone(), Instant::now())));
         Ok(expired.len())
     }
 
@@ -412,6 +432,8 @@ impl StreamStore {
 
     /// Remove everything: log, manifest, files (DROP STREAM, after the catalog forgot it).
     pub async fn destroy(&self, dir: &std::path::Path) -> Result<()> {
+        // No flush or compaction may write files after the cleanup.
+        let _turn = self.maintenance.lock().await;
         self.log.destroy()?;
         let freed = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
