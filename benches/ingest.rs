@@ -406,11 +406,13 @@ fn main() {
         // DataFusion over the same Parquet files, read directly.
         let ctx = datafusion::prelude::SessionContext::new();
         let cold_dir = data_dir.path().join("cold/relations");
+        // The query stream was created last: the highest relation id.
         let stream_dir = std::fs::read_dir(&cold_dir)
             .expect("cold files")
             .flatten()
-            .map(|e| e.path())
+            .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok().map(|id| (id, e.path())))
             .max()
+            .map(|(_, path)| path)
             .expect("the query stream's files");
         ctx.register_parquet(table, stream_dir.display().to_string(), datafusion::prelude::ParquetReadOptions::default())
             .await

@@ -235,7 +235,7 @@ impl Log {
         inner.segment_len += frame.len() as u64;
         inner.next_seq += 1;
         if self.policy == SyncPolicy::None {
-            self.durable.send_replace(seq);
+            self.mark_durable(seq);
         }
         Ok(apply(seq))
     }
@@ -250,39 +250,42 @@ impl Log {
             if *self.durable.borrow() >= seq {
                 return Ok(()); // the previous leader's fsync covered this record
             }
-            let (file, upto) = {
-                let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(failed) = &inner.failed {
-                    return Err(Error::Storage(format!("the log failed earlier: {failed}")));
-                }
-                let file = inner
-                    .file
-                    .try_clone()
-                    .map_err(|e| io_error("could not sync the log in", &self.dir, e))?;
-                (file, inner.next_seq - 1)
-            };
-            let synced = tokio::task::spawn_blocking(move || file.sync_data())
-                .await
-                .map_err(|e| Error::Internal(format!("fsync task failed: {e}")))?;
-            if let Err(e) = synced {
-                let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-                inner.failed = Some(format!("fsync failed: {e}"));
-                return Err(io_error("could not fsync the log in", &self.dir, e));
-            }
-            self.durable.send_replace(upto);
+            let upto = self.fsync().await?;
+            self.mark_durable(upto);
         }
+    }
+
+    /// Raise the durable sequence number (never lower it: syncs may finish out of order).
+    fn mark_durable(&self, upto: u64) {
+        self.durable.send_if_modified(|d| {
+            let raised = upto > *d;
+            *d = (*d).max(upto);
+            raised
+        });
     }
 
     /// fsync everything written so far, whatever the policy: before records are released
     /// because something else (a snapshot, a Parquet file) now holds them.
     pub async fn force_sync(&self) -> Result<()> {
-        let upto = self.written_seq();
-        let file = {
+        let upto = self.fsync().await?;
+        self.mark_durable(upto);
+        Ok(())
+    }
+
+    /// fsync the active segment; returns the last sequence number it covers. A failure marks
+    /// the log failed: after a failed fsync the kernel may have dropped the dirty pages, and a
+    /// later fsync could report success for data that is gone.
+    async fn fsync(&self) -> Result<u64> {
+        let (file, upto) = {
             let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            inner
+            if let Some(failed) = &inner.failed {
+                return Err(Error::Storage(format!("the log failed earlier: {failed}")));
+            }
+            let file = inner
                 .file
                 .try_clone()
-                .map_err(|e| io_error("could not sync the log in", &self.dir, e))?
+                .map_err(|e| io_error("could not sync the log in", &self.dir, e))?;
+            (file, inner.next_seq - 1)
         };
         let synced = tokio::task::spawn_blocking(move || file.sync_data())
             .await
@@ -292,12 +295,7 @@ impl Log {
             inner.failed = Some(format!("fsync failed: {e}"));
             return Err(io_error("could not fsync the log in", &self.dir, e));
         }
-        self.durable.send_if_modified(|d| {
-            let raised = upto > *d;
-            *d = (*d).max(upto);
-            raised
-        });
-        Ok(())
+        Ok(upto)
     }
 
     /// The sequence number of the last record written (durable or not).

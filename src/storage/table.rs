@@ -218,10 +218,7 @@ impl TableStore {
     pub async fn delete(&self, predicate: Option<Arc<dyn PhysicalExpr>>) -> Result<u64> {
         let _turn = self.write_turn.lock().await;
         let current = self.contents();
-        let matched = match &predicate {
-            Some(p) => evaluate_mask(p, &current)?,
-            None => BooleanArray::from(vec![true; current.num_rows()]),
-        };
+        let matched = matching(predicate.as_ref(), &current)?;
         let count = matched.true_count() as u64;
         if count == 0 {
             return Ok(0);
@@ -246,10 +243,7 @@ impl TableStore {
     ) -> Result<u64> {
         let _turn = self.write_turn.lock().await;
         let current = self.contents();
-        let matched = match &predicate {
-            Some(p) => evaluate_mask(p, &current)?,
-            None => BooleanArray::from(vec![true; current.num_rows()]),
-        };
+        let matched = matching(predicate.as_ref(), &current)?;
         let count = matched.true_count() as u64;
         if count == 0 {
             return Ok(0);
@@ -508,6 +502,17 @@ fn assign(
         };
     }
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// The rows a DELETE or UPDATE touches: where the predicate holds, or all without one.
+fn matching(
+    predicate: Option<&Arc<dyn PhysicalExpr>>,
+    batch: &RecordBatch,
+) -> Result<BooleanArray> {
+    match predicate {
+        Some(p) => evaluate_mask(p, batch),
+        None => Ok(BooleanArray::from(vec![true; batch.num_rows()])),
+    }
 }
 
 /// Where a predicate is true (NULL counts as false, as in SQL).
