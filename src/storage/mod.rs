@@ -92,8 +92,10 @@ pub struct RelationDef {
     pub options: BTreeMap<String, String>,
 }
 
-/// Options a stream accepts in `WITH (...)` and `ALTER STREAM ... SET (...)`.
-pub const STREAM_OPTIONS: &[&str] = &["retention"];
+/// Options a stream accepts in `WITH (...)` and `ALTER STREAM ... SET (...)`: `retention`
+/// (how long rows are kept) and `flush_age` (how long rows stay in memory before they go to
+/// Parquet; the server's `storage.flush_age_ms` otherwise).
+pub const STREAM_OPTIONS: &[&str] = &["retention", "flush_age"];
 
 impl RelationDef {
     /// A definition from an Arrow schema.
@@ -147,6 +149,14 @@ impl RelationDef {
             .transpose()
     }
 
+    /// The stream's own flush age, if set.
+    pub fn flush_age(&self) -> Result<Option<Duration>> {
+        self.options
+            .get("flush_age")
+            .map(|text| parse_duration(text))
+            .transpose()
+    }
+
     /// Check options against what this kind accepts.
     pub fn validate_options(&self) -> Result<()> {
         for name in self.options.keys() {
@@ -169,6 +179,7 @@ impl RelationDef {
             }
         }
         self.retention()?;
+        self.flush_age()?;
         Ok(())
     }
 }

@@ -262,9 +262,14 @@ impl StreamStore {
         let Some(oldest) = state.hot.front() else {
             return false;
         };
+        let flush_age = read(&self.def)
+            .flush_age()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| config.flush_age());
         over_budget
             || state.hot_bytes >= config.flush_bytes
-            || oldest.arrived.elapsed() >= config.flush_age()
+            || oldest.arrived.elapsed() >= flush_age
     }
 
     pub fn hot_bytes(&self) -> usize {
