@@ -4,8 +4,6 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
 use datafusion::arrow::compute::{CastOptions, cast};
-#[cfg(test)]
-use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use pgwire::api::Type;
@@ -111,15 +109,6 @@ impl RowDecoder {
             row_lines: Vec::new(),
             batches: Vec::new(),
         })
-    }
-
-    /// Rows decoded so far (complete records only).
-    pub fn rows(&self) -> usize {
-        self.batches
-            .iter()
-            .map(RecordBatch::num_rows)
-            .sum::<usize>()
-            + self.row_lines.len()
     }
 
     /// Feed more input.
@@ -691,16 +680,10 @@ pub fn header_line(names: &[&str], format: &CopyFormat) -> Vec<u8> {
     out
 }
 
-/// The Arrow type the decoder produces for a column, for tests.
-#[cfg(test)]
-fn data_type_of(batch: &RecordBatch, column: usize) -> DataType {
-    batch.column(column).data_type().clone()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use datafusion::arrow::util::pretty::pretty_format_batches;
 
     fn schema() -> SchemaRef {
@@ -746,8 +729,8 @@ mod tests {
             "unquoted empty is NULL, quoted is ''"
         );
         assert_eq!(
-            data_type_of(&batches[0], 3),
-            schema().field(3).data_type().clone()
+            batches[0].column(3).data_type(),
+            schema().field(3).data_type()
         );
     }
 

@@ -139,9 +139,6 @@ impl CopyFormat {
                 other => return Err(Error::Unsupported(format!("COPY option {other}"))),
             }
         }
-        if format.header && format.kind == CopyKind::Text {
-            // PostgreSQL 15+ allows HEADER in text format too; it means the same.
-        }
         if format.delimiter == '\n' || format.delimiter == '\r' {
             return Err(Error::InvalidValue(
                 "COPY delimiter cannot be newline or carriage return".to_string(),

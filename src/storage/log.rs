@@ -361,17 +361,6 @@ impl Log {
         Ok(removed)
     }
 
-    /// Bytes on disk in the log's segments.
-    pub fn disk_bytes(&self) -> u64 {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner
-            .segments
-            .values()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
-    }
-
     /// Remove the whole log (the stream or table was dropped).
     pub fn destroy(&self) -> Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -421,10 +421,6 @@ impl Storage {
         self.cold.register(runtime);
     }
 
-    pub fn config(&self) -> &StorageConfig {
-        &self.config
-    }
-
     fn relation_dir(&self, id: u64) -> PathBuf {
         self.data_dir.join("relations").join(id.to_string())
     }
@@ -617,16 +613,6 @@ impl Storage {
                 tracing::warn!(stream = %name, error = %e, "deleting compacted files failed; will retry");
             }
         }
-    }
-
-    /// Flush every stream's hot tier now (shutdown, tests, `FLUSH`).
-    pub async fn flush_all(&self) -> Result<()> {
-        for relation in self.relations() {
-            if let Relation::Stream(s) = relation {
-                s.flush().await?;
-            }
-        }
-        Ok(())
     }
 }
 

@@ -83,9 +83,6 @@ pub struct StreamStats {
     pub hot_rows: u64,
     pub hot_bytes: u64,
     pub cold_files: Vec<ColdFile>,
-    pub log_bytes: u64,
-    pub flushed_seq: u64,
-    pub durable_seq: u64,
 }
 
 /// The storage of one stream.
@@ -236,10 +233,6 @@ impl StreamStore {
     }
 
     pub fn stats(&self) -> StreamStats {
-        // The log's lock is taken before the state's, never inside it (appends take the log's
-        // lock first, then the state's).
-        let log_bytes = self.log.disk_bytes();
-        let durable_seq = self.log.durable_seq();
         let state = read(&self.state);
         StreamStats {
             hot_rows: state
@@ -250,9 +243,6 @@ impl StreamStore {
                 .sum(),
             hot_bytes: state.hot_bytes as u64,
             cold_files: state.manifest.files.clone(),
-            log_bytes,
-            flushed_seq: state.manifest.flushed_seq,
-            durable_seq,
         }
     }
 

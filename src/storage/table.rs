@@ -115,10 +115,6 @@ impl TableStore {
             .clone()
     }
 
-    pub fn log_bytes(&self) -> u64 {
-        self.log.disk_bytes()
-    }
-
     /// Insert rows; with a primary key, `conflict` decides what a taken key does. Returns the
     /// rows inserted or updated.
     pub async fn insert(&self, batches: Vec<RecordBatch>, conflict: OnConflict) -> Result<u64> {
