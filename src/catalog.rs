@@ -18,13 +18,57 @@ pub mod pg_types;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
 use datafusion::common::{Constraint, Constraints};
 use datafusion::datasource::TableProvider;
 use datafusion::prelude::SessionContext;
 
 use crate::error::{Error, Result};
 use crate::storage::{Relation, RelationDef, RelationKind, Storage};
+use crate::streaming::runtime::Views;
+use crate::streaming::view::{View, ViewTable};
+
+/// A table of `eddy_catalog`, computed when scanned.
+#[derive(Debug)]
+struct SystemTable {
+    name: &'static str,
+    schema: SchemaRef,
+    views: Arc<Views>,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for SystemTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[datafusion::logical_expr::Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let views = self.views.all();
+        let batch = match self.name {
+            "materialized_views" => crate::planner::views::materialized_views(&views)?,
+            _ => crate::planner::views::late_rows(&views)?,
+        };
+        Ok(
+            datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+                &[vec![batch]],
+                Arc::clone(&self.schema),
+                projection.cloned(),
+            )?,
+        )
+    }
+}
 
 /// Name of the single database/catalog EddyDB serves.
 pub const DATABASE_NAME: &str = "eddy";
@@ -39,7 +83,11 @@ const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
 pub struct Catalog {
     provider: Arc<MemoryCatalogProvider>,
     storage: Arc<Storage>,
+    views: Arc<Views>,
 }
+
+/// Schema of EddyDB's system tables.
+pub const SYSTEM_SCHEMA: &str = "eddy_catalog";
 
 /// A table reference resolved to schema and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +112,24 @@ impl Catalog {
             Arc::clone(&provider) as Arc<dyn CatalogProvider>,
         );
         storage.register_object_store(ctx.runtime_env().as_ref());
-        let catalog = Catalog { provider, storage };
+        let views = Arc::new(Views::default());
+        let system = MemorySchemaProvider::new();
+        for table in ["materialized_views", "late_rows"] {
+            system.register_table(
+                table.to_string(),
+                Arc::new(SystemTable {
+                    name: table,
+                    schema: crate::planner::views::system_schema(table)?,
+                    views: Arc::clone(&views),
+                }),
+            )?;
+        }
+        provider.register_schema(SYSTEM_SCHEMA, Arc::new(system))?;
+        let catalog = Catalog {
+            provider,
+            storage,
+            views,
+        };
         for relation in catalog.storage.relations() {
             let def = relation.def();
             let registered = catalog.user_schema(&def.schema_name).and_then(|schema| {
@@ -162,6 +227,17 @@ impl Catalog {
             )));
         };
         let def = relation.def();
+        let dependents = self
+            .storage
+            .dependents(&format!("{}.{}", def.schema_name, def.name));
+        if !dependents.is_empty() && def.kind == kind {
+            return Err(Error::DependentObjects(format!(
+                "cannot drop {} \"{}\" because materialized view \"{}\" depends on it",
+                kind_name(kind),
+                def.name,
+                dependents.join("\", \"")
+            )));
+        }
         if def.kind != kind {
             return Err(Error::WrongObjectType(format!(
                 "\"{}\" is a {}, not a {}; use DROP {}",
@@ -173,6 +249,65 @@ impl Catalog {
         }
         self.storage.drop_relation(def.id).await?;
         schema_provider.deregister_table(&name.name)?;
+        Ok(true)
+    }
+
+    /// Running materialized views.
+    pub fn views(&self) -> &Arc<Views> {
+        &self.views
+    }
+
+    /// Make a started view visible under its name.
+    pub fn register_view(&self, view: Arc<View>) -> Result<()> {
+        let schema = self.user_schema(&view.def.schema_name)?;
+        schema.register_table(
+            view.def.name.clone(),
+            Arc::new(ViewTable {
+                view: Arc::clone(&view),
+            }),
+        )?;
+        self.views.insert(view);
+        Ok(())
+    }
+
+    /// The materialized view called `name`.
+    pub fn view(&self, name: &QualifiedName) -> Result<Arc<View>> {
+        self.views
+            .get(&name.to_string())
+            .ok_or_else(|| Error::NotFound {
+                kind: "materialized view",
+                name: name.name.clone(),
+            })
+    }
+
+    /// `DROP MATERIALIZED VIEW`; refused while other views read it.
+    pub async fn drop_view(&self, name: &QualifiedName, if_exists: bool) -> Result<bool> {
+        let view = match self.view(name) {
+            Ok(view) => view,
+            Err(_) if if_exists => return Ok(false),
+            Err(e) => {
+                if self.table(name).await.is_ok() {
+                    return Err(Error::WrongObjectType(format!(
+                        "\"{}\" is not a materialized view",
+                        name.name
+                    )));
+                }
+                return Err(e);
+            }
+        };
+        let dependents = self.storage.dependents(&name.to_string());
+        if !dependents.is_empty() {
+            return Err(Error::DependentObjects(format!(
+                "cannot drop materialized view \"{}\" because materialized view \"{}\" depends on it",
+                name.name,
+                dependents.join("\", \"")
+            )));
+        }
+        self.storage.drop_view(view.def.id)?;
+        self.user_schema(&name.schema)?
+            .deregister_table(&name.name)?;
+        self.views.remove(&name.to_string());
+        view.stop();
         Ok(true)
     }
 

@@ -115,6 +115,10 @@ pub enum Error {
     #[error("{0}")]
     ProgramLimitExceeded(String),
 
+    /// DROP of an object others depend on.
+    #[error("{0}")]
+    DependentObjects(String),
+
     #[error("configuration error: {0}")]
     Config(String),
 
@@ -229,6 +233,7 @@ impl Error {
             Error::InvalidColumnReference(_) => "42P10",
             Error::WrongObjectType(_) => "42809",
             Error::ProgramLimitExceeded(_) => "54000",
+            Error::DependentObjects(_) => "2BP01",
             Error::Config(_) => "F0000",
             Error::Internal(_) => "XX000",
             Error::DataFusion(e) => datafusion_sqlstate(e),

@@ -17,6 +17,11 @@
 //! - [`server::encode`] turns Arrow batches into PostgreSQL rows, text or binary, with built-in
 //!   type OIDs chosen by [`catalog::pg_types`].
 //!
+//! - [`storage`] keeps streams (durable log, hot tier in memory, Parquet cold tier) and tables.
+//! - [`streaming`] keeps materialized views up to date: each view's plan compiled to a dataflow of
+//!   operators over change batches, fed by its inputs' history and then their live changes, with
+//!   watermarks, windows, joins and `SUBSCRIBE`.
+//!
 //! [`config`] loads configuration (flags, `EDDY_*` environment, TOML file) and [`telemetry`] sets
 //! up logging. `main.rs` only wires these together and calls [`server::run`].
 
@@ -28,6 +33,7 @@ pub mod parser;
 pub mod planner;
 pub mod server;
 pub mod storage;
+pub mod streaming;
 pub mod telemetry;
 
 pub use error::{Error, Result};

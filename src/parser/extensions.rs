@@ -5,7 +5,20 @@
 //! DROP STREAM [IF EXISTS] name [, ...]
 //! SHOW STREAMS
 //! ALTER STREAM name SET (k = v, ...) | RESET (k, ...)
+//! CREATE MATERIALIZED VIEW [IF NOT EXISTS] name AS query [EMIT ON WINDOW CLOSE | EMIT FINAL]
+//! DROP MATERIALIZED VIEW [IF EXISTS] name [, ...]
+//! SHOW MATERIALIZED VIEWS
+//! EXPLAIN MATERIALIZED VIEW name | EXPLAIN CREATE MATERIALIZED VIEW ...
+//! SUBSCRIBE [TO] name | (query) [AS OF t] [WITH (SNAPSHOT = bool, PROGRESS)]
+//! COPY (SUBSCRIBE ...) TO STDOUT
+//! DECLARE name CURSOR FOR SUBSCRIBE ...
+//! FETCH [FORWARD] [n | ALL] [FROM | IN] name [WITH (timeout = '1s')]
+//! CLOSE name
 //! ```
+//!
+//! Before any of that, [`rewrite_sql`] turns the ANSI window table functions
+//! (`TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), ...))`) into the short form and
+//! `t FOR SYSTEM_TIME AS OF s.ts` into `eddy_temporal(t, 'ts')`.
 //!
 //! The query string is tokenized once with sqlparser's tokenizer and cut at top-level
 //! semicolons. Only when some statement starts with one of these forms does the string take
@@ -41,6 +54,32 @@ pub struct Watermark {
     pub column: String,
     /// The expression as written, for planning against the stream's columns.
     pub expr: String,
+}
+
+/// A parsed `CREATE MATERIALIZED VIEW`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateView {
+    pub name: ast::ObjectName,
+    pub if_not_exists: bool,
+    /// The query text, without the EMIT clause.
+    pub query: String,
+    pub emit_on_close: bool,
+}
+
+/// What a `SUBSCRIBE` reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubscribeTarget {
+    View(ast::ObjectName),
+    /// A query, run as a temporary view.
+    Query(String),
+}
+
+/// A parsed `SUBSCRIBE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscribe {
+    pub target: SubscribeTarget,
+    pub options: Vec<(String, String)>,
+    pub as_of: Option<i64>,
 }
 
 /// A piece of a query string: one of our statements, or text for the regular parser.
@@ -101,7 +140,9 @@ pub fn split(sql: &str) -> Result<Option<Vec<Piece<'_>>>> {
 /// A cheap test before tokenizing: does the text contain a word only our statements use?
 fn mentions_extension(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
-    lower.contains("stream")
+    ["stream", "materialized", "subscribe", "fetch", "close"]
+        .iter()
+        .any(|w| lower.contains(w))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,6 +151,16 @@ enum Form {
     DropStream,
     ShowStreams,
     AlterStream,
+    CreateView,
+    DropView,
+    ShowViews,
+    ExplainView,
+    ExplainCreateView,
+    Subscribe,
+    CopySubscribe,
+    DeclareSubscribe,
+    Fetch,
+    Close,
 }
 
 fn word(t: &Tok) -> Option<String> {
@@ -120,19 +171,254 @@ fn word(t: &Tok) -> Option<String> {
 }
 
 fn form(tokens: &[Tok]) -> Option<Form> {
-    let words: Vec<String> = tokens.iter().take(2).map_while(word).collect();
-    match words
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
+    let words: Vec<String> = tokens.iter().take(4).map_while(word).collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let starts = |prefix: &[&str]| words.starts_with(prefix);
+    if starts(&["CREATE", "STREAM"]) {
+        Some(Form::CreateStream)
+    } else if starts(&["DROP", "STREAM"]) {
+        Some(Form::DropStream)
+    } else if starts(&["SHOW", "STREAMS"]) {
+        Some(Form::ShowStreams)
+    } else if starts(&["ALTER", "STREAM"]) {
+        Some(Form::AlterStream)
+    } else if starts(&["CREATE", "MATERIALIZED", "VIEW"]) {
+        Some(Form::CreateView)
+    } else if starts(&["DROP", "MATERIALIZED", "VIEW"]) {
+        Some(Form::DropView)
+    } else if starts(&["SHOW", "MATERIALIZED", "VIEWS"]) {
+        Some(Form::ShowViews)
+    } else if starts(&["EXPLAIN", "MATERIALIZED", "VIEW"]) {
+        Some(Form::ExplainView)
+    } else if starts(&["EXPLAIN", "CREATE", "MATERIALIZED", "VIEW"]) {
+        Some(Form::ExplainCreateView)
+    } else if starts(&["SUBSCRIBE"]) {
+        Some(Form::Subscribe)
+    } else if starts(&["COPY"])
+        && matches!(tokens.get(1).map(|t| &t.token), Some(Token::LParen))
+        && tokens.get(2).and_then(word).as_deref() == Some("SUBSCRIBE")
     {
-        ["CREATE", "STREAM"] => Some(Form::CreateStream),
-        ["DROP", "STREAM"] => Some(Form::DropStream),
-        ["SHOW", "STREAMS"] => Some(Form::ShowStreams),
-        ["ALTER", "STREAM"] => Some(Form::AlterStream),
-        _ => None,
+        Some(Form::CopySubscribe)
+    } else if starts(&["DECLARE"])
+        && tokens
+            .iter()
+            .skip(2)
+            .take(8)
+            .any(|t| word(t).as_deref() == Some("SUBSCRIBE"))
+    {
+        Some(Form::DeclareSubscribe)
+    } else if starts(&["FETCH"]) {
+        Some(Form::Fetch)
+    } else if starts(&["CLOSE"]) && !starts(&["CLOSE", "ALL"]) {
+        Some(Form::Close)
+    } else {
+        None
     }
+}
+
+/// The text of tokens `from..` (to the end).
+fn text_of<'a>(sql: &'a str, tokens: &[Tok]) -> &'a str {
+    match (tokens.first(), tokens.last()) {
+        (Some(first), Some(last)) => &sql[first.start..last.end],
+        _ => "",
+    }
+}
+
+fn parse_create_view(sql: &str, rest: &[Tok]) -> Result<Statement> {
+    // rest: after CREATE MATERIALIZED VIEW
+    let mut at = 0;
+    let mut if_not_exists = false;
+    if rest.len() >= 3
+        && word(&rest[0]).as_deref() == Some("IF")
+        && word(&rest[1]).as_deref() == Some("NOT")
+        && word(&rest[2]).as_deref() == Some("EXISTS")
+    {
+        if_not_exists = true;
+        at = 3;
+    }
+    let as_at = rest
+        .iter()
+        .enumerate()
+        .skip(at)
+        .find(|(_, t)| word(t).as_deref() == Some("AS"))
+        .map(|(i, _)| i)
+        .ok_or_else(|| syntax("expected CREATE MATERIALIZED VIEW name AS query"))?;
+    let name = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(text_of(sql, &rest[at..as_at]))?
+        .parse_object_name(false)?;
+    let mut query = &rest[as_at + 1..];
+    let mut emit_on_close = false;
+    let words: Vec<Option<String>> = query.iter().map(word).collect();
+    let n = words.len();
+    if n >= 4
+        && words[n - 4..].iter().map(|w| w.as_deref()).eq([
+            Some("EMIT"),
+            Some("ON"),
+            Some("WINDOW"),
+            Some("CLOSE"),
+        ])
+    {
+        emit_on_close = true;
+        query = &query[..n - 4];
+    } else if n >= 2
+        && words[n - 2..]
+            .iter()
+            .map(|w| w.as_deref())
+            .eq([Some("EMIT"), Some("FINAL")])
+    {
+        emit_on_close = true;
+        query = &query[..n - 2];
+    } else if words.iter().any(|w| w.as_deref() == Some("EMIT")) {
+        return Err(syntax(
+            "expected EMIT ON WINDOW CLOSE or EMIT FINAL at the end of the view",
+        ));
+    }
+    if query.is_empty() {
+        return Err(syntax("expected a query after AS"));
+    }
+    let query = text_of(sql, query).to_string();
+    // The query must parse as a query; it is planned when the view is created.
+    let parsed = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&query)?
+        .parse_statements()?;
+    if !matches!(parsed.as_slice(), [ast::Statement::Query(_)]) {
+        return Err(syntax("a materialized view is defined by one SELECT query"));
+    }
+    Ok(Statement::CreateView(CreateView {
+        name,
+        if_not_exists,
+        query,
+        emit_on_close,
+    }))
+}
+
+fn parse_subscribe(sql: &str, rest: &[Tok]) -> Result<Subscribe> {
+    // rest: after SUBSCRIBE
+    let mut at = 0;
+    if rest.first().and_then(word).as_deref() == Some("TO") {
+        at = 1;
+    }
+    let Some(first) = rest.get(at) else {
+        return Err(syntax("expected SUBSCRIBE [TO] view or SUBSCRIBE (query)"));
+    };
+    let target_end;
+    let target = if matches!(first.token, Token::LParen) {
+        let mut depth = 0;
+        let mut close = None;
+        for (i, t) in rest.iter().enumerate().skip(at) {
+            match t.token {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let close = close.ok_or_else(|| syntax("unbalanced parentheses in SUBSCRIBE (query)"))?;
+        target_end = close + 1;
+        SubscribeTarget::Query(text_of(sql, &rest[at + 1..close]).to_string())
+    } else {
+        let mut end = at + 1;
+        while end + 1 < rest.len() && matches!(rest[end].token, Token::Period) {
+            end += 2;
+        }
+        target_end = end;
+        let name = Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(text_of(sql, &rest[at..end]))?
+            .parse_object_name(false)?;
+        SubscribeTarget::View(name)
+    };
+    let mut parser =
+        Parser::new(&PostgreSqlDialect {}).try_with_sql(text_of(sql, &rest[target_end..]))?;
+    let mut as_of = None;
+    let mut options = Vec::new();
+    loop {
+        if parser.parse_keywords(&[Keyword::AS, Keyword::OF]) {
+            let value = parser.parse_number_value()?;
+            as_of = Some(
+                value
+                    .to_string()
+                    .parse::<i64>()
+                    .map_err(|_| syntax("AS OF takes a timestamp in milliseconds"))?,
+            );
+        } else if parser.parse_keyword(Keyword::WITH) {
+            parser.expect_token(&Token::LParen)?;
+            let items = parser.parse_comma_separated(|p| {
+                let name = p.parse_identifier()?.value.to_ascii_lowercase();
+                if p.consume_token(&Token::Eq) {
+                    let value = p.parse_expr()?;
+                    let text = match value {
+                        Expr::Value(v) => match v.value {
+                            Value::SingleQuotedString(s) => s,
+                            Value::Boolean(b) => b.to_string(),
+                            other => other.to_string(),
+                        },
+                        Expr::Identifier(i) => i.value,
+                        other => other.to_string(),
+                    };
+                    Ok((name, text))
+                } else {
+                    Ok((name, String::new()))
+                }
+            })?;
+            parser.expect_token(&Token::RParen)?;
+            options.extend(items);
+        } else {
+            break;
+        }
+    }
+    parser.expect_token(&Token::EOF)?;
+    Ok(Subscribe {
+        target,
+        options,
+        as_of,
+    })
+}
+
+fn parse_fetch(sql: &str, rest: &[Tok]) -> Result<Statement> {
+    let mut parser = Parser::new(&PostgreSqlDialect {}).try_with_sql(text_of(sql, rest))?;
+    let _ = parser.parse_keyword(Keyword::FORWARD);
+    let count = if parser.parse_keyword(Keyword::ALL) {
+        None
+    } else if let Ok(n) = parser.parse_literal_uint() {
+        Some(n as usize)
+    } else {
+        Some(1)
+    };
+    let _ = parser.parse_one_of_keywords(&[Keyword::FROM, Keyword::IN]);
+    let cursor = normalize_ident(&parser.parse_identifier()?);
+    let mut timeout = None;
+    if parser.parse_keyword(Keyword::WITH) {
+        parser.expect_token(&Token::LParen)?;
+        let options = parser.parse_comma_separated(|p| p.parse_sql_option())?;
+        parser.expect_token(&Token::RParen)?;
+        for (name, value) in options_text(&options)? {
+            if name != "timeout" {
+                return Err(Error::InvalidValue(format!(
+                    "unknown FETCH option \"{name}\" (known: timeout)"
+                )));
+            }
+            timeout = Some(crate::storage::parse_duration(&value)?);
+        }
+    }
+    parser.expect_token(&Token::EOF)?;
+    Ok(Statement::Fetch {
+        cursor,
+        count,
+        timeout,
+    })
+}
+
+fn parse_names(sql: &str, rest: &[Tok]) -> Result<(Vec<ast::ObjectName>, bool)> {
+    let mut parser = Parser::new(&PostgreSqlDialect {}).try_with_sql(text_of(sql, rest))?;
+    let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+    let names = parser.parse_comma_separated(|p| p.parse_object_name(false))?;
+    parser.expect_token(&Token::EOF)?;
+    Ok((names, if_exists))
 }
 
 fn syntax(message: impl Into<String>) -> Error {
@@ -150,6 +436,89 @@ fn parse_form(sql: &str, form: Form, tokens: &[Tok]) -> Result<Statement> {
         Form::DropStream => parse_drop_stream(sql, &tokens[2..]),
         Form::AlterStream => parse_alter_stream(sql, &tokens[2..]),
         Form::CreateStream => parse_create_stream(sql, tokens),
+        Form::CreateView => parse_create_view(sql, &tokens[3..]),
+        Form::ExplainCreateView => match parse_create_view(sql, &tokens[4..])? {
+            Statement::CreateView(create) => Ok(Statement::ExplainCreateView(create)),
+            _ => Err(syntax("expected EXPLAIN CREATE MATERIALIZED VIEW")),
+        },
+        Form::DropView => {
+            let (names, if_exists) = parse_names(sql, &tokens[3..])?;
+            Ok(Statement::DropView { names, if_exists })
+        }
+        Form::ShowViews => {
+            if tokens.len() > 3 {
+                return Err(syntax("SHOW MATERIALIZED VIEWS takes no arguments"));
+            }
+            Ok(Statement::ShowViews)
+        }
+        Form::ExplainView => {
+            let (mut names, if_exists) = parse_names(sql, &tokens[3..])?;
+            match (names.pop(), names.is_empty(), if_exists) {
+                (Some(name), true, false) => Ok(Statement::ExplainView(name)),
+                _ => Err(syntax("expected EXPLAIN MATERIALIZED VIEW name")),
+            }
+        }
+        Form::Subscribe => Ok(Statement::Subscribe(parse_subscribe(sql, &tokens[1..])?)),
+        Form::CopySubscribe => {
+            // COPY ( SUBSCRIBE ... ) TO STDOUT
+            let mut depth = 0;
+            let mut close = None;
+            for (i, t) in tokens.iter().enumerate().skip(1) {
+                match t.token {
+                    Token::LParen => depth += 1,
+                    Token::RParen => {
+                        depth -= 1;
+                        if depth == 0 {
+                            close = Some(i);
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let close =
+                close.ok_or_else(|| syntax("unbalanced parentheses in COPY (SUBSCRIBE ...)"))?;
+            let tail: Vec<String> = tokens[close + 1..].iter().filter_map(word).collect();
+            if tail != ["TO", "STDOUT"] {
+                return Err(syntax("expected COPY (SUBSCRIBE ...) TO STDOUT"));
+            }
+            Ok(Statement::Subscribe(parse_subscribe(
+                sql,
+                &tokens[3..close],
+            )?))
+        }
+        Form::DeclareSubscribe => {
+            let name = match &tokens[1].token {
+                Token::Word(w) => normalize_ident(&ast::Ident {
+                    value: w.value.clone(),
+                    quote_style: w.quote_style,
+                    span: datafusion::sql::sqlparser::tokenizer::Span::empty(),
+                }),
+                _ => return Err(syntax("expected DECLARE name CURSOR FOR SUBSCRIBE ...")),
+            };
+            let at = tokens
+                .iter()
+                .position(|t| word(t).as_deref() == Some("SUBSCRIBE"))
+                .ok_or_else(|| syntax("expected DECLARE name CURSOR FOR SUBSCRIBE ..."))?;
+            let between: Vec<String> = tokens[2..at].iter().filter_map(word).collect();
+            if between.first().map(String::as_str) != Some("CURSOR")
+                || between.last().map(String::as_str) != Some("FOR")
+            {
+                return Err(syntax("expected DECLARE name CURSOR FOR SUBSCRIBE ..."));
+            }
+            Ok(Statement::DeclareSubscribe {
+                cursor: name,
+                subscribe: parse_subscribe(sql, &tokens[at + 1..])?,
+            })
+        }
+        Form::Fetch => parse_fetch(sql, &tokens[1..]),
+        Form::Close => {
+            let mut parser =
+                Parser::new(&PostgreSqlDialect {}).try_with_sql(text_of(sql, &tokens[1..]))?;
+            let cursor = normalize_ident(&parser.parse_identifier()?);
+            parser.expect_token(&Token::EOF)?;
+            Ok(Statement::CloseCursor(cursor))
+        }
     }
 }
 
@@ -326,6 +695,158 @@ fn parse_watermark(sql: &str, element: &[Tok]) -> Result<Watermark> {
     Ok(Watermark { column, expr })
 }
 
+/// Rewrite the ANSI window table functions to the short form, `SESSION(` to
+/// `session_window(` (SESSION is a keyword to sqlparser), and `t FOR SYSTEM_TIME AS OF x.c` to
+/// `eddy_temporal(t, 'c')`. None when nothing needs rewriting (the common case).
+pub fn rewrite_sql(sql: &str) -> Result<Option<String>> {
+    let lower = sql.to_ascii_lowercase();
+    if !["descriptor", "system_time", "session"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        return Ok(None);
+    }
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize_with_location() else {
+        return Ok(None);
+    };
+    let tokens = with_offsets(sql, tokens);
+    // (start, end, replacement) byte edits, non-overlapping.
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    let is_window = |t: &Tok| matches!(word(t).as_deref(), Some("TUMBLE" | "HOP" | "SESSION"));
+    let matching = |open: usize| -> Option<usize> {
+        let mut depth = 0;
+        for (i, t) in tokens.iter().enumerate().skip(open) {
+            match t.token {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    };
+    let mut i = 0;
+    while i < tokens.len() {
+        // TABLE ( TUMBLE ( ... ) ) -> TUMBLE ( ... )
+        if word(&tokens[i]).as_deref() == Some("TABLE")
+            && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::LParen))
+            && tokens.get(i + 2).is_some_and(is_window)
+            && let Some(close) = matching(i + 1)
+        {
+            edits.push((tokens[i].start, tokens[i + 1].end, String::new()));
+            edits.push((tokens[close].start, tokens[close].end, String::new()));
+            i += 2;
+            continue;
+        }
+        // TUMBLE ( TABLE x [PARTITION BY a, b], DESCRIPTOR ( ts ), ... )
+        if is_window(&tokens[i])
+            && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::LParen))
+            && let Some(close) = matching(i + 1)
+        {
+            let previous = i.checked_sub(1).map(|p| &tokens[p]);
+            let in_from = previous.is_some_and(|p| {
+                matches!(p.token, Token::Comma | Token::LParen)
+                    || matches!(word(p).as_deref(), Some("FROM" | "JOIN"))
+            });
+            if word(&tokens[i]).as_deref() == Some("SESSION") && in_from {
+                edits.push((tokens[i].start, tokens[i].end, "session_window".to_string()));
+            }
+            let args = &tokens[i + 2..close];
+            if word(&args[0]).as_deref() == Some("TABLE") && args.len() > 1 {
+                edits.push((args[0].start, args[1].start, String::new()));
+                let mut partition = Vec::new();
+                if let Some(p) = args
+                    .iter()
+                    .position(|t| word(t).as_deref() == Some("PARTITION"))
+                {
+                    let descriptor = args
+                        .iter()
+                        .position(|t| word(t).as_deref() == Some("DESCRIPTOR"))
+                        .ok_or_else(|| syntax("expected DESCRIPTOR(column) after PARTITION BY"))?;
+                    // PARTITION BY a, b , DESCRIPTOR: the keys, the comma before DESCRIPTOR stays.
+                    let keys_end = descriptor.saturating_sub(1);
+                    partition = args[p + 2..keys_end]
+                        .iter()
+                        .filter(|t| !matches!(t.token, Token::Comma))
+                        .map(|t| sql[t.start..t.end].to_string())
+                        .collect();
+                    edits.push((args[p].start, args[keys_end - 1].end, String::new()));
+                }
+                if let Some(d) = args
+                    .iter()
+                    .position(|t| word(t).as_deref() == Some("DESCRIPTOR"))
+                    && matches!(args.get(d + 1).map(|t| &t.token), Some(Token::LParen))
+                    && matches!(args.get(d + 3).map(|t| &t.token), Some(Token::RParen))
+                {
+                    edits.push((args[d].start, args[d + 1].end, String::new()));
+                    edits.push((args[d + 3].start, args[d + 3].end, String::new()));
+                }
+                if !partition.is_empty() {
+                    edits.push((
+                        tokens[close].start,
+                        tokens[close].start,
+                        format!(", {}", partition.join(", ")),
+                    ));
+                }
+            }
+            i += 2;
+            continue;
+        }
+        // name FOR SYSTEM_TIME AS OF x.col
+        if word(&tokens[i]).as_deref() == Some("FOR")
+            && tokens.get(i + 1).and_then(word).as_deref() == Some("SYSTEM_TIME")
+            && tokens.get(i + 2).and_then(word).as_deref() == Some("AS")
+            && tokens.get(i + 3).and_then(word).as_deref() == Some("OF")
+            && i > 0
+        {
+            // The table name: words joined by periods, ending just before FOR.
+            let mut start = i - 1;
+            while start >= 2 && matches!(tokens[start - 1].token, Token::Period) {
+                start -= 2;
+            }
+            // The time column: a (qualified) name after OF; its last part names the column.
+            let mut end = i + 4;
+            while end + 2 < tokens.len() && matches!(tokens[end + 1].token, Token::Period) {
+                end += 2;
+            }
+            let column = match tokens.get(end).map(|t| &t.token) {
+                Some(Token::Word(w)) => w.value.clone(),
+                _ => return Err(syntax("expected FOR SYSTEM_TIME AS OF column")),
+            };
+            let table = &sql[tokens[start].start..tokens[i - 1].end];
+            edits.push((
+                tokens[start].start,
+                tokens[end].end,
+                format!("eddy_temporal({table}, '{}')", column.replace('\'', "''")),
+            ));
+            i = end + 1;
+            continue;
+        }
+        i += 1;
+    }
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    edits.sort_by_key(|e| (e.0, e.1));
+    let mut out = String::with_capacity(sql.len());
+    let mut at = 0;
+    for (start, end, replacement) in edits {
+        if start < at {
+            continue;
+        }
+        out.push_str(&sql[at..start]);
+        out.push_str(&replacement);
+        at = end;
+    }
+    out.push_str(&sql[at..]);
+    Ok(Some(out))
+}
+
 /// Attach byte offsets to tokens (sqlparser gives 1-based line and character columns) and drop
 /// whitespace and comments.
 fn with_offsets(sql: &str, tokens: Vec<TokenWithSpan>) -> Vec<Tok> {
@@ -393,6 +914,58 @@ mod tests {
             create.table
         );
         assert!(matches!(&pieces[1], Piece::Sql("SELECT 1")));
+    }
+
+    #[test]
+    fn ansi_windows_and_temporal_joins_are_rewritten() {
+        let rewrite = |s: &str| rewrite_sql(s).unwrap().unwrap();
+        assert_eq!(
+            rewrite("SELECT * FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '1' MINUTE))"),
+            "SELECT * FROM TUMBLE(bids, ts, INTERVAL '1' MINUTE)"
+        );
+        assert_eq!(
+            rewrite(
+                "SELECT * FROM TABLE(SESSION(TABLE bids PARTITION BY bidder, DESCRIPTOR(ts), INTERVAL '30' SECOND))"
+            ),
+            "SELECT * FROM session_window(bids, ts, INTERVAL '30' SECOND, bidder)"
+        );
+        assert_eq!(
+            rewrite("SELECT * FROM SESSION(bids, ts, INTERVAL '1' SECOND)"),
+            "SELECT * FROM session_window(bids, ts, INTERVAL '1' SECOND)"
+        );
+        assert_eq!(
+            rewrite(
+                "SELECT * FROM bids b JOIN users FOR SYSTEM_TIME AS OF b.ts AS u ON b.bidder = u.id"
+            ),
+            "SELECT * FROM bids b JOIN eddy_temporal(users, 'ts') AS u ON b.bidder = u.id"
+        );
+        assert!(rewrite_sql("SELECT 1").unwrap().is_none());
+    }
+
+    #[test]
+    fn view_and_subscribe_statements() {
+        let create = ours(
+            "CREATE MATERIALIZED VIEW v AS SELECT a, count(*) FROM s GROUP BY a EMIT ON WINDOW CLOSE",
+        );
+        assert!(create[0].contains("emit_on_close: true"), "{create:?}");
+        assert!(
+            create[0].contains("query: \"SELECT a, count(*) FROM s GROUP BY a\""),
+            "{create:?}"
+        );
+        assert!(
+            ours("SUBSCRIBE TO v WITH (SNAPSHOT = false, PROGRESS)")[0]
+                .contains("(\"progress\", \"\")")
+        );
+        assert!(
+            ours("SUBSCRIBE (SELECT * FROM v) AS OF 17 WITH (snapshot = false)")[0]
+                .contains("as_of: Some(17)")
+        );
+        assert!(ours("COPY (SUBSCRIBE v) TO STDOUT")[0].starts_with("Subscribe"));
+        assert!(ours("DECLARE c CURSOR FOR SUBSCRIBE v")[0].starts_with("DeclareSubscribe"));
+        assert!(ours("FETCH 100 c WITH (timeout = '1s')")[0].contains("count: Some(100)"));
+        assert!(ours("FETCH ALL FROM c")[0].contains("count: None"));
+        assert!(ours("DROP MATERIALIZED VIEW IF EXISTS a, b")[0].contains("if_exists: true"));
+        assert!(split("CREATE MATERIALIZED VIEW v AS SELECT 1 EMIT SOMETIMES").is_err());
     }
 
     #[test]

@@ -82,6 +82,34 @@ pub enum Statement {
         query: Box<ast::Statement>,
         format: CopyFormat,
     },
+    /// `CREATE MATERIALIZED VIEW ...`.
+    CreateView(extensions::CreateView),
+    /// `EXPLAIN CREATE MATERIALIZED VIEW ...`: the streaming plan, without creating.
+    ExplainCreateView(extensions::CreateView),
+    /// `DROP MATERIALIZED VIEW [IF EXISTS] name, ...`.
+    DropView {
+        names: Vec<ObjectName>,
+        if_exists: bool,
+    },
+    /// `SHOW MATERIALIZED VIEWS`.
+    ShowViews,
+    /// `EXPLAIN MATERIALIZED VIEW name`.
+    ExplainView(ObjectName),
+    /// `SUBSCRIBE ...` / `COPY (SUBSCRIBE ...) TO STDOUT`.
+    Subscribe(extensions::Subscribe),
+    /// `DECLARE name CURSOR FOR SUBSCRIBE ...`.
+    DeclareSubscribe {
+        cursor: String,
+        subscribe: extensions::Subscribe,
+    },
+    /// `FETCH [n | ALL] [FROM] cursor [WITH (timeout = ...)]`; count None is ALL.
+    Fetch {
+        cursor: String,
+        count: Option<usize>,
+        timeout: Option<std::time::Duration>,
+    },
+    /// `CLOSE cursor`.
+    CloseCursor(String),
     /// Accepted and ignored, answered with `tag` (`SET TRANSACTION ...`, `DISCARD ALL`,
     /// `CLOSE ALL`, `DEALLOCATE ALL`, `SET SESSION CHARACTERISTICS ...`).
     NoOp { tag: &'static str },
@@ -92,6 +120,8 @@ static PG_COMPAT: LazyLock<PostgresCompatibilityParser> =
 
 /// Parse a query string into statements; comments and empty statements vanish.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    let rewritten = extensions::rewrite_sql(sql)?;
+    let sql = rewritten.as_deref().unwrap_or(sql);
     if let Some(pieces) = extensions::split(sql)? {
         let mut statements = Vec::with_capacity(pieces.len());
         for piece in pieces {

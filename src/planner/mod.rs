@@ -47,6 +47,7 @@ use crate::server::settings::SharedSettings;
 use crate::storage::{Relation, RelationKind, Storage};
 
 mod relations;
+pub mod views;
 
 pub use relations::on_conflict;
 
@@ -66,6 +67,8 @@ pub enum Output {
         relation: Relation,
         decoder: Box<RowDecoder>,
     },
+    /// `SUBSCRIBE`: changes as COPY text rows, until the client cancels or the view goes.
+    Subscribe(Box<crate::streaming::subscribe::Subscription>),
     /// `COPY ... TO STDOUT`: result rows in a COPY format.
     CopyOut {
         schema: SchemaRef,
@@ -103,6 +106,7 @@ impl Engine {
         pg_attribute::install(Arc::clone(ctx.state().catalog_list()), DATABASE_NAME)?;
         information_schema::register_information_schema(&ctx, DATABASE_NAME)?;
         pg_functions::register_pg_functions(&ctx);
+        crate::streaming::windows::register(&ctx);
         Ok(Arc::new(Engine { ctx, catalog }))
     }
 
@@ -612,6 +616,8 @@ fn functions_in_from(state: &SessionState, statement: &mut ast::Statement) -> Re
                 return ControlFlow::Continue(());
             };
             if self.state.table_functions().contains_key(&function) {
+                // DataFusion looks table functions up by the name as written.
+                *name = ast::ObjectName::from(vec![Ident::new(function.clone())]);
                 if let Some(alias) = alias.as_mut()
                     && alias.columns.is_empty()
                     && SINGLE_COLUMN_TABLE_FUNCTIONS.contains(&function.as_str())

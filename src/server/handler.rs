@@ -39,7 +39,7 @@ use pgwire::messages::startup::ParameterStatus;
 use pgwire::types::format::FormatOptions;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use pgwire::api::copy::{CopyHandler, send_copy_in_response, send_copy_out_response};
+use pgwire::api::copy::{CopyHandler, send_copy_in_response};
 use pgwire::api::results::CopyResponse;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 
@@ -226,7 +226,129 @@ fn into_response(
                 copy_out_stream(batches, fields, copy_format, header),
             ))
         }
+        Output::Subscribe(subscription) => {
+            let schema = subscription.schema();
+            let fields = Arc::new(encode::row_description(&schema, None, options));
+            let columns = fields.len();
+            Response::CopyOut(CopyResponse::new(
+                0,
+                columns,
+                subscription_stream(*subscription, fields),
+            ))
+        }
     }
+}
+
+/// A subscription's rows as CopyData messages in COPY text format, for as long as it runs.
+fn subscription_stream(
+    subscription: crate::streaming::subscribe::Subscription,
+    fields: Arc<Vec<FieldInfo>>,
+) -> impl futures::Stream<Item = PgWireResult<CopyData>> + Send + 'static {
+    use futures::StreamExt;
+    let format = CopyFormat::new(ingest::CopyKind::Text);
+    futures::stream::unfold(Some(subscription), move |state| {
+        let fields = Arc::clone(&fields);
+        let format = format.clone();
+        async move {
+            let mut subscription = state?;
+            match subscription.next(None).await {
+                Ok(Some(batch)) => {
+                    let mut messages = Vec::with_capacity(batch.num_rows());
+                    for row in 0..batch.num_rows() {
+                        let mut line = Vec::new();
+                        match ingest::encode_copy_rows(
+                            &batch.slice(row, 1),
+                            &fields,
+                            &format,
+                            &mut line,
+                        ) {
+                            Ok(()) => messages.push(Ok(CopyData::new(line.into()))),
+                            Err(e) => {
+                                messages.push(Err(user_error(&e)));
+                                return Some((messages, None));
+                            }
+                        }
+                    }
+                    Some((messages, Some(subscription)))
+                }
+                Ok(None) => None,
+                Err(e) => Some((vec![Err(user_error(&e))], None)),
+            }
+        }
+    })
+    .flat_map(futures::stream::iter)
+}
+
+/// Send a COPY TO STDOUT, flushing whenever the rows pause (a subscription's rows reach the
+/// client as they happen) and stopping on the connection's cancel signal.
+async fn send_copy_out_live<C>(client: &mut C, response: CopyResponse) -> PgWireResult<()>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    use futures::{FutureExt, StreamExt};
+    use pgwire::messages::copy::CopyOutResponse;
+    let column_formats = response.column_formats();
+    let format = response.format;
+    let columns = response.columns;
+    let mut data_stream = response.data_stream;
+    let mut cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+        Some(handle) => Some(handle.start_query().await),
+        None => None,
+    };
+    client
+        .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
+            format,
+            columns as i16,
+            column_formats,
+        )))
+        .await?;
+    let mut rows = 0usize;
+    loop {
+        let next = match data_stream.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                client.flush().await?;
+                match cancel.as_mut() {
+                    Some(cancelled) => tokio::select! {
+                        next = data_stream.next() => next,
+                        Ok(()) = cancelled => {
+                            let e = Error::Cancelled;
+                            client.send(PgWireBackendMessage::ErrorResponse(error_info(&e).into())).await?;
+                            return Ok(());
+                        }
+                    },
+                    None => data_stream.next().await,
+                }
+            }
+        };
+        match next {
+            Some(Ok(data)) => {
+                rows += 1;
+                client.feed(PgWireBackendMessage::CopyData(data)).await?;
+            }
+            Some(Err(e)) => {
+                client
+                    .send(PgWireBackendMessage::ErrorResponse(
+                        match e {
+                            PgWireError::UserError(info) => *info,
+                            other => {
+                                ErrorInfo::new("ERROR".into(), "XX000".into(), other.to_string())
+                            }
+                        }
+                        .into(),
+                    ))
+                    .await?;
+                return Ok(());
+            }
+            None => break,
+        }
+    }
+    client
+        .feed(PgWireBackendMessage::CopyDone(CopyDone::new()))
+        .await?;
+    send_execution_response(client, Tag::new("COPY").with_rows(rows)).await
 }
 
 /// Rows as CopyData messages, one per row (pgwire counts them for the `COPY n` tag); a header
@@ -296,7 +418,7 @@ impl SimpleQueryHandler for QueryHandler {
                     client.set_state(PgWireConnectionState::CopyInProgress(false));
                     return Ok(());
                 }
-                Response::CopyOut(copy) => send_copy_out_response(client, copy).await?,
+                Response::CopyOut(copy) => send_copy_out_live(client, copy).await?,
                 Response::CopyBoth(_) => {
                     let e = Error::Unsupported("COPY BOTH".to_string());
                     client

@@ -11,7 +11,7 @@
 //! ROLLBACK cannot undo statements already applied, and the session says so in a NOTICE when a
 //! block that wrote data is rolled back or a client asks for a stricter isolation level.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
@@ -29,6 +29,7 @@ use crate::parser::Statement;
 use crate::planner::{self, Engine, Output};
 use crate::server::settings::{Settings, SharedSettings};
 use crate::storage::Relation;
+use crate::streaming::subscribe::Subscription;
 
 /// Where the session is with respect to a transaction block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,6 +122,8 @@ pub struct Session {
     transaction: Mutex<TransactionState>,
     /// The `COPY ... FROM STDIN` receiving data, between CopyInResponse and CopyDone.
     copy: Mutex<Option<PendingCopy>>,
+    /// Cursors over subscriptions (`DECLARE c CURSOR FOR SUBSCRIBE ...`).
+    cursors: tokio::sync::Mutex<HashMap<String, Subscription>>,
 }
 
 /// A COPY FROM STDIN in progress: rows decoded as CopyData arrives, stored at CopyDone.
@@ -147,6 +150,7 @@ impl Session {
             state: RwLock::new(state),
             transaction: Mutex::new(TransactionState::default()),
             copy: Mutex::new(None),
+            cursors: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -273,6 +277,18 @@ impl Session {
                 Output::Rows { schema, .. } => (Vec::new(), Some(schema)),
                 _ => (Vec::new(), None),
             },
+            Statement::Fetch { cursor, .. } => {
+                let cursors = self.cursors.lock().await;
+                let subscription = cursors.get(cursor).ok_or_else(|| Error::NotFound {
+                    kind: "cursor",
+                    name: cursor.clone(),
+                })?;
+                (Vec::new(), Some(subscription.schema()))
+            }
+            Statement::ShowViews => match self.engine.show_views()? {
+                Output::Rows { schema, .. } => (Vec::new(), Some(schema)),
+                _ => (Vec::new(), None),
+            },
             Statement::CopyTo { query, .. } => {
                 // Rows go out as COPY data, not DataRows: no row description, but the query
                 // is checked now.
@@ -368,6 +384,66 @@ impl Session {
                 Executed::of(self.engine.alter_stream(name, set, reset).await?)
             }
             Statement::ShowRelations(kind) => Executed::of(self.engine.show_relations(*kind)?),
+            Statement::CreateView(create) => {
+                self.lock_transaction().writes += 1;
+                Executed::of(self.engine.create_view(&self.state(), create).await?)
+            }
+            Statement::ExplainCreateView(create) => Executed::of(
+                self.engine
+                    .explain_create_view(&self.state(), create)
+                    .await?,
+            ),
+            Statement::DropView { names, if_exists } => {
+                self.lock_transaction().writes += 1;
+                Executed::of(self.engine.drop_views(names, *if_exists).await?)
+            }
+            Statement::ShowViews => Executed::of(self.engine.show_views()?),
+            Statement::ExplainView(name) => Executed::of(self.engine.explain_view(name)?),
+            Statement::Subscribe(subscribe) => {
+                let subscription = self.engine.subscribe(&self.state(), subscribe).await?;
+                Executed::of(Output::Subscribe(Box::new(subscription)))
+            }
+            Statement::DeclareSubscribe { cursor, subscribe } => {
+                let subscription = self.engine.subscribe(&self.state(), subscribe).await?;
+                let mut cursors = self.cursors.lock().await;
+                if cursors.contains_key(cursor) {
+                    return Err(Error::AlreadyExists {
+                        kind: "cursor",
+                        name: cursor.clone(),
+                    });
+                }
+                cursors.insert(cursor.clone(), subscription);
+                Executed::command("DECLARE CURSOR")
+            }
+            Statement::Fetch {
+                cursor,
+                count,
+                timeout,
+            } => {
+                let mut cursors = self.cursors.lock().await;
+                let subscription = cursors.get_mut(cursor).ok_or_else(|| Error::NotFound {
+                    kind: "cursor",
+                    name: cursor.clone(),
+                })?;
+                let schema = subscription.schema();
+                let batches = subscription
+                    .fetch(count.unwrap_or(usize::MAX), *timeout)
+                    .await?;
+                Executed::of(Output::Rows {
+                    schema,
+                    batches,
+                    verb: "FETCH",
+                })
+            }
+            Statement::CloseCursor(cursor) => {
+                if self.cursors.lock().await.remove(cursor).is_none() {
+                    return Err(Error::NotFound {
+                        kind: "cursor",
+                        name: cursor.clone(),
+                    });
+                }
+                Executed::command("CLOSE CURSOR")
+            }
             Statement::CopyFrom {
                 table,
                 columns,

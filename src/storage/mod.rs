@@ -46,8 +46,10 @@ use tokio::sync::{Notify, watch};
 pub use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use cold::ColdStore;
-use stream::{StreamStore, StreamTable};
-use table::{KeyedTable, OnConflict, TableStore};
+pub use stream::StreamStore;
+use stream::StreamTable;
+pub use table::TableStore;
+use table::{KeyedTable, OnConflict};
 
 /// What kind of relation a definition describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -335,6 +337,23 @@ impl HotMemory {
 struct CatalogFile {
     next_id: u64,
     relations: Vec<RelationDef>,
+    /// Materialized views, in creation order (a view only depends on older objects).
+    #[serde(default)]
+    views: Vec<ViewDef>,
+}
+
+/// A materialized view as stored: its query is planned again at every start.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ViewDef {
+    pub id: u64,
+    pub schema_name: String,
+    pub name: String,
+    /// The defining query, as written.
+    pub query: String,
+    /// `EMIT ON WINDOW CLOSE`.
+    pub emit_on_close: bool,
+    /// Relations and views the query reads, as `schema.name`.
+    pub depends_on: Vec<String>,
 }
 
 /// All durable relations and the catalog that lists them.
@@ -372,6 +391,7 @@ impl Storage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CatalogFile {
                 next_id: 1,
                 relations: Vec::new(),
+                views: Vec::new(),
             },
             Err(e) => {
                 return Err(Error::Storage(format!(
@@ -480,6 +500,10 @@ impl Storage {
             .relations
             .iter()
             .any(|r| r.schema_name == def.schema_name && r.name == def.name)
+            || catalog
+                .views
+                .iter()
+                .any(|v| v.schema_name == def.schema_name && v.name == def.name)
         {
             // Two sessions creating one name at once: the second finds the first's here.
             return Err(Error::AlreadyExists {
@@ -555,6 +579,67 @@ impl Storage {
             tracing::warn!(error = %e, id, "could not remove all data of a dropped relation");
         }
         Ok(())
+    }
+
+    /// Every materialized view, in creation order.
+    pub fn views(&self) -> Vec<ViewDef> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .views
+            .clone()
+    }
+
+    /// Record a materialized view durably; its id is assigned here.
+    pub fn create_view(&self, mut def: ViewDef) -> Result<ViewDef> {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = catalog
+            .relations
+            .iter()
+            .any(|r| r.schema_name == def.schema_name && r.name == def.name)
+            || catalog
+                .views
+                .iter()
+                .any(|v| v.schema_name == def.schema_name && v.name == def.name);
+        if taken {
+            return Err(Error::AlreadyExists {
+                kind: "relation",
+                name: def.name,
+            });
+        }
+        def.id = catalog.next_id;
+        catalog.next_id += 1;
+        catalog.views.push(def.clone());
+        if let Err(e) = self.commit_catalog(&catalog) {
+            catalog.views.pop();
+            catalog.next_id -= 1;
+            return Err(e);
+        }
+        Ok(def)
+    }
+
+    /// Forget a materialized view durably.
+    pub fn drop_view(&self, id: u64) -> Result<()> {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let before = catalog.views.clone();
+        catalog.views.retain(|v| v.id != id);
+        if let Err(e) = self.commit_catalog(&catalog) {
+            catalog.views = before;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Views whose query reads `schema.name`.
+    pub fn dependents(&self, qualified: &str) -> Vec<String> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .views
+            .iter()
+            .filter(|v| v.depends_on.iter().any(|d| d == qualified))
+            .map(|v| v.name.clone())
+            .collect()
     }
 
     /// Run flush, compaction, retention and file cleanup until `stop` turns true.

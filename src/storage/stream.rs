@@ -42,6 +42,8 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPu
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
 use super::cold::{ColdFile, ColdStore, Manifest};
 use super::log::{Log, Record};
 use super::{HotMemory, InsertSink, RelationDef, StorageConfig, codec};
@@ -66,6 +68,19 @@ struct StreamState {
     hot: VecDeque<HotRecord>,
     hot_bytes: usize,
     manifest: Manifest,
+    /// Materialized views reading this stream: every appended record, in log order.
+    subscribers: Vec<UnboundedSender<(u64, Vec<RecordBatch>)>>,
+}
+
+/// What a new reader of the stream starts from: every stored row, then the live appends.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Cold files, to read first.
+    pub cold: Vec<ColdFile>,
+    /// Hot records (sequence number, rows), in log order; wait until durable before use.
+    pub hot: Vec<(u64, Vec<RecordBatch>)>,
+    /// Records appended after the ones above.
+    pub live: UnboundedReceiver<(u64, Vec<RecordBatch>)>,
 }
 
 /// What a scan reads: durable hot rows and the cold files that may hold matching rows.
@@ -195,6 +210,9 @@ impl StreamStore {
         let seq = self.log.append(KIND_ROWS, &payload, |seq| {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             state.hot_bytes += bytes;
+            state
+                .subscribers
+                .retain(|s| s.send((seq, batches.clone())).is_ok());
             state.hot.push_back(HotRecord {
                 seq,
                 batches,
@@ -230,6 +248,37 @@ impl StreamStore {
             cold,
             pruned_files: pruned.len(),
         }
+    }
+
+    /// Start reading the whole stream: stored rows now, appends as they come.
+    pub fn subscribe(&self) -> Subscription {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let (sender, live) = unbounded_channel();
+        state.subscribers.push(sender);
+        Subscription {
+            cold: state.manifest.files.clone(),
+            hot: state
+                .hot
+                .iter()
+                .map(|r| (r.seq, r.batches.clone()))
+                .collect(),
+            live,
+        }
+    }
+
+    /// Wait until record `seq` is durable (making it so if its writer went away).
+    pub async fn wait_durable(&self, seq: u64) -> Result<()> {
+        self.log.sync_to(seq).await
+    }
+
+    /// Read one cold file.
+    pub async fn read_file(&self, file: &ColdFile) -> Result<Vec<RecordBatch>> {
+        self.cold.read_parquet(&file.path).await
+    }
+
+    /// The event-time column, if the stream has one.
+    pub fn event_time(&self) -> Option<usize> {
+        self.event_time
     }
 
     pub fn stats(&self) -> StreamStats {

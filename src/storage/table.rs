@@ -35,9 +35,12 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
 use super::log::{Log, Record};
 use super::{InsertSink, MutationSink, RelationDef, StorageConfig, codec};
 use crate::error::{Error, Result};
+use crate::streaming::ChangeBatch;
 
 const KIND_APPEND: u8 = 1;
 const KIND_CHANGE: u8 = 2;
@@ -71,6 +74,8 @@ pub struct TableStore {
     write_turn: tokio::sync::Mutex<()>,
     /// Log bytes written since the last snapshot.
     logged_since_snapshot: AtomicU64,
+    /// Materialized views reading this table: each committed change as rows removed and added.
+    subscribers: std::sync::Mutex<Vec<UnboundedSender<ChangeBatch>>>,
 }
 
 impl TableStore {
@@ -97,6 +102,7 @@ impl TableStore {
             contents: RwLock::new(contents),
             write_turn: tokio::sync::Mutex::new(()),
             logged_since_snapshot: AtomicU64::new(logged),
+            subscribers: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -306,7 +312,22 @@ impl TableStore {
         let seq = self.log.append(kind, &payload, |seq| seq)?;
         self.log.sync_to(seq).await?;
         let size = next.get_array_memory_size() as u64;
-        *self.contents.write().unwrap_or_else(|e| e.into_inner()) = next;
+        {
+            let mut contents = self.contents.write().unwrap_or_else(|e| e.into_inner());
+            let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            if !subscribers.is_empty() {
+                match row_changes(&contents, &next) {
+                    Ok(change) => subscribers.retain(|s| s.send(change.clone()).is_ok()),
+                    Err(e) => {
+                        // The change is committed; views reading the table can no longer be
+                        // kept exact, so they are told by losing their feed.
+                        tracing::error!(table = %self.def().name, error = %e, "could not compute a table change for views");
+                        subscribers.clear();
+                    }
+                }
+            }
+            *contents = next;
+        }
         let logged = self
             .logged_since_snapshot
             .fetch_add(payload.len() as u64, Ordering::Relaxed)
@@ -331,6 +352,17 @@ impl TableStore {
         self.logged_since_snapshot
             .store(payload.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Start reading the table: its contents now, every committed change after.
+    pub fn subscribe(&self) -> (RecordBatch, UnboundedReceiver<ChangeBatch>) {
+        let contents = self.contents.read().unwrap_or_else(|e| e.into_inner());
+        let (sender, receiver) = unbounded_channel();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sender);
+        (contents.clone(), receiver)
     }
 
     pub fn destroy(&self, dir: &std::path::Path) -> Result<()> {
@@ -697,4 +729,50 @@ pub fn conform(schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// The rows `after` lacks from `before` (retracted) and has beyond it (added), as multisets.
+fn row_changes(before: &RecordBatch, after: &RecordBatch) -> Result<ChangeBatch> {
+    let fields = before
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| SortField::new(f.data_type().clone()))
+        .collect();
+    let converter = RowConverter::new(fields)?;
+    let old = converter.convert_columns(before.columns())?;
+    let new = converter.convert_columns(after.columns())?;
+    let mut counts: HashMap<&[u8], i64> = HashMap::new();
+    for row in old.iter() {
+        *counts.entry(row.data()).or_insert(0) -= 1;
+    }
+    for row in new.iter() {
+        *counts.entry(row.data()).or_insert(0) += 1;
+    }
+    let mut removed: Vec<u32> = Vec::new();
+    for (i, row) in old.iter().enumerate() {
+        if let Some(c) = counts.get_mut(row.data())
+            && *c < 0
+        {
+            *c += 1;
+            removed.push(i as u32);
+        }
+    }
+    let mut added: Vec<u32> = Vec::new();
+    for (i, row) in new.iter().enumerate() {
+        if let Some(c) = counts.get_mut(row.data())
+            && *c > 0
+        {
+            *c -= 1;
+            added.push(i as u32);
+        }
+    }
+    let removed = take_record_batch(before, &UInt32Array::from(removed))?;
+    let added = take_record_batch(after, &UInt32Array::from(added))?;
+    let flags: Vec<bool> = (0..removed.num_rows())
+        .map(|_| true)
+        .chain((0..added.num_rows()).map(|_| false))
+        .collect();
+    let rows = concat_batches(&before.schema(), [&removed, &added])?;
+    Ok(ChangeBatch::from_flags(rows, flags))
 }

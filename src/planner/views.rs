@@ -1,0 +1,345 @@
+//! Materialized views: `CREATE` (plan, compile to a dataflow, store, backfill), `DROP`, `SHOW`,
+//! `EXPLAIN`, `SUBSCRIBE`, and the `eddy_catalog` tables that show how views are doing.
+//!
+//! A view's query is planned by DataFusion like any SELECT (so names, types and errors are the
+//! ones an ad-hoc query gets), checked for time-dependent functions before the optimizer folds
+//! them, optimized, and compiled by [`crate::streaming::plan`]. The definition is stored in the
+//! catalog file; at start every stored view is compiled again and rebuilt from its inputs'
+//! stored history.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::execution::SessionState;
+use datafusion::sql::planner::object_name_to_table_reference;
+use datafusion::sql::sqlparser::ast::ObjectName;
+
+use super::{Engine, Output, qualified};
+use crate::catalog::QualifiedName;
+use crate::error::{Error, Result};
+use crate::parser::extensions::{CreateView, Subscribe, SubscribeTarget};
+use crate::storage::ViewDef;
+use crate::streaming::operators::LateRows;
+use crate::streaming::plan::{Compiled, check_deterministic, compile};
+use crate::streaming::runtime;
+use crate::streaming::subscribe::{SubscribeOptions, Subscription};
+use crate::streaming::view::{Status, View};
+
+fn name_of(name: &ObjectName) -> Result<QualifiedName> {
+    qualified(&object_name_to_table_reference(name.clone(), true)?)
+}
+
+impl Engine {
+    /// Plan and compile a view query.
+    async fn compile_view(
+        &self,
+        state: &SessionState,
+        query: &str,
+        emit_on_close: bool,
+        late: Arc<LateRows>,
+    ) -> Result<Compiled> {
+        let statements = crate::parser::parse(query)?;
+        let [crate::parser::Statement::DataFusion(statement)] = statements.as_slice() else {
+            return Err(Error::Unsupported(
+                "a materialized view defined by anything but one SELECT".to_string(),
+            ));
+        };
+        let plan = self.plan(state, statement, &[]).await?;
+        check_deterministic(&plan)?;
+        let plan = state.optimize(&plan)?;
+        let mut compiled = compile(state, &plan, emit_on_close, late).await?;
+        // Result columns are named as PostgreSQL names them (count, sum, ...).
+        compiled.schema = super::with_postgres_column_names(statement, compiled.schema);
+        let mut seen = std::collections::HashSet::new();
+        for field in compiled.schema.fields() {
+            if !seen.insert(field.name().clone()) {
+                return Err(Error::AlreadyExists {
+                    kind: "column",
+                    name: field.name().clone(),
+                });
+            }
+        }
+        Ok(compiled)
+    }
+
+    /// `CREATE MATERIALIZED VIEW`: returns once the view has processed its inputs' history.
+    pub async fn create_view(&self, state: &SessionState, create: &CreateView) -> Result<Output> {
+        let name = name_of(&create.name)?;
+        if self.catalog.table(&name).await.is_ok() {
+            if create.if_not_exists {
+                return Ok(Output::Command {
+                    tag: "CREATE MATERIALIZED VIEW".to_string(),
+                });
+            }
+            return Err(Error::AlreadyExists {
+                kind: "relation",
+                name: name.name,
+            });
+        }
+        let def = ViewDef {
+            id: 0,
+            schema_name: name.schema.clone(),
+            name: name.name.clone(),
+            query: create.query.clone(),
+            emit_on_close: create.emit_on_close,
+            depends_on: Vec::new(),
+        };
+        let view = self.start_view(state, def, true).await?;
+        // The view answers queries once its backfill is done, as a table would after CTAS.
+        let mut ticks = tokio::time::interval(std::time::Duration::from_millis(20));
+        loop {
+            match view.status() {
+                Status::Backfilling => ticks.tick().await,
+                Status::Running => break,
+                Status::Failed(e) => {
+                    return Err(Error::Internal(format!(
+                        "materialized view \"{}\" failed while reading its inputs: {e}",
+                        view.def.name
+                    )));
+                }
+            };
+        }
+        Ok(Output::Command {
+            tag: "CREATE MATERIALIZED VIEW".to_string(),
+        })
+    }
+
+    /// Compile, (with `store`) record, register and run a view.
+    async fn start_view(
+        &self,
+        state: &SessionState,
+        mut def: ViewDef,
+        store: bool,
+    ) -> Result<Arc<View>> {
+        let late = Arc::new(LateRows::default());
+        let compiled = self
+            .compile_view(state, &def.query, def.emit_on_close, Arc::clone(&late))
+            .await?;
+        def.depends_on = compiled.feeds.iter().map(|f| f.qualified_name()).collect();
+        def.depends_on.dedup();
+        if store {
+            def = self.catalog.storage().create_view(def)?;
+        }
+        let view = View::new(
+            def,
+            Arc::clone(&compiled.schema),
+            compiled.dataflow.describe(),
+            late,
+        )?;
+        self.catalog.register_view(Arc::clone(&view))?;
+        runtime::spawn(Arc::clone(&view), compiled.dataflow, compiled.feeds);
+        Ok(view)
+    }
+
+    /// Start every stored view (at server start), in creation order.
+    pub async fn start_stored_views(&self) {
+        let state = self.ctx.state();
+        for def in self.catalog.storage().views() {
+            let name = def.name.clone();
+            if let Err(e) = self.start_view(&state, def, false).await {
+                tracing::error!(view = %name, error = %e, "stored materialized view could not be started");
+            }
+        }
+    }
+
+    pub async fn drop_views(&self, names: &[ObjectName], if_exists: bool) -> Result<Output> {
+        for name in names {
+            let name = name_of(name)?;
+            self.catalog.drop_view(&name, if_exists).await?;
+        }
+        Ok(Output::Command {
+            tag: "DROP MATERIALIZED VIEW".to_string(),
+        })
+    }
+
+    pub async fn explain_create_view(
+        &self,
+        state: &SessionState,
+        create: &CreateView,
+    ) -> Result<Output> {
+        let compiled = self
+            .compile_view(state, &create.query, create.emit_on_close, Arc::default())
+            .await?;
+        Ok(plan_rows(compiled.dataflow.describe()))
+    }
+
+    pub fn explain_view(&self, name: &ObjectName) -> Result<Output> {
+        let view = self.catalog.view(&name_of(name)?)?;
+        Ok(plan_rows(view.plan.clone()))
+    }
+
+    pub fn show_views(&self) -> Result<Output> {
+        let batch = materialized_views(&self.catalog.views().all())?;
+        Ok(Output::Rows {
+            schema: batch.schema(),
+            batches: vec![batch],
+            verb: "SHOW",
+        })
+    }
+
+    /// Open a subscription to a view or to a query (run as a private view).
+    pub async fn subscribe(
+        &self,
+        state: &SessionState,
+        subscribe: &Subscribe,
+    ) -> Result<Subscription> {
+        let options = SubscribeOptions::parse(&subscribe.options, subscribe.as_of)?;
+        match &subscribe.target {
+            SubscribeTarget::View(name) => {
+                let view = self.catalog.view(&name_of(name)?)?;
+                Subscription::open(view, false, &options)
+            }
+            SubscribeTarget::Query(query) => {
+                let late = Arc::new(LateRows::default());
+                let compiled = self
+                    .compile_view(state, query, false, Arc::clone(&late))
+                    .await?;
+                let def = ViewDef {
+                    id: 0,
+                    schema_name: String::new(),
+                    name: "subscribe".to_string(),
+                    query: query.clone(),
+                    emit_on_close: false,
+                    depends_on: Vec::new(),
+                };
+                let view = View::new(
+                    def,
+                    Arc::clone(&compiled.schema),
+                    compiled.dataflow.describe(),
+                    late,
+                )?;
+                runtime::spawn(Arc::clone(&view), compiled.dataflow, compiled.feeds);
+                let mut ticks = tokio::time::interval(std::time::Duration::from_millis(10));
+                while view.status() == Status::Backfilling {
+                    ticks.tick().await;
+                }
+                Subscription::open(view, true, &options)
+            }
+        }
+    }
+}
+
+fn plan_rows(lines: Vec<String>) -> Output {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "QUERY PLAN",
+        DataType::Utf8,
+        false,
+    )]));
+    let column: ArrayRef = Arc::new(StringArray::from(lines));
+    match RecordBatch::try_new(Arc::clone(&schema), vec![column]) {
+        Ok(batch) => Output::Rows {
+            schema,
+            batches: vec![batch],
+            verb: "EXPLAIN",
+        },
+        Err(e) => Output::Command {
+            tag: format!("EXPLAIN failed: {e}"),
+        },
+    }
+}
+
+fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// `eddy_catalog.materialized_views` and `SHOW MATERIALIZED VIEWS`.
+pub fn materialized_views(views: &[Arc<View>]) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("backfill_rows", DataType::UInt64, false),
+        Field::new("backfill_total", DataType::UInt64, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("late_rows", DataType::UInt64, false),
+        Field::new("watermark", timestamp_type(), true),
+        Field::new("state_bytes", DataType::UInt64, false),
+        Field::new("emit_on_window_close", DataType::Boolean, false),
+        Field::new("definition", DataType::Utf8, false),
+    ]));
+    let stats: Vec<_> = views.iter().map(|v| v.stats()).collect();
+    let status: Vec<String> = views
+        .iter()
+        .map(|v| match v.status() {
+            Status::Backfilling => "backfilling".to_string(),
+            Status::Running => "running".to_string(),
+            Status::Failed(e) => format!("failed: {e}"),
+        })
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            views.iter().map(|v| v.def.name.clone()),
+        )),
+        Arc::new(StringArray::from(status)),
+        Arc::new(UInt64Array::from_iter_values(stats.iter().map(|s| s.3))),
+        Arc::new(UInt64Array::from_iter_values(stats.iter().map(|s| s.4))),
+        Arc::new(UInt64Array::from_iter_values(stats.iter().map(|s| s.0))),
+        Arc::new(UInt64Array::from_iter_values(
+            views.iter().map(|v| v.late.count()),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from(stats.iter().map(|s| s.1).collect::<Vec<_>>())
+                .with_timezone("UTC"),
+        ),
+        Arc::new(UInt64Array::from_iter_values(
+            stats.iter().map(|s| s.2 as u64),
+        )),
+        Arc::new(BooleanArray::from(
+            views
+                .iter()
+                .map(|v| v.def.emit_on_close)
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            views.iter().map(|v| v.def.query.clone()),
+        )),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// `eddy_catalog.late_rows`: the most recent late rows of every view.
+pub fn late_rows(views: &[Arc<View>]) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new("stream", DataType::Utf8, false),
+        Field::new("event_time", timestamp_type(), false),
+        Field::new("watermark", timestamp_type(), false),
+        Field::new("arrived", timestamp_type(), false),
+        Field::new("row", DataType::Utf8, false),
+    ]));
+    let mut view_names = Vec::new();
+    let mut streams = Vec::new();
+    let mut times = Vec::new();
+    let mut marks = Vec::new();
+    let mut arrived = Vec::new();
+    let mut rows = Vec::new();
+    for view in views {
+        for late in view.late.recent() {
+            view_names.push(view.def.name.clone());
+            streams.push(late.stream);
+            times.push(late.event_time);
+            marks.push(late.watermark);
+            arrived.push(late.arrived);
+            rows.push(late.row);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(view_names)),
+        Arc::new(StringArray::from(streams)),
+        Arc::new(TimestampMicrosecondArray::from(times).with_timezone("UTC")),
+        Arc::new(TimestampMicrosecondArray::from(marks).with_timezone("UTC")),
+        Arc::new(TimestampMicrosecondArray::from(arrived).with_timezone("UTC")),
+        Arc::new(StringArray::from(rows)),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// The schema of a system table (for registering it before any view exists).
+pub fn system_schema(table: &str) -> Result<SchemaRef> {
+    Ok(match table {
+        "materialized_views" => materialized_views(&[])?.schema(),
+        _ => late_rows(&[])?.schema(),
+    })
+}

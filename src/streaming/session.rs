@@ -1,0 +1,193 @@
+//! Session windows over a stream: per partition, rows whose event times are closer than the gap
+//! form one session `[first, last + gap)`. A row can merge sessions, so a session's rows are
+//! only known once no future row can join it: when the watermark reaches its end. Rows are
+//! held until then and emitted once with `window_start` and `window_end` (the same rows the
+//! batch form of `SESSION(...)` gives for that session).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+
+use super::operators::{micros, rows_batch};
+use super::{ChangeBatch, Operator};
+use crate::error::{Error, Result};
+
+#[derive(Debug)]
+struct Session {
+    first: i64,
+    last: i64,
+    rows: Vec<OwnedRow>,
+}
+
+#[derive(Debug)]
+pub struct SessionWindow {
+    time: usize,
+    gap: i64,
+    partition: Vec<usize>,
+    keys: RowConverter,
+    rows: RowConverter,
+    schema: SchemaRef,
+    /// Open sessions per partition, ordered by start, never within `gap` of each other.
+    open: HashMap<OwnedRow, Vec<Session>>,
+    bytes: usize,
+}
+
+impl SessionWindow {
+    pub fn new(
+        time: usize,
+        gap: i64,
+        partition: Vec<usize>,
+        input: SchemaRef,
+        schema: SchemaRef,
+    ) -> Result<SessionWindow> {
+        let keys = partition
+            .iter()
+            .map(|i| SortField::new(input.field(*i).data_type().clone()))
+            .collect();
+        let rows = input
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(SessionWindow {
+            time,
+            gap,
+            partition,
+            keys: RowConverter::new(keys)?,
+            rows: RowConverter::new(rows)?,
+            schema,
+            open: HashMap::new(),
+            bytes: 0,
+        })
+    }
+
+    fn emit(&self, closed: Vec<Session>) -> Result<ChangeBatch> {
+        let mut all = Vec::new();
+        let mut starts = Vec::new();
+        let mut ends = Vec::new();
+        for session in &closed {
+            for row in &session.rows {
+                all.push(row.row());
+                starts.push(session.first);
+                ends.push(session.last + self.gap);
+            }
+        }
+        let mut columns = self.rows.convert_rows(all)?;
+        let time_type = self.schema.field(columns.len()).data_type().clone();
+        for values in [starts, ends] {
+            let array: ArrayRef = Arc::new(TimestampMicrosecondArray::from(values));
+            let array = cast(&array, &time_type)?;
+            columns.push(array);
+        }
+        Ok(ChangeBatch::inserts(rows_batch(&self.schema, columns)?))
+    }
+}
+
+impl Operator for SessionWindow {
+    fn describe(&self) -> String {
+        format!("SessionWindow: gap={}us", self.gap)
+    }
+
+    fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        if batch.has_deletes() {
+            return Err(Error::Unsupported(
+                "retractions into a session window".to_string(),
+            ));
+        }
+        let rows: &RecordBatch = &batch.rows;
+        let times = micros(rows.column(self.time))?;
+        let key_columns: Vec<ArrayRef> = self
+            .partition
+            .iter()
+            .map(|i| Arc::clone(rows.column(*i)))
+            .collect();
+        let keys = if key_columns.is_empty() {
+            None
+        } else {
+            Some(self.keys.convert_columns(&key_columns)?)
+        };
+        let converted = self.rows.convert_columns(rows.columns())?;
+        for i in 0..rows.num_rows() {
+            // The batch form leaves rows without a time out of every session.
+            if !times.is_valid(i) {
+                continue;
+            }
+            let t = times.value(i);
+            let key = match &keys {
+                Some(k) => k.row(i).owned(),
+                None => global_key(),
+            };
+            let row = converted.row(i).owned();
+            self.bytes += row.as_ref().len();
+            let sessions = self.open.entry(key).or_default();
+            // Sessions this row touches: t within gap of [first, last].
+            let touching: Vec<usize> = sessions
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| t < s.last + self.gap && t + self.gap > s.first)
+                .map(|(i, _)| i)
+                .collect();
+            let mut merged = Session {
+                first: t,
+                last: t,
+                rows: vec![row],
+            };
+            for index in touching.into_iter().rev() {
+                let s = sessions.remove(index);
+                merged.first = merged.first.min(s.first);
+                merged.last = merged.last.max(s.last);
+                merged.rows.extend(s.rows);
+            }
+            let at = sessions.partition_point(|s| s.first < merged.first);
+            sessions.insert(at, merged);
+        }
+        Ok(Vec::new())
+    }
+
+    fn on_watermark(&mut self, _inputs: &[Option<i64>], combined: i64) -> Result<Vec<ChangeBatch>> {
+        let mut closed = Vec::new();
+        for sessions in self.open.values_mut() {
+            let (done, open): (Vec<Session>, Vec<Session>) = sessions
+                .drain(..)
+                .partition(|s| s.last + self.gap <= combined);
+            *sessions = open;
+            closed.extend(done);
+        }
+        self.open.retain(|_, s| !s.is_empty());
+        if closed.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.bytes -= closed
+            .iter()
+            .flat_map(|s| &s.rows)
+            .map(|r| r.as_ref().len())
+            .sum::<usize>();
+        Ok(vec![self.emit(closed)?])
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// The key of the one partition when there is no PARTITION BY.
+fn global_key() -> OwnedRow {
+    static KEY: std::sync::OnceLock<OwnedRow> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        RowConverter::new(vec![SortField::new(
+            datafusion::arrow::datatypes::DataType::Boolean,
+        )])
+        .and_then(|c| {
+            c.convert_columns(&[
+                Arc::new(datafusion::arrow::array::BooleanArray::from(vec![true])) as ArrayRef,
+            ])
+        })
+        .map(|rows| rows.row(0).owned())
+        .unwrap_or_else(|_| unreachable!("a boolean row always converts"))
+    })
+    .clone()
+}

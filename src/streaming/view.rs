@@ -1,0 +1,300 @@
+//! A materialized view's result: the rows it holds now, the recent history of its changes, and
+//! the readers of both.
+//!
+//! The dataflow's root changes are applied here once per source batch, under one lock, with a
+//! logical time (milliseconds, strictly increasing per view). A `SELECT` reads the rows as of
+//! the last applied batch (a consistent snapshot); `SUBSCRIBE` takes the rows and a change
+//! receiver under the same lock, so it sees each change exactly once after its snapshot, and a
+//! reader that reconnects with `AS OF t` gets the retained changes after `t` again.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::ChangeBatch;
+use super::operators::{LateRows, RowBag};
+use crate::error::{Error, Result};
+use crate::storage::ViewDef;
+
+/// Changes kept for readers that resume (`SUBSCRIBE ... AS OF t`), in rows.
+const HISTORY_ROWS: usize = 100_000;
+
+/// Where a view is in its life.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    /// Reading the stored history of its inputs.
+    Backfilling,
+    /// Up to date with its inputs, following live changes.
+    Running,
+    /// Stopped by an error; the rows are as of just before it.
+    Failed(String),
+}
+
+/// What a view's reader receives.
+#[derive(Debug, Clone)]
+pub enum ViewEvent {
+    /// Changes applied at `time`.
+    Changes { time: i64, batch: ChangeBatch },
+}
+
+#[derive(Debug)]
+struct Inner {
+    rows: RowBag,
+    /// `rows` as one batch, until the next change.
+    cached: Option<RecordBatch>,
+    time: i64,
+    history: VecDeque<(i64, ChangeBatch)>,
+    history_rows: usize,
+    /// The time before which changes are no longer retained.
+    history_from: i64,
+    readers: Vec<UnboundedSender<ViewEvent>>,
+    status: Status,
+    watermark: Option<i64>,
+    state_bytes: usize,
+    backfill_rows: u64,
+    backfill_total: u64,
+}
+
+/// One materialized view, shared by its runtime task, the catalog and readers.
+#[derive(Debug)]
+pub struct View {
+    pub def: ViewDef,
+    pub schema: SchemaRef,
+    pub late: Arc<LateRows>,
+    /// The streaming plan, for EXPLAIN.
+    pub plan: Vec<String>,
+    inner: Mutex<Inner>,
+    /// Dropping the view stops its task.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// A consistent read of a view with a receiver for what follows.
+#[derive(Debug)]
+pub struct ViewReader {
+    pub rows: RecordBatch,
+    pub time: i64,
+    /// Changes after `time` that were retained, when resuming.
+    pub replay: Vec<(i64, ChangeBatch)>,
+    pub events: UnboundedReceiver<ViewEvent>,
+}
+
+impl View {
+    pub fn new(
+        def: ViewDef,
+        schema: SchemaRef,
+        plan: Vec<String>,
+        late: Arc<LateRows>,
+    ) -> Result<Arc<View>> {
+        let now = Utc::now().timestamp_millis();
+        Ok(Arc::new(View {
+            def,
+            late,
+            plan,
+            inner: Mutex::new(Inner {
+                rows: RowBag::new(Arc::clone(&schema))?,
+                cached: None,
+                time: now,
+                history: VecDeque::new(),
+                history_rows: 0,
+                history_from: now,
+                readers: Vec::new(),
+                status: Status::Backfilling,
+                watermark: None,
+                state_bytes: 0,
+                backfill_rows: 0,
+                backfill_total: 0,
+            }),
+            schema,
+            stop: tokio::sync::watch::channel(false).0,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Apply the root's changes from one source batch.
+    pub fn apply(
+        &self,
+        changes: Vec<ChangeBatch>,
+        watermark: Option<i64>,
+        state_bytes: usize,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        inner.watermark = watermark;
+        inner.state_bytes = state_bytes;
+        let changes: Vec<ChangeBatch> = changes.into_iter().filter(|c| c.num_rows() > 0).collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // The dataflow names columns as DataFusion does; the view as PostgreSQL would.
+        let changes = changes
+            .into_iter()
+            .map(|c| {
+                let rows = RecordBatch::try_new_with_options(
+                    Arc::clone(&self.schema),
+                    c.rows.columns().to_vec(),
+                    &datafusion::arrow::array::RecordBatchOptions::new()
+                        .with_row_count(Some(c.num_rows())),
+                )?;
+                Ok(c.with_rows(rows))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batch = ChangeBatch::concat(&self.schema, &changes)?;
+        inner.rows.apply(&batch)?;
+        inner.cached = None;
+        let time = (inner.time + 1).max(Utc::now().timestamp_millis());
+        inner.time = time;
+        inner.history_rows += batch.num_rows();
+        inner.history.push_back((time, batch.clone()));
+        while inner.history_rows > HISTORY_ROWS && inner.history.len() > 1 {
+            if let Some((t, old)) = inner.history.pop_front() {
+                inner.history_rows -= old.num_rows();
+                inner.history_from = t;
+            }
+        }
+        inner.readers.retain(|r| {
+            r.send(ViewEvent::Changes {
+                time,
+                batch: batch.clone(),
+            })
+            .is_ok()
+        });
+        Ok(())
+    }
+
+    /// The rows now, as one batch.
+    pub fn rows(&self) -> Result<RecordBatch> {
+        let mut inner = self.lock();
+        if let Status::Failed(e) = &inner.status {
+            return Err(Error::Internal(format!(
+                "materialized view \"{}\" failed and is no longer maintained: {e}",
+                self.def.name
+            )));
+        }
+        if let Some(rows) = &inner.cached {
+            return Ok(rows.clone());
+        }
+        let rows = inner.rows.contents()?;
+        inner.cached = Some(rows.clone());
+        Ok(rows)
+    }
+
+    /// The rows now and every change after; with `after`, the retained changes since that
+    /// time instead of the rows.
+    pub fn read(&self, after: Option<i64>) -> Result<ViewReader> {
+        let rows = self.rows()?;
+        let mut inner = self.lock();
+        let (sender, events) = unbounded_channel();
+        inner.readers.push(sender);
+        let replay = match after {
+            None => Vec::new(),
+            Some(t) if t >= inner.history_from => inner
+                .history
+                .iter()
+                .filter(|(time, _)| *time > t)
+                .cloned()
+                .collect(),
+            Some(t) => {
+                return Err(Error::InvalidValue(format!(
+                    "AS OF {t} is before the oldest change \"{}\" still retains ({})",
+                    self.def.name, inner.history_from
+                )));
+            }
+        };
+        Ok(ViewReader {
+            rows,
+            time: inner.time,
+            replay,
+            events,
+        })
+    }
+
+    pub fn time(&self) -> i64 {
+        self.lock().time
+    }
+
+    pub fn status(&self) -> Status {
+        self.lock().status.clone()
+    }
+
+    pub fn set_status(&self, status: Status) {
+        let mut inner = self.lock();
+        if let Status::Failed(e) = &status {
+            tracing::error!(view = %self.def.name, error = %e, "materialized view failed");
+            // Readers learn it when their channel closes.
+            inner.readers.clear();
+        }
+        inner.status = status;
+    }
+
+    pub fn add_backfill(&self, rows: u64, total: u64) {
+        let mut inner = self.lock();
+        inner.backfill_rows += rows;
+        inner.backfill_total += total;
+    }
+
+    /// (rows, watermark, state bytes, backfilled rows, rows to backfill)
+    pub fn stats(&self) -> (u64, Option<i64>, usize, u64, u64) {
+        let inner = self.lock();
+        (
+            inner.rows.len() as u64,
+            inner.watermark,
+            inner.state_bytes,
+            inner.backfill_rows,
+            inner.backfill_total,
+        )
+    }
+
+    /// Stop the view's task (DROP).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        self.lock().readers.clear();
+    }
+
+    pub fn stopped(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+}
+
+/// The view as a table for ad-hoc queries.
+#[derive(Debug)]
+pub struct ViewTable {
+    pub view: Arc<View>,
+}
+
+#[async_trait]
+impl TableProvider for ViewTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.view.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let rows = self.view.rows()?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![rows]],
+            Arc::clone(&self.view.schema),
+            projection.cloned(),
+        )?)
+    }
+}
