@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{filter, take};
+use datafusion::arrow::compute::{SortColumn, filter, lexsort_to_indices, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::logical_expr::Accumulator;
@@ -104,9 +104,15 @@ impl Aggregate {
                 .owned(),
             dropped: 0,
         };
-        if retracting {
+        // Aggregates with ORDER BY (string_agg(x, ',' ORDER BY y)) need their input in order,
+        // which arrival order is not: their groups are recomputed from sorted input.
+        let ordered = aggregate
+            .aggregates
+            .iter()
+            .any(|a| !a.function.order_bys().is_empty());
+        if retracting || ordered {
             let probe = aggregate.new_accumulators()?;
-            if !probe.iter().all(|a| a.supports_retract_batch()) {
+            if ordered || !probe.iter().all(|a| a.supports_retract_batch()) {
                 aggregate.recompute = true;
                 let mut fields = Vec::new();
                 for spec in &aggregate.aggregates {
@@ -115,6 +121,9 @@ impl Aggregate {
                     }
                     if spec.filter.is_some() {
                         fields.push(SortField::new(DataType::Boolean));
+                    }
+                    for order in spec.function.order_bys() {
+                        fields.push(SortField::new(order.expr.data_type(input_schema)?));
                     }
                 }
                 aggregate.inputs = Some(RowConverter::new(fields)?);
@@ -142,6 +151,20 @@ impl Aggregate {
                     Ok(acc) if acc.supports_retract_batch() => Ok(acc),
                     _ => Ok(spec.function.create_accumulator()?),
                 }
+            })
+            .collect()
+    }
+
+    /// ORDER BY columns of every aggregate (empty for most).
+    fn order_columns(&self, rows: &RecordBatch) -> Result<Vec<Vec<ArrayRef>>> {
+        self.aggregates
+            .iter()
+            .map(|spec| {
+                spec.function
+                    .order_bys()
+                    .iter()
+                    .map(|o| Ok(o.expr.evaluate(rows)?.into_array(rows.num_rows())?))
+                    .collect()
             })
             .collect()
     }
@@ -216,16 +239,44 @@ impl Aggregate {
             let n = spec.function.expressions().len();
             let mut args: Vec<ArrayRef> = columns[at..at + n].to_vec();
             at += n;
+            let mut mask = None;
             if spec.filter.is_some() {
-                let mask = columns[at]
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .cloned()
-                    .ok_or_else(|| Error::Internal("filter flags".into()))?;
+                mask = Some(
+                    columns[at]
+                        .as_any()
+                        .downcast_ref::<BooleanArray>()
+                        .cloned()
+                        .ok_or_else(|| Error::Internal("filter flags".into()))?,
+                );
                 at += 1;
+            }
+            let orders = spec.function.order_bys();
+            if !orders.is_empty() {
+                let sort: Vec<SortColumn> = orders
+                    .iter()
+                    .zip(&columns[at..at + orders.len()])
+                    .map(|(o, c)| SortColumn {
+                        values: Arc::clone(c),
+                        options: Some(o.options),
+                    })
+                    .collect();
+                at += orders.len();
+                let order = lexsort_to_indices(&sort, None)?;
                 args = args
                     .iter()
-                    .map(|a| Ok(filter(a, &mask)?))
+                    .map(|a| Ok(take(a, &order, None)?))
+                    .collect::<Result<Vec<_>>>()?;
+                if let Some(m) = &mask {
+                    mask = take(m, &order, None)?
+                        .as_any()
+                        .downcast_ref::<BooleanArray>()
+                        .cloned();
+                }
+            }
+            if let Some(mask) = &mask {
+                args = args
+                    .iter()
+                    .map(|a| Ok(filter(a, mask)?))
                     .collect::<Result<Vec<_>>>()?;
             }
             if args.first().is_none_or(|a| !a.is_empty()) || args.is_empty() {
@@ -348,12 +399,14 @@ impl Operator for Aggregate {
         let arguments = self.arguments(&batch.rows)?;
         let input_rows = match &self.inputs {
             Some(converter) => {
+                let orders = self.order_columns(&batch.rows)?;
                 let mut columns = Vec::new();
-                for (args, mask) in &arguments {
+                for ((args, mask), order) in arguments.iter().zip(orders) {
                     columns.extend(args.iter().cloned());
                     if let Some(mask) = mask {
                         columns.push(Arc::new(mask.clone()) as ArrayRef);
                     }
+                    columns.extend(order);
                 }
                 Some(converter.convert_columns(&columns)?)
             }

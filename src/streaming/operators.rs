@@ -32,7 +32,11 @@ pub fn evaluate_mask(
     let mask = value
         .as_boolean_opt()
         .ok_or_else(|| Error::Internal("predicate did not return booleans".into()))?;
-    Ok(datafusion::arrow::compute::prep_null_mask_filter(mask))
+    Ok(if mask.null_count() == 0 {
+        mask.clone()
+    } else {
+        datafusion::arrow::compute::prep_null_mask_filter(mask)
+    })
 }
 
 /// Evaluate expressions into the columns of a batch with `schema`.
@@ -246,12 +250,13 @@ impl Operator for Source {
         if let Some(keep) = self.track_time(&batch)? {
             batch = batch.filter(&keep)?;
         }
-        if let Some(projection) = &self.projection {
-            batch = batch.with_rows(batch.rows.project(projection)?);
-        }
+        // Filters are over the relation's full rows, so they run before the projection.
         for filter in &self.filters {
             let mask = evaluate_mask(filter, &batch.rows)?;
             batch = batch.filter(&mask)?;
+        }
+        if let Some(projection) = &self.projection {
+            batch = batch.with_rows(batch.rows.project(projection)?);
         }
         Ok(vec![batch])
     }
@@ -324,6 +329,48 @@ impl Operator for Union {
             .collect::<Result<Vec<_>>>()?;
         let rows = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
         Ok(vec![batch.with_rows(rows)])
+    }
+}
+
+/// HOP: each row once per window containing it, with `window_start` and `window_end` added.
+/// One branch per overlapping window: (start, end) expressions over the input row.
+#[derive(Debug)]
+pub struct HopExpand {
+    pub branches: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+    /// The time column, to keep rows before their window's end.
+    pub time: usize,
+    pub schema: SchemaRef,
+}
+
+impl Operator for HopExpand {
+    fn describe(&self) -> String {
+        format!("HopExpand: {} windows per row", self.branches.len())
+    }
+
+    fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        let n = batch.num_rows();
+        let times = micros(batch.rows.column(self.time))?;
+        let mut out = Vec::with_capacity(self.branches.len());
+        for (start, end) in &self.branches {
+            let starts = start.evaluate(&batch.rows)?.into_array(n)?;
+            let ends = end.evaluate(&batch.rows)?.into_array(n)?;
+            let end_micros = micros(&ends)?;
+            let keep = BooleanArray::from(
+                (0..n)
+                    .map(|i| {
+                        times.is_valid(i)
+                            && end_micros.is_valid(i)
+                            && times.value(i) < end_micros.value(i)
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            let mut columns = batch.rows.columns().to_vec();
+            columns.push(starts);
+            columns.push(ends);
+            let rows = rows_batch(&self.schema, cast_columns(columns, &self.schema)?)?;
+            out.push(batch.with_rows(rows).filter(&keep)?);
+        }
+        Ok(out)
     }
 }
 

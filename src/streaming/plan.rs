@@ -28,7 +28,7 @@ use datafusion::scalar::ScalarValue;
 use super::aggregate::{Aggregate, AggregateSpec};
 use super::join::{Expiry, Join, TemporalJoin};
 use super::operators::{
-    EventTime, Filter, LateRows, Project, Source, TopN, Union, WindowClose, WindowEnd,
+    EventTime, Filter, HopExpand, LateRows, Project, Source, TopN, Union, WindowClose, WindowEnd,
 };
 use super::session::SessionWindow;
 use super::view::{View, ViewTable};
@@ -460,53 +460,70 @@ impl Compiler<'_> {
 
     async fn windowed(&mut self, windowed: &WindowedTable) -> Result<Out> {
         let source_columns = windowed.source_provider.schema().fields().len();
-        let mut out = match &windowed.kind {
+        if let WindowKind::Tumble { size } = windowed.kind {
+            let plan = windowed.plan(self.state).await?;
+            let mut out = self.compile(&plan, true).await?;
+            out.roles[source_columns] = Some(Role::WindowStart(size));
+            out.roles[source_columns + 1] = Some(Role::WindowEnd);
+            return Ok(out);
+        }
+        // HOP and SESSION read the relation once and add the window columns themselves.
+        let scan = datafusion::logical_expr::LogicalPlanBuilder::scan(
+            windowed.source.clone(),
+            datafusion::datasource::provider_as_source(Arc::clone(&windowed.source_provider)),
+            None,
+        )?
+        .build()?;
+        let input = self.compile(&scan, true).await?;
+        let arrow = arrow_schema(&input.schema);
+        let time = arrow.index_of(&windowed.time_column)?;
+        let schema = datafusion::datasource::TableProvider::schema(windowed);
+        let node = match &windowed.kind {
             WindowKind::Session { gap, partition } => {
-                let scan = datafusion::logical_expr::LogicalPlanBuilder::scan(
-                    windowed.source.clone(),
-                    datafusion::datasource::provider_as_source(Arc::clone(
-                        &windowed.source_provider,
-                    )),
-                    None,
-                )?
-                .build()?;
-                let input = self.compile(&scan, true).await?;
                 if input.retracting {
                     return Err(refuse(
                         "SESSION windows over a table or view (sessions need an append-only stream)",
                     ));
                 }
-                let arrow = arrow_schema(&input.schema);
-                let time = arrow.index_of(&windowed.time_column)?;
                 let partition = partition
                     .iter()
                     .map(|p| arrow.index_of(p))
                     .collect::<std::result::Result<Vec<_>, _>>()?;
-                let schema = datafusion::datasource::TableProvider::schema(windowed);
                 let op = SessionWindow::new(time, *gap, partition, arrow, Arc::clone(&schema))?;
-                let node = self.add(op, vec![input.node]);
-                let qualified =
-                    DFSchema::try_from_qualified_schema(windowed.source.clone(), &schema)?;
-                let mut roles = input.roles.clone();
-                roles.extend([None, Some(Role::WindowEnd)]);
-                Out {
-                    node,
-                    schema: Arc::new(qualified),
-                    roles,
-                    retracting: false,
-                }
+                self.add(op, vec![input.node])
             }
             _ => {
-                let plan = windowed.plan(self.state).await?;
-                let mut out = self.compile(&plan, true).await?;
-                let size = windowed.kind.size().unwrap_or(0);
-                out.roles[source_columns] = Some(Role::WindowStart(size));
-                out.roles[source_columns + 1] = Some(Role::WindowEnd);
-                out
+                let unqualified = DFSchema::try_from(arrow.as_ref().clone())?;
+                let mut branches = Vec::new();
+                for (start, end) in windowed.hop_branches() {
+                    let start = self.state.create_logical_expr(&start, &unqualified)?;
+                    let end = self.state.create_logical_expr(&end, &unqualified)?;
+                    branches.push((
+                        self.physical(&start, &unqualified)?,
+                        self.physical(&end, &unqualified)?,
+                    ));
+                }
+                let op = HopExpand {
+                    branches,
+                    time,
+                    schema: Arc::clone(&schema),
+                };
+                self.add(op, vec![input.node])
             }
         };
-        let _ = &mut out;
-        Ok(out)
+        let qualified = DFSchema::try_from_qualified_schema(windowed.source.clone(), &schema)?;
+        let mut roles = input.roles.clone();
+        let start_role = match windowed.kind {
+            WindowKind::Hop { size, .. } => Some(Role::WindowStart(size)),
+            _ => None,
+        };
+        roles.extend([start_role, Some(Role::WindowEnd)]);
+        Ok(Out {
+            node,
+            schema: Arc::new(qualified),
+            roles,
+            retracting: input.retracting,
+        })
     }
 
     async fn aggregate(&mut self, a: &LogicalAggregate, ordered: bool) -> Result<Out> {

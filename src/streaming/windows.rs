@@ -119,6 +119,26 @@ impl WindowedTable {
         }
     }
 
+    /// HOP's (window_start, window_end) expressions per overlapping window, as SQL over the
+    /// relation's columns; the same ones [`WindowedTable::sql`] uses.
+    pub fn hop_branches(&self) -> Vec<(String, String)> {
+        let WindowKind::Hop { slide, size } = self.kind else {
+            return Vec::new();
+        };
+        let ts = quote(&self.time_column);
+        (0..(size + slide - 1) / slide)
+            .map(|i| {
+                let start = format!(
+                    "date_bin({}, {ts}) - {}",
+                    interval(slide),
+                    interval(i * slide)
+                );
+                let end = format!("{start} + {}", interval(size));
+                (start, end)
+            })
+            .collect()
+    }
+
     /// The defining query as an optimized logical plan.
     pub async fn plan(&self, state: &SessionState) -> Result<LogicalPlan> {
         let plan = state.create_logical_plan(&self.sql()).await?;
