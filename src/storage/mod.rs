@@ -213,20 +213,21 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
             .unwrap_or(rest.len());
         let unit = rest[..unit_len].to_ascii_lowercase();
         rest = rest[unit_len..].trim_start();
-        let seconds = match unit.as_str() {
-            "s" | "sec" | "secs" | "second" | "seconds" => 1,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60,
-            "h" | "hour" | "hours" => 3600,
-            "d" | "day" | "days" => 86_400,
-            "w" | "week" | "weeks" => 604_800,
+        let millis = match unit.as_str() {
+            "ms" | "millisecond" | "milliseconds" => 1,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1000,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+            "h" | "hour" | "hours" => 3_600_000,
+            "d" | "day" | "days" => 86_400_000,
+            "w" | "week" | "weeks" => 604_800_000,
             _ => return Err(bad()),
         };
         total = number
-            .checked_mul(seconds)
+            .checked_mul(millis)
             .and_then(|s| total.checked_add(s))
             .ok_or_else(bad)?;
     }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total))
 }
 
 /// A stream or a table.

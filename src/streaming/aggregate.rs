@@ -28,6 +28,30 @@ use super::operators::{WindowEnd, evaluate_mask};
 use super::{ChangeBatch, Operator};
 use crate::error::{Error, Result};
 
+/// Aggregates whose sliding accumulator can retract any earlier value, not only the oldest:
+/// DataFusion's sliding accumulators are made for window frames, and those of min, max and
+/// first/last values assume values leave in the order they came.
+const RETRACTABLE: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "mean",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "var",
+    "var_pop",
+    "var_samp",
+    "variance",
+    "variance_pop",
+    "variance_samp",
+];
+
+fn retracts_in_any_order(spec: &AggregateSpec) -> bool {
+    let name = spec.function.fun().name().to_ascii_lowercase();
+    !spec.function.is_distinct() && RETRACTABLE.contains(&name.as_str())
+}
+
 /// One aggregate of the SELECT list.
 #[derive(Debug)]
 pub struct AggregateSpec {
@@ -112,7 +136,9 @@ impl Aggregate {
             .any(|a| !a.function.order_bys().is_empty());
         if retracting || ordered {
             let probe = aggregate.new_accumulators()?;
-            if ordered || !probe.iter().all(|a| a.supports_retract_batch()) {
+            let all_retract = aggregate.aggregates.iter().all(retracts_in_any_order)
+                && probe.iter().all(|a| a.supports_retract_batch());
+            if ordered || !all_retract {
                 aggregate.recompute = true;
                 let mut fields = Vec::new();
                 for spec in &aggregate.aggregates {
@@ -145,12 +171,13 @@ impl Aggregate {
         self.aggregates
             .iter()
             .map(|spec| {
-                // The sliding variant supports retraction where the function has one.
-                let sliding = spec.function.create_sliding_accumulator();
-                match sliding {
-                    Ok(acc) if acc.supports_retract_batch() => Ok(acc),
-                    _ => Ok(spec.function.create_accumulator()?),
+                if retracts_in_any_order(spec) {
+                    let sliding = spec.function.create_sliding_accumulator()?;
+                    if sliding.supports_retract_batch() {
+                        return Ok(sliding);
+                    }
                 }
+                Ok(spec.function.create_accumulator()?)
             })
             .collect()
     }

@@ -479,12 +479,28 @@ pub struct WindowEnd {
 }
 
 impl WindowEnd {
-    /// Window ends of every row (microseconds).
+    /// Window ends of every row, in microseconds rounded up: a window is closed only once the
+    /// watermark (microseconds) has reached its exact end.
     pub fn ends(&self, rows: &RecordBatch) -> Result<Vec<Option<i64>>> {
-        let times = micros(rows.column(self.column))?;
-        Ok(times
+        let column = rows.column(self.column);
+        let tz = match column.data_type() {
+            DataType::Timestamp(_, tz) => tz.clone(),
+            other => {
+                return Err(Error::Internal(format!(
+                    "a window bound must be a timestamp, found {other}"
+                )));
+            }
+        };
+        let nanos = cast(column, &DataType::Timestamp(TimeUnit::Nanosecond, tz))?;
+        let nanos = nanos.as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
+        Ok(nanos
             .iter()
-            .map(|t| t.map(|t| t.saturating_add(self.offset)))
+            .map(|t| {
+                t.map(|t| {
+                    let micros = t.div_euclid(1000) + i64::from(t.rem_euclid(1000) != 0);
+                    micros.saturating_add(self.offset)
+                })
+            })
             .collect())
     }
 }

@@ -7,12 +7,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, TimestampNanosecondArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampNanosecondType};
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 
-use super::operators::{micros, rows_batch};
+use super::operators::rows_batch;
 use super::{ChangeBatch, Operator};
 use crate::error::{Error, Result};
 
@@ -31,12 +31,13 @@ pub struct SessionWindow {
     keys: RowConverter,
     rows: RowConverter,
     schema: SchemaRef,
-    /// Open sessions per partition, ordered by start, never within `gap` of each other.
+    /// Open sessions per partition (times in nanoseconds), ordered by start.
     open: HashMap<OwnedRow, Vec<Session>>,
     bytes: usize,
 }
 
 impl SessionWindow {
+    /// `gap` in microseconds.
     pub fn new(
         time: usize,
         gap: i64,
@@ -55,7 +56,7 @@ impl SessionWindow {
             .collect();
         Ok(SessionWindow {
             time,
-            gap,
+            gap: gap.saturating_mul(1000),
             partition,
             keys: RowConverter::new(keys)?,
             rows: RowConverter::new(rows)?,
@@ -79,7 +80,7 @@ impl SessionWindow {
         let mut columns = self.rows.convert_rows(all)?;
         let time_type = self.schema.field(columns.len()).data_type().clone();
         for values in [starts, ends] {
-            let array: ArrayRef = Arc::new(TimestampMicrosecondArray::from(values));
+            let array: ArrayRef = Arc::new(TimestampNanosecondArray::from(values));
             let array = cast(&array, &time_type)?;
             columns.push(array);
         }
@@ -89,7 +90,7 @@ impl SessionWindow {
 
 impl Operator for SessionWindow {
     fn describe(&self) -> String {
-        format!("SessionWindow: gap={}us", self.gap)
+        format!("SessionWindow: gap={}us", self.gap / 1000)
     }
 
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
@@ -99,7 +100,12 @@ impl Operator for SessionWindow {
             ));
         }
         let rows: &RecordBatch = &batch.rows;
-        let times = micros(rows.column(self.time))?;
+        // Nanoseconds, so window bounds are exactly what the batch form computes.
+        let times = cast(
+            rows.column(self.time),
+            &DataType::Timestamp(TimeUnit::Nanosecond, None),
+        )?;
+        let times = times.as_primitive::<TimestampNanosecondType>();
         let key_columns: Vec<ArrayRef> = self
             .partition
             .iter()
@@ -153,7 +159,7 @@ impl Operator for SessionWindow {
         for sessions in self.open.values_mut() {
             let (done, open): (Vec<Session>, Vec<Session>) = sessions
                 .drain(..)
-                .partition(|s| s.last + self.gap <= combined);
+                .partition(|s| s.last + self.gap <= combined.saturating_mul(1000));
             *sessions = open;
             closed.extend(done);
         }
