@@ -384,8 +384,24 @@ fn parse_fetch(sql: &str, rest: &[Tok]) -> Result<Statement> {
     let _ = parser.parse_keyword(Keyword::FORWARD);
     let count = if parser.parse_keyword(Keyword::ALL) {
         None
-    } else if let Ok(n) = parser.parse_literal_uint() {
-        Some(n as usize)
+    } else if matches!(parser.peek_token().token, Token::Number(..)) {
+        Some(usize::try_from(parser.parse_literal_uint()?).unwrap_or(usize::MAX))
+    } else if parser.parse_keyword(Keyword::NEXT) {
+        Some(1)
+    } else if parser
+        .parse_one_of_keywords(&[
+            Keyword::PRIOR,
+            Keyword::FIRST,
+            Keyword::LAST,
+            Keyword::BACKWARD,
+            Keyword::ABSOLUTE,
+            Keyword::RELATIVE,
+        ])
+        .is_some()
+    {
+        return Err(Error::Unsupported(
+            "FETCH other than FORWARD (subscription cursors only move forward)".to_string(),
+        ));
     } else {
         Some(1)
     };
@@ -757,7 +773,7 @@ pub fn rewrite_sql(sql: &str) -> Result<Option<String>> {
                 edits.push((tokens[i].start, tokens[i].end, "session_window".to_string()));
             }
             let args = &tokens[i + 2..close];
-            if word(&args[0]).as_deref() == Some("TABLE") && args.len() > 1 {
+            if args.first().and_then(word).as_deref() == Some("TABLE") && args.len() > 1 {
                 edits.push((args[0].start, args[1].start, String::new()));
                 let mut partition = Vec::new();
                 if let Some(p) = args
@@ -770,12 +786,17 @@ pub fn rewrite_sql(sql: &str) -> Result<Option<String>> {
                         .ok_or_else(|| syntax("expected DESCRIPTOR(column) after PARTITION BY"))?;
                     // PARTITION BY a, b , DESCRIPTOR: the keys, the comma before DESCRIPTOR stays.
                     let keys_end = descriptor.saturating_sub(1);
+                    if p < 1 || p + 2 >= keys_end {
+                        return Err(syntax(
+                            "expected SESSION(TABLE relation PARTITION BY column, ..., DESCRIPTOR(column), gap)",
+                        ));
+                    }
                     partition = args[p + 2..keys_end]
                         .iter()
                         .filter(|t| !matches!(t.token, Token::Comma))
                         .map(|t| sql[t.start..t.end].to_string())
                         .collect();
-                    edits.push((args[p].start, args[keys_end - 1].end, String::new()));
+                    edits.push((args[p - 1].end, args[keys_end - 1].end, String::new()));
                 }
                 if let Some(d) = args
                     .iter()
@@ -940,6 +961,15 @@ mod tests {
             "SELECT * FROM bids b JOIN eddy_temporal(users, 'ts') AS u ON b.bidder = u.id"
         );
         assert!(rewrite_sql("SELECT 1").unwrap().is_none());
+        // Malformed forms are errors or left to the regular parser, never a panic.
+        assert!(rewrite_sql("SELECT session() FROM sessions").is_ok());
+        assert!(rewrite_sql("SELECT * FROM hop()").is_ok());
+        assert!(
+            rewrite_sql(
+                "SELECT * FROM SESSION(TABLE t PARTITION BY DESCRIPTOR(ts), INTERVAL '1' MINUTE)"
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -964,6 +994,8 @@ mod tests {
         assert!(ours("DECLARE c CURSOR FOR SUBSCRIBE v")[0].starts_with("DeclareSubscribe"));
         assert!(ours("FETCH 100 c WITH (timeout = '1s')")[0].contains("count: Some(100)"));
         assert!(ours("FETCH ALL FROM c")[0].contains("count: None"));
+        assert!(ours("FETCH c")[0].contains("count: Some(1)"));
+        assert!(split("FETCH PRIOR FROM c").is_err());
         assert!(ours("DROP MATERIALIZED VIEW IF EXISTS a, b")[0].contains("if_exists: true"));
         assert!(split("CREATE MATERIALIZED VIEW v AS SELECT 1 EMIT SOMETIMES").is_err());
     }

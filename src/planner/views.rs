@@ -95,6 +95,8 @@ impl Engine {
                 Status::Backfilling => ticks.tick().await,
                 Status::Running => break,
                 Status::Failed(e) => {
+                    // No half-made view stays behind.
+                    let _ = self.catalog.drop_view(&name, true).await;
                     return Err(Error::Internal(format!(
                         "materialized view \"{}\" failed while reading its inputs: {e}",
                         view.def.name
@@ -211,13 +213,29 @@ impl Engine {
                     compiled.dataflow.describe(),
                     late,
                 )?;
+                // Stopped when dropped, also if the client goes away during the backfill.
+                let mut guard = StopOnDrop(Some(Arc::clone(&view)));
                 runtime::spawn(Arc::clone(&view), compiled.dataflow, compiled.feeds);
                 let mut ticks = tokio::time::interval(std::time::Duration::from_millis(10));
                 while view.status() == Status::Backfilling {
                     ticks.tick().await;
                 }
-                Subscription::open(view, true, &options)
+                // From here the subscription owns the view and stops it when dropped.
+                let subscription = Subscription::open(Arc::clone(&view), true, &options)?;
+                guard.0 = None;
+                Ok(subscription)
             }
+        }
+    }
+}
+
+/// Stops a private view when dropped, unless emptied.
+struct StopOnDrop(Option<Arc<View>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(view) = &self.0 {
+            view.stop();
         }
     }
 }

@@ -35,8 +35,6 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-
 use super::log::{Log, Record};
 use super::{InsertSink, MutationSink, RelationDef, StorageConfig, codec};
 use crate::error::{Error, Result};
@@ -74,9 +72,30 @@ pub struct TableStore {
     write_turn: tokio::sync::Mutex<()>,
     /// Log bytes written since the last snapshot.
     logged_since_snapshot: AtomicU64,
-    /// Materialized views reading this table: each committed change as rows removed and added.
-    subscribers: std::sync::Mutex<Vec<UnboundedSender<ChangeBatch>>>,
+    /// Materialized views reading this table: each committed change as rows removed and added,
+    /// delivered while the commit holds the contents, so a view hears of it before any write
+    /// that follows the commit.
+    subscribers: Subscribers,
 }
+
+/// The views reading a table. A subscriber runs under the table's locks: it must not block or
+/// touch the table (the views' runtime only queues the change).
+#[derive(Default)]
+struct Subscribers(std::sync::Mutex<Vec<TableSubscriber>>);
+
+impl std::fmt::Debug for Subscribers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.0.lock().map(|s| s.len()).unwrap_or(0);
+        write!(f, "{count} subscribers")
+    }
+}
+
+/// Receives a table's changes; returns false once it no longer wants them.
+pub type TableSubscriber = Box<dyn Fn(ChangeBatch) -> bool + Send + Sync>;
+
+/// Schema metadata key carrying a table change's commit time (microseconds since the epoch),
+/// which temporal joins use as the time the new rows became valid.
+pub const COMMITTED_AT: &str = "eddy.committed_at";
 
 impl TableStore {
     /// Open a table's storage, replaying its log.
@@ -102,7 +121,7 @@ impl TableStore {
             contents: RwLock::new(contents),
             write_turn: tokio::sync::Mutex::new(()),
             logged_since_snapshot: AtomicU64::new(logged),
-            subscribers: std::sync::Mutex::new(Vec::new()),
+            subscribers: Subscribers::default(),
         })
     }
 
@@ -314,10 +333,10 @@ impl TableStore {
         let size = next.get_array_memory_size() as u64;
         {
             let mut contents = self.contents.write().unwrap_or_else(|e| e.into_inner());
-            let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut subscribers = self.subscribers.0.lock().unwrap_or_else(|e| e.into_inner());
             if !subscribers.is_empty() {
                 match row_changes(&contents, &next) {
-                    Ok(change) => subscribers.retain(|s| s.send(change.clone()).is_ok()),
+                    Ok(change) => subscribers.retain(|s| s(change.clone())),
                     Err(e) => {
                         // The change is committed; views reading the table can no longer be
                         // kept exact, so they are told by losing their feed.
@@ -354,15 +373,19 @@ impl TableStore {
         Ok(())
     }
 
-    /// Start reading the table: its contents now, every committed change after.
-    pub fn subscribe(&self) -> (RecordBatch, UnboundedReceiver<ChangeBatch>) {
+    /// Start reading the table: `subscriber` gets the contents now (as added rows), then every
+    /// committed change. Returns the number of rows in the contents.
+    pub fn subscribe(&self, subscriber: TableSubscriber) -> usize {
         let contents = self.contents.read().unwrap_or_else(|e| e.into_inner());
-        let (sender, receiver) = unbounded_channel();
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(sender);
-        (contents.clone(), receiver)
+        let rows = contents.num_rows();
+        if subscriber(ChangeBatch::inserts(contents.clone())) {
+            self.subscribers
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(subscriber);
+        }
+        rows
     }
 
     pub fn destroy(&self, dir: &std::path::Path) -> Result<()> {
@@ -774,5 +797,13 @@ fn row_changes(before: &RecordBatch, after: &RecordBatch) -> Result<ChangeBatch>
         .chain((0..added.num_rows()).map(|_| false))
         .collect();
     let rows = concat_batches(&before.schema(), [&removed, &added])?;
-    Ok(ChangeBatch::from_flags(rows, flags))
+    let committed_at = chrono::Utc::now().timestamp_micros().to_string();
+    let schema = Arc::new(
+        before
+            .schema()
+            .as_ref()
+            .clone()
+            .with_metadata([(COMMITTED_AT.to_string(), committed_at)].into()),
+    );
+    Ok(ChangeBatch::from_flags(rows.with_schema(schema)?, flags))
 }

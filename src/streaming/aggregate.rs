@@ -122,10 +122,7 @@ impl Aggregate {
             emit_on_close: false,
             closing: BTreeMap::new(),
             watermark: i64::MIN,
-            global_key: RowConverter::new(vec![SortField::new(DataType::Boolean)])?
-                .convert_columns(&[Arc::new(BooleanArray::from(vec![true])) as ArrayRef])?
-                .row(0)
-                .owned(),
+            global_key: super::operators::constant_key(),
             dropped: 0,
         };
         // Aggregates with ORDER BY (string_agg(x, ',' ORDER BY y)) need their input in order,

@@ -26,7 +26,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::operators::{evaluate_mask, micros, rows_batch};
+use super::operators::{evaluate_mask, key_rows, micros, rows_batch};
 use super::{ChangeBatch, Operator};
 use crate::error::Result;
 
@@ -100,15 +100,11 @@ impl Side {
             .iter()
             .map(|e| Ok(e.evaluate(rows)?.into_array(n)?))
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let converted = self.key_converter.convert_columns(&columns)?;
-        Ok((0..n)
-            .map(|i| {
-                if columns.iter().any(|c| c.is_null(i)) {
-                    None
-                } else {
-                    Some(converted.row(i).owned())
-                }
-            })
+        let keys = key_rows(&self.key_converter, &columns, n)?;
+        Ok(keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, key)| (!columns.iter().any(|c| c.is_null(i))).then_some(key))
             .collect())
     }
 }
@@ -265,12 +261,14 @@ impl Operator for Join {
                 .expect("partner listed above")[*j];
             matches_of_row[*i as usize] += partner.count;
             if that_outer {
+                // A stored row with count n stands for n rows, each with its own padding.
                 let before = partner.matches;
                 partner.matches += sign;
+                let copies = partner.count.max(0) as usize;
                 if before == 0 && partner.matches > 0 {
-                    pad_that.push((partner.row.clone(), true));
+                    pad_that.extend(std::iter::repeat_n((partner.row.clone(), true), copies));
                 } else if before > 0 && partner.matches == 0 {
-                    pad_that.push((partner.row.clone(), false));
+                    pad_that.extend(std::iter::repeat_n((partner.row.clone(), false), copies));
                 }
             }
             for _ in 0..partner.count {
@@ -399,9 +397,9 @@ impl Operator for Join {
 }
 
 /// `stream JOIN table FOR SYSTEM_TIME AS OF stream.ts`: each stream row (input 0) joined with
-/// the table row (input 1) valid at its event time. Table versions are stamped with the time
-/// their change arrived (the initial contents are valid from the beginning); versions older
-/// than the stream's watermark, other than the latest, are freed.
+/// the table row (input 1) valid at its event time. Table versions are valid from their
+/// change's commit time (the contents when the view started are valid from the beginning);
+/// versions older than the stream's watermark, other than the latest, are freed.
 #[derive(Debug)]
 pub struct TemporalJoin {
     stream_keys: Vec<Arc<dyn PhysicalExpr>>,
@@ -461,8 +459,14 @@ impl Operator for TemporalJoin {
 
     fn process(&mut self, input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
         if input == 1 {
+            let committed = batch
+                .rows
+                .schema()
+                .metadata()
+                .get(crate::storage::table::COMMITTED_AT)
+                .and_then(|t| t.parse::<i64>().ok());
             let valid_from = if self.seen_initial {
-                Utc::now().timestamp_micros()
+                committed.unwrap_or_else(|| Utc::now().timestamp_micros())
             } else {
                 i64::MIN
             };
@@ -495,7 +499,7 @@ impl Operator for TemporalJoin {
             .iter()
             .map(|e| Ok(e.evaluate(&batch.rows)?.into_array(n)?))
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let keys = self.stream_key_converter.convert_columns(&key_columns)?;
+        let keys = key_rows(&self.stream_key_converter, &key_columns, n)?;
         let times = micros(batch.rows.column(self.time_column))?;
         let mut stream_rows = Vec::new();
         let mut table_rows: Vec<Option<OwnedRow>> = Vec::new();
@@ -504,15 +508,13 @@ impl Operator for TemporalJoin {
                 None
             } else {
                 let at = times.value(i);
-                self.versions
-                    .get(&keys.row(i).owned())
-                    .and_then(|versions| {
-                        versions
-                            .iter()
-                            .rev()
-                            .find(|(from, _)| *from <= at)
-                            .and_then(|(_, row)| row.clone())
-                    })
+                self.versions.get(&keys[i]).and_then(|versions| {
+                    versions
+                        .iter()
+                        .rev()
+                        .find(|(from, _)| *from <= at)
+                        .and_then(|(_, row)| row.clone())
+                })
             };
             if version.is_some() || self.outer {
                 stream_rows.push(i as u32);

@@ -176,6 +176,10 @@ pub trait Operator: Send + std::fmt::Debug {
         Ok(Vec::new())
     }
 
+    /// For sources: leave out rows behind the watermark from now on (the plan found an
+    /// operator above that relies on event-time order).
+    fn order_by_event_time(&mut self) {}
+
     /// For sources: the watermark after the last batch (microseconds since the epoch).
     fn watermark(&self) -> Option<i64> {
         None
@@ -263,6 +267,14 @@ impl DataflowBuilder {
             watermark: None,
         });
         id
+    }
+
+    /// Make every source under `id` leave out late rows.
+    pub fn order_by_event_time(&mut self, id: usize) {
+        self.nodes[id].op.order_by_event_time();
+        for child in self.nodes[id].children.clone() {
+            self.order_by_event_time(child);
+        }
     }
 
     /// Whether a node's output carries a watermark.

@@ -264,6 +264,12 @@ impl Operator for Source {
     fn watermark(&self) -> Option<i64> {
         self.watermark
     }
+
+    fn order_by_event_time(&mut self) {
+        if let Some(t) = &mut self.event_time {
+            t.drop_late = true;
+        }
+    }
 }
 
 /// WHERE / HAVING / join filters over one input.
@@ -653,14 +659,12 @@ impl Operator for TopN {
                 .map(|e| Ok(e.evaluate(&batch.rows)?.into_array(n)?))
                 .collect()
         };
-        let partitions = self
-            .partition_converter
-            .convert_columns(&evaluate(&self.partition)?)?;
-        let orders = self.order.convert_columns(&evaluate(&self.order_exprs)?)?;
+        let partitions = key_rows(&self.partition_converter, &evaluate(&self.partition)?, n)?;
+        let orders = key_rows(&self.order, &evaluate(&self.order_exprs)?, n)?;
         let rows = self.rows.convert_columns(batch.rows.columns())?;
         let mut touched: HashMap<OwnedRow, Vec<(OwnedRow, u64)>> = HashMap::new();
         for i in 0..n {
-            let partition = partitions.row(i).owned();
+            let partition = partitions[i].clone();
             if !touched.contains_key(&partition) {
                 let before = self
                     .groups
@@ -670,7 +674,7 @@ impl Operator for TopN {
                 touched.insert(partition.clone(), before);
             }
             let group = self.groups.entry(partition.clone()).or_default();
-            let key = (orders.row(i).owned(), rows.row(i).owned());
+            let key = (orders[i].clone(), rows.row(i).owned());
             let size = key.0.as_ref().len() + key.1.as_ref().len();
             let count = group.entry(key.clone()).or_insert(0);
             if *count == 0 {
@@ -740,4 +744,32 @@ pub fn cast_columns(columns: Vec<ArrayRef>, schema: &SchemaRef) -> Result<Vec<Ar
             }
         })
         .collect()
+}
+
+/// The key shared by every row when there are no key columns (no GROUP BY, PARTITION BY or join
+/// keys): a row converter over zero columns would give no rows at all.
+pub fn constant_key() -> OwnedRow {
+    static KEY: std::sync::OnceLock<OwnedRow> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let converter = RowConverter::new(vec![SortField::new(DataType::Boolean)]);
+        let array: ArrayRef = Arc::new(BooleanArray::from(vec![true]));
+        match converter.and_then(|c| c.convert_columns(&[array])) {
+            Ok(rows) => rows.row(0).owned(),
+            Err(e) => unreachable!("one boolean always converts: {e}"),
+        }
+    })
+    .clone()
+}
+
+/// One key per row: the converted key columns, or the constant key when there are none.
+pub fn key_rows(
+    converter: &RowConverter,
+    columns: &[ArrayRef],
+    rows: usize,
+) -> Result<Vec<OwnedRow>> {
+    if columns.is_empty() {
+        return Ok(vec![constant_key(); rows]);
+    }
+    let converted = converter.convert_columns(columns)?;
+    Ok((0..rows).map(|i| converted.row(i).owned()).collect())
 }

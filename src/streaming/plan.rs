@@ -675,9 +675,8 @@ impl Compiler<'_> {
             return self.temporal_join(j, &time_column, outer[0], ordered).await;
         }
         let bounds = interval_bounds(j.filter.as_ref(), j.left.schema(), j.right.schema());
-        let timed_join = !bounds.is_empty();
-        let left = self.compile(&j.left, ordered || timed_join).await?;
-        let right = self.compile(&j.right, ordered || timed_join).await?;
+        let left = self.compile(&j.left, ordered).await?;
+        let right = self.compile(&j.right, ordered).await?;
         let left_keys =
             j.on.iter()
                 .map(|(l, _)| self.physical(l, &left.schema))
@@ -712,6 +711,21 @@ impl Compiler<'_> {
         // Interval join: `left.t - right.t <= c` frees right rows once the left watermark is
         // past right.t + c; `right.t - left.t <= c` the other way.
         for bound in &bounds {
+            // Only a bound against the other side's event time (which its watermark bounds)
+            // frees rows; that side then leaves out rows behind its watermark.
+            let (bounding, bounding_node) = if bound.frees_right {
+                (&left, left.node)
+            } else {
+                (&right, right.node)
+            };
+            let on_event_time = bounding
+                .schema
+                .index_of_column(&bound.bounding_column)
+                .is_ok_and(|i| bounding.roles[i] == Some(Role::EventTime));
+            if !on_event_time {
+                continue;
+            }
+            self.builder.order_by_event_time(bounding_node);
             let (side, column) = if bound.frees_right {
                 (1, right.schema.index_of_column(&bound.freed_column)?)
             } else {
@@ -773,9 +787,13 @@ impl Compiler<'_> {
             .columns()
             .iter()
             .position(|c| c.name == time_column)
-            .ok_or_else(|| Error::NotFound {
-                kind: "column",
-                name: time_column.to_string(),
+            .ok_or_else(|| {
+                // The rewrite of FOR SYSTEM_TIME AS OF leaves no reference the optimizer sees,
+                // so a time column the query does not otherwise use is pruned.
+                Error::Unsupported(format!(
+                    "FOR SYSTEM_TIME AS OF {time_column} without {time_column} in the view's \
+                     columns (select it, e.g. SELECT o.{time_column}, ...)"
+                ))
             })?;
         let stream_keys =
             j.on.iter()
@@ -854,6 +872,8 @@ fn rank_bound(predicate: &Expr, rank: &str) -> Option<usize> {
 struct IntervalBound {
     frees_right: bool,
     freed_column: datafusion::common::Column,
+    /// The column of the other side whose watermark does the freeing.
+    bounding_column: datafusion::common::Column,
     micros: i64,
 }
 
@@ -895,7 +915,9 @@ fn interval_bounds(
             let Some((y_col, y_off)) = column_plus(&y_expr) else {
                 continue;
             };
-            let c = y_off - x_off; // x <= y + c
+            let Some(c) = y_off.checked_sub(x_off) else {
+                continue;
+            }; // x <= y + c
             let side = |c: &datafusion::common::Column| {
                 if left.has_column(c) {
                     Some(0)
@@ -911,11 +933,13 @@ fn interval_bounds(
                 (Some(0), Some(1)) => bounds.push(IntervalBound {
                     frees_right: true,
                     freed_column: y_col,
+                    bounding_column: x_col,
                     micros: c,
                 }),
                 (Some(1), Some(0)) => bounds.push(IntervalBound {
                     frees_right: false,
                     freed_column: y_col,
+                    bounding_column: x_col,
                     micros: c,
                 }),
                 _ => {}
@@ -929,13 +953,12 @@ fn interval_bounds(
 fn column_plus(expr: &Expr) -> Option<(datafusion::common::Column, i64)> {
     match expr {
         Expr::Column(c) => Some((c.clone(), 0)),
-        Expr::Cast(c) => column_plus(&c.expr),
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             let (column, base) = column_plus(left)?;
             let offset = interval_micros(right)?;
             match op {
-                BinOp::Plus => Some((column, base + offset)),
-                BinOp::Minus => Some((column, base - offset)),
+                BinOp::Plus => Some((column, base.checked_add(offset)?)),
+                BinOp::Minus => Some((column, base.checked_sub(offset)?)),
                 _ => None,
             }
         }
@@ -946,11 +969,13 @@ fn column_plus(expr: &Expr) -> Option<(datafusion::common::Column, i64)> {
 fn interval_micros(expr: &Expr) -> Option<i64> {
     match expr {
         Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
-            Some(i64::from(v.days) * 86_400_000_000 + v.nanoseconds / 1000)
+            i64::from(v.days)
+                .checked_mul(86_400_000_000)?
+                .checked_add(v.nanoseconds / 1000)
         }
-        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
-            Some(i64::from(v.days) * 86_400_000_000 + i64::from(v.milliseconds) * 1000)
-        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => i64::from(v.days)
+            .checked_mul(86_400_000_000)?
+            .checked_add(i64::from(v.milliseconds) * 1000),
         Expr::Literal(ScalarValue::DurationMicrosecond(Some(v)), _) => Some(*v),
         _ => None,
     }

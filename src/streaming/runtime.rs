@@ -77,11 +77,67 @@ impl Views {
 pub fn spawn(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>) {
     let (sender, mut receiver) = unbounded_channel::<(usize, FeedMessage)>();
     let sources = feeds.len();
+    // Tables and views deliver their current rows into the channel now, before any stream
+    // feeder starts: joins and windows see the dimension rows before the events that need them.
+    let mut streams = Vec::new();
     for (index, feed) in feeds.into_iter().enumerate() {
+        match feed {
+            Feed::Stream(stream) => streams.push((index, stream)),
+            Feed::Table(table) => {
+                let changes = sender.clone();
+                let rows = table.subscribe(Box::new(move |change| {
+                    changes.send((index, FeedMessage::Batch(change))).is_ok()
+                }));
+                view.add_backfill(rows as u64, rows as u64);
+                let _ = sender.send((index, FeedMessage::CaughtUp));
+            }
+            Feed::View(upstream) => {
+                let sender = sender.clone();
+                match upstream.read(None) {
+                    Ok(reader) => {
+                        let rows = reader.rows.num_rows() as u64;
+                        view.add_backfill(rows, rows);
+                        let _ = sender
+                            .send((index, FeedMessage::Batch(ChangeBatch::inserts(reader.rows))));
+                        let _ = sender.send((index, FeedMessage::CaughtUp));
+                        let mut events = reader.events;
+                        let mut stop = view.stopped();
+                        tokio::spawn(async move {
+                            loop {
+                                let event = tokio::select! {
+                                    _ = stop.changed() => return,
+                                    event = events.recv() => event,
+                                };
+                                let Some(ViewEvent::Changes { batch, .. }) = event else {
+                                    let e = format!(
+                                        "materialized view \"{}\" stopped",
+                                        upstream.def.name
+                                    );
+                                    let _ = sender.send((index, FeedMessage::Failed(e)));
+                                    return;
+                                };
+                                if sender.send((index, FeedMessage::Batch(batch))).is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        let _ = sender.send((index, FeedMessage::Failed(e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+    for (index, stream) in streams {
         let sender = sender.clone();
         let view = Arc::clone(&view);
+        let mut stop = view.stopped();
         tokio::spawn(async move {
-            let result = run_feed(index, feed, &sender, &view).await;
+            let result = tokio::select! {
+                _ = stop.changed() => Ok(()),
+                result = run_stream(index, &stream, &sender, &view) => result,
+            };
             if let Err(e) = result {
                 let _ = sender.send((index, FeedMessage::Failed(e.to_string())));
             }
@@ -114,9 +170,13 @@ pub fn spawn(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>) {
                     return;
                 }
                 Some((index, FeedMessage::Batch(batch))) => {
-                    let applied = dataflow.on_source(index, batch).and_then(|out| {
-                        view.apply(out, dataflow.watermark(), dataflow.state_bytes())
-                    });
+                    // A bug in an operator fails this view, not the server.
+                    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        dataflow.on_source(index, batch).and_then(|out| {
+                            view.apply(out, dataflow.watermark(), dataflow.state_bytes())
+                        })
+                    }))
+                    .unwrap_or_else(|_| Err(Error::Internal("an operator panicked".to_string())));
                     if let Err(e) = applied {
                         view.set_status(Status::Failed(e.to_string()));
                         return;
@@ -144,46 +204,6 @@ fn send(sender: &Sender, index: usize, message: FeedMessage) -> Result<()> {
     sender
         .send((index, message))
         .map_err(|_| Error::Internal("view stopped".into()))
-}
-
-async fn run_feed(index: usize, feed: Feed, sender: &Sender, view: &View) -> Result<()> {
-    match feed {
-        Feed::Stream(stream) => run_stream(index, &stream, sender, view).await,
-        Feed::Table(table) => {
-            let (contents, mut changes) = table.subscribe();
-            view.add_backfill(contents.num_rows() as u64, contents.num_rows() as u64);
-            send(
-                sender,
-                index,
-                FeedMessage::Batch(ChangeBatch::inserts(contents)),
-            )?;
-            send(sender, index, FeedMessage::CaughtUp)?;
-            while let Some(change) = changes.recv().await {
-                send(sender, index, FeedMessage::Batch(change))?;
-            }
-            Err(Error::Internal(format!(
-                "table \"{}\" was dropped",
-                table.def().name
-            )))
-        }
-        Feed::View(upstream) => {
-            let mut reader = upstream.read(None)?;
-            view.add_backfill(reader.rows.num_rows() as u64, reader.rows.num_rows() as u64);
-            send(
-                sender,
-                index,
-                FeedMessage::Batch(ChangeBatch::inserts(reader.rows)),
-            )?;
-            send(sender, index, FeedMessage::CaughtUp)?;
-            while let Some(ViewEvent::Changes { batch, .. }) = reader.events.recv().await {
-                send(sender, index, FeedMessage::Batch(batch))?;
-            }
-            Err(Error::Internal(format!(
-                "materialized view \"{}\" stopped",
-                upstream.def.name
-            )))
-        }
-    }
 }
 
 async fn run_stream(

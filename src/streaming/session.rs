@@ -74,7 +74,7 @@ impl SessionWindow {
             for row in &session.rows {
                 all.push(row.row());
                 starts.push(session.first);
-                ends.push(session.last + self.gap);
+                ends.push(session.last.saturating_add(self.gap));
             }
         }
         let mut columns = self.rows.convert_rows(all)?;
@@ -125,7 +125,7 @@ impl Operator for SessionWindow {
             let t = times.value(i);
             let key = match &keys {
                 Some(k) => k.row(i).owned(),
-                None => global_key(),
+                None => super::operators::constant_key(),
             };
             let row = converted.row(i).owned();
             self.bytes += row.as_ref().len();
@@ -134,7 +134,9 @@ impl Operator for SessionWindow {
             let touching: Vec<usize> = sessions
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| t < s.last + self.gap && t + self.gap > s.first)
+                .filter(|(_, s)| {
+                    t < s.last.saturating_add(self.gap) && t.saturating_add(self.gap) > s.first
+                })
                 .map(|(i, _)| i)
                 .collect();
             let mut merged = Session {
@@ -159,7 +161,7 @@ impl Operator for SessionWindow {
         for sessions in self.open.values_mut() {
             let (done, open): (Vec<Session>, Vec<Session>) = sessions
                 .drain(..)
-                .partition(|s| s.last + self.gap <= combined.saturating_mul(1000));
+                .partition(|s| s.last.saturating_add(self.gap) <= combined.saturating_mul(1000));
             *sessions = open;
             closed.extend(done);
         }
@@ -178,22 +180,4 @@ impl Operator for SessionWindow {
     fn state_bytes(&self) -> usize {
         self.bytes
     }
-}
-
-/// The key of the one partition when there is no PARTITION BY.
-fn global_key() -> OwnedRow {
-    static KEY: std::sync::OnceLock<OwnedRow> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| {
-        RowConverter::new(vec![SortField::new(
-            datafusion::arrow::datatypes::DataType::Boolean,
-        )])
-        .and_then(|c| {
-            c.convert_columns(&[
-                Arc::new(datafusion::arrow::array::BooleanArray::from(vec![true])) as ArrayRef,
-            ])
-        })
-        .map(|rows| rows.row(0).owned())
-        .unwrap_or_else(|_| unreachable!("a boolean row always converts"))
-    })
-    .clone()
 }

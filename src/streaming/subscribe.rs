@@ -181,14 +181,23 @@ impl Subscription {
                 Some(at) => match tokio::time::timeout_at(at, self.events.recv()).await {
                     Ok(event) => event,
                     Err(_) => {
+                        // The view's time is read first: every change up to it was sent
+                        // before, so one still queued is delivered ahead of the progress row.
+                        let now = self.view.time();
+                        if let Ok(ViewEvent::Changes { time, batch }) = self.events.try_recv() {
+                            self.push(time, &batch)?;
+                            if let Some(rows) = self.pending.pop_front() {
+                                return Ok(Some(rows));
+                            }
+                        }
                         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                             if self.progress {
-                                self.last_time = self.last_time.max(self.view.time());
+                                self.last_time = self.last_time.max(now);
                                 return Ok(Some(self.progress_row()?));
                             }
                             return Ok(Some(RecordBatch::new_empty(Arc::clone(&self.schema))));
                         }
-                        self.last_time = self.last_time.max(self.view.time());
+                        self.last_time = self.last_time.max(now);
                         return Ok(Some(self.progress_row()?));
                     }
                 },

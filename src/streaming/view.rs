@@ -176,6 +176,10 @@ impl View {
     /// The rows now, as one batch.
     pub fn rows(&self) -> Result<RecordBatch> {
         let mut inner = self.lock();
+        self.rows_locked(&mut inner)
+    }
+
+    fn rows_locked(&self, inner: &mut Inner) -> Result<RecordBatch> {
         if let Status::Failed(e) = &inner.status {
             return Err(Error::Internal(format!(
                 "materialized view \"{}\" failed and is no longer maintained: {e}",
@@ -190,13 +194,11 @@ impl View {
         Ok(rows)
     }
 
-    /// The rows now and every change after; with `after`, the retained changes since that
-    /// time instead of the rows.
+    /// The rows now and every change after, read under one lock so no change falls between;
+    /// with `after`, the retained changes since that time as well.
     pub fn read(&self, after: Option<i64>) -> Result<ViewReader> {
-        let rows = self.rows()?;
         let mut inner = self.lock();
-        let (sender, events) = unbounded_channel();
-        inner.readers.push(sender);
+        let rows = self.rows_locked(&mut inner)?;
         let replay = match after {
             None => Vec::new(),
             Some(t) if t >= inner.history_from => inner
@@ -212,6 +214,8 @@ impl View {
                 )));
             }
         };
+        let (sender, events) = unbounded_channel();
+        inner.readers.push(sender);
         Ok(ViewReader {
             rows,
             time: inner.time,

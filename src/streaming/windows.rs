@@ -27,6 +27,9 @@ use futures::FutureExt;
 use crate::catalog::DEFAULT_SCHEMA;
 use crate::error::{Error, Result};
 
+/// The longest window, gap or slide (100 years): window arithmetic stays far from overflow.
+const MAX_WINDOW_MICROS: i64 = 100 * 366 * 86_400_000_000;
+
 /// Which window function.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WindowKind {
@@ -76,16 +79,11 @@ impl WindowedTable {
                     interval(*size)
                 )
             }
-            WindowKind::Hop { slide, size } => {
-                let windows = (size + slide - 1) / slide;
-                let branches: Vec<String> = (0..windows)
-                    .map(|i| {
-                        let start = format!(
-                            "date_bin({}, {ts}) - {}",
-                            interval(*slide),
-                            interval(i * slide)
-                        );
-                        let end = format!("{start} + {}", interval(*size));
+            WindowKind::Hop { .. } => {
+                let branches: Vec<String> = self
+                    .hop_branches()
+                    .into_iter()
+                    .map(|(start, end)| {
                         format!(
                             "SELECT {columns}, {start} AS window_start, {end} AS window_end \
                              FROM {source} WHERE {ts} < {end}"
@@ -126,7 +124,7 @@ impl WindowedTable {
             return Vec::new();
         };
         let ts = quote(&self.time_column);
-        (0..(size + slide - 1) / slide)
+        (0..(size - 1) / slide + 1)
             .map(|i| {
                 let start = format!(
                     "date_bin({}, {ts}) - {}",
@@ -248,11 +246,17 @@ impl WindowFunction {
     fn duration(&self, expr: &Expr, what: &str) -> Result<i64> {
         let micros = match expr {
             Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
-                Some(i64::from(v.days) * 86_400_000_000 + v.nanoseconds / 1000)
+                i64::from(v.days)
+                    .checked_mul(86_400_000_000)
+                    .and_then(|d| d.checked_add(v.nanoseconds / 1000))
+                    .filter(|m| *m <= MAX_WINDOW_MICROS)
+                    .or(Some(-1))
             }
-            Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
-                Some(i64::from(v.days) * 86_400_000_000 + i64::from(v.milliseconds) * 1000)
-            }
+            Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => i64::from(v.days)
+                .checked_mul(86_400_000_000)
+                .and_then(|d| d.checked_add(i64::from(v.milliseconds) * 1000))
+                .filter(|m| *m <= MAX_WINDOW_MICROS)
+                .or(Some(-1)),
             Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(_)), _)
             | Expr::Literal(ScalarValue::IntervalYearMonth(Some(_)), _) => {
                 return Err(self.wrong(&format!(
@@ -263,6 +267,7 @@ impl WindowFunction {
         };
         match micros {
             Some(m) if m > 0 => Ok(m),
+            Some(-1) => Err(self.wrong(&format!("{what} must be at most 100 years"))),
             Some(_) => Err(self.wrong(&format!("{what} must be positive"))),
             None => Err(self.wrong(&format!("{what} must be an INTERVAL literal, found {expr}"))),
         }
