@@ -146,7 +146,15 @@ async fn frontend_schema_browser() {
             string_to_array(current_setting('search_path'),',') s
           )
       THEN 0 ELSE 1 END, 1";
-    assert_eq!(simple_rows(&client, listing).await, strings(&[&["games"]]));
+    // EddyDB's system tables (view health) are offered too, schema-qualified.
+    assert_eq!(
+        simple_rows(&client, listing).await,
+        strings(&[
+            &["games"],
+            &["eddy_catalog.late_rows"],
+            &["eddy_catalog.materialized_views"]
+        ])
+    );
     assert_eq!(
         described(&client, listing).await,
         vec![("table".to_string(), Type::TEXT)]
@@ -169,7 +177,10 @@ async fn frontend_schema_browser() {
                               'timescaledb_information',
                               'timescaledb_experimental')
     ORDER BY schema_name";
-    assert_eq!(simple_rows(&client, schemas).await, strings(&[&["public"]]));
+    assert_eq!(
+        simple_rows(&client, schemas).await,
+        strings(&[&["eddy_catalog"], &["public"]])
+    );
 
     let columns = "SELECT quote_ident(column_name) AS \"column\", data_type AS \"type\"
     FROM information_schema.columns
@@ -206,7 +217,7 @@ async fn backend_schema_api_with_parameters() {
         .await
         .expect("schemas");
     let names: Vec<String> = schemas.iter().map(|r| r.get(0)).collect();
-    assert_eq!(names, ["public"]);
+    assert_eq!(names, ["eddy_catalog", "public"]);
 
     let tables = client
         .query(

@@ -110,7 +110,7 @@ fn databases_schemas_and_functions() {
     let out = psql(&server, &["\\dn"]);
     assert_eq!(
         out,
-        "List of schemas\nName|Owner\npublic|postgres\n(1 row)\n"
+        "List of schemas\nName|Owner\neddy_catalog|postgres\npublic|postgres\n(2 rows)\n"
     );
 
     // No user-defined functions; built-ins are listed by name.

@@ -511,19 +511,29 @@ fn subscribe_streams_into_psql_until_cancelled() {
         )
         .await;
     });
-    for statement in [
+    for (round, statement) in [
         "SUBSCRIBE TO per_channel",
         "COPY (SUBSCRIBE per_channel) TO STDOUT",
-    ] {
-        let mut psql = std::process::Command::new("psql")
-            .args([&server.url(), "-X", "-c", statement])
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Each round adds one web bid: the count starts at round + 1.
+        let before = round + 1;
+        // psql writes COPY data through stdio, which is line-buffered on a terminal (as typed)
+        // but block-buffered into a pipe: stdbuf gives the pipe the terminal's behaviour.
+        let mut psql = std::process::Command::new("stdbuf")
+            .args(["-oL", "psql", &server.url(), "-X", "-c", statement])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("psql is installed (.ci/run installs it)");
         let mut lines = BufReader::new(psql.stdout.take().expect("stdout")).lines();
         let first = lines.next().expect("a line").expect("text");
-        assert!(first.ends_with("\tinsert\tweb\t1"), "{first}");
+        assert!(
+            first.ends_with(&format!("\tinsert\tweb\t{before}")),
+            "{first}"
+        );
         runtime.block_on(async {
             let client = server.connect().await;
             exec(
@@ -536,8 +546,14 @@ fn subscribe_streams_into_psql_until_cancelled() {
             .map(|_| lines.next().expect("a line").expect("text"))
             .collect();
         next.sort();
-        assert!(next[0].ends_with("\tdelete\tweb\t1"), "{next:?}");
-        assert!(next[1].ends_with("\tinsert\tweb\t2"), "{next:?}");
+        assert!(
+            next[0].ends_with(&format!("\tdelete\tweb\t{before}")),
+            "{next:?}"
+        );
+        assert!(
+            next[1].ends_with(&format!("\tinsert\tweb\t{}", before + 1)),
+            "{next:?}"
+        );
         // Ctrl-C: psql sends a cancel request; the server ends the COPY with 57014.
         let pid = psql.id().to_string();
         std::process::Command::new("kill")

@@ -503,12 +503,12 @@ impl Operator for TemporalJoin {
         let times = micros(batch.rows.column(self.time_column))?;
         let mut stream_rows = Vec::new();
         let mut table_rows: Vec<Option<OwnedRow>> = Vec::new();
-        for i in 0..n {
+        for (i, key) in keys.iter().enumerate() {
             let version = if key_columns.iter().any(|c| c.is_null(i)) || !times.is_valid(i) {
                 None
             } else {
                 let at = times.value(i);
-                self.versions.get(&keys[i]).and_then(|versions| {
+                self.versions.get(key).and_then(|versions| {
                     versions
                         .iter()
                         .rev()
