@@ -216,6 +216,24 @@ fn form(tokens: &[Tok]) -> Option<Form> {
     }
 }
 
+/// The index of the parenthesis closing the one at `open`.
+fn matching_paren(tokens: &[Tok], open: usize) -> Option<usize> {
+    let mut depth = 0;
+    for (i, t) in tokens.iter().enumerate().skip(open) {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The text of tokens `from..` (to the end).
 fn text_of<'a>(sql: &'a str, tokens: &[Tok]) -> &'a str {
     match (tokens.first(), tokens.last()) {
@@ -303,21 +321,7 @@ fn parse_subscribe(sql: &str, rest: &[Tok]) -> Result<Subscribe> {
     };
     let target_end;
     let target = if matches!(first.token, Token::LParen) {
-        let mut depth = 0;
-        let mut close = None;
-        for (i, t) in rest.iter().enumerate().skip(at) {
-            match t.token {
-                Token::LParen => depth += 1,
-                Token::RParen => {
-                    depth -= 1;
-                    if depth == 0 {
-                        close = Some(i);
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
+        let close = matching_paren(rest, at);
         let close = close.ok_or_else(|| syntax("unbalanced parentheses in SUBSCRIBE (query)"))?;
         target_end = close + 1;
         SubscribeTarget::Query(text_of(sql, &rest[at + 1..close]).to_string())
@@ -477,21 +481,7 @@ fn parse_form(sql: &str, form: Form, tokens: &[Tok]) -> Result<Statement> {
         Form::Subscribe => Ok(Statement::Subscribe(parse_subscribe(sql, &tokens[1..])?)),
         Form::CopySubscribe => {
             // COPY ( SUBSCRIBE ... ) TO STDOUT
-            let mut depth = 0;
-            let mut close = None;
-            for (i, t) in tokens.iter().enumerate().skip(1) {
-                match t.token {
-                    Token::LParen => depth += 1,
-                    Token::RParen => {
-                        depth -= 1;
-                        if depth == 0 {
-                            close = Some(i);
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            let close = matching_paren(tokens, 1);
             let close =
                 close.ok_or_else(|| syntax("unbalanced parentheses in COPY (SUBSCRIBE ...)"))?;
             let tail: Vec<String> = tokens[close + 1..].iter().filter_map(word).collect();
@@ -730,29 +720,13 @@ pub fn rewrite_sql(sql: &str) -> Result<Option<String>> {
     // (start, end, replacement) byte edits, non-overlapping.
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
     let is_window = |t: &Tok| matches!(word(t).as_deref(), Some("TUMBLE" | "HOP" | "SESSION"));
-    let matching = |open: usize| -> Option<usize> {
-        let mut depth = 0;
-        for (i, t) in tokens.iter().enumerate().skip(open) {
-            match t.token {
-                Token::LParen => depth += 1,
-                Token::RParen => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return Some(i);
-                    }
-                }
-                _ => {}
-            }
-        }
-        None
-    };
     let mut i = 0;
     while i < tokens.len() {
         // TABLE ( TUMBLE ( ... ) ) -> TUMBLE ( ... )
         if word(&tokens[i]).as_deref() == Some("TABLE")
             && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::LParen))
             && tokens.get(i + 2).is_some_and(is_window)
-            && let Some(close) = matching(i + 1)
+            && let Some(close) = matching_paren(&tokens, i + 1)
         {
             edits.push((tokens[i].start, tokens[i + 1].end, String::new()));
             edits.push((tokens[close].start, tokens[close].end, String::new()));
@@ -762,7 +736,7 @@ pub fn rewrite_sql(sql: &str) -> Result<Option<String>> {
         // TUMBLE ( TABLE x [PARTITION BY a, b], DESCRIPTOR ( ts ), ... )
         if is_window(&tokens[i])
             && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::LParen))
-            && let Some(close) = matching(i + 1)
+            && let Some(close) = matching_paren(&tokens, i + 1)
         {
             let previous = i.checked_sub(1).map(|p| &tokens[p]);
             let in_from = previous.is_some_and(|p| {

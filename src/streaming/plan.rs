@@ -677,14 +677,7 @@ impl Compiler<'_> {
         let bounds = interval_bounds(j.filter.as_ref(), j.left.schema(), j.right.schema());
         let left = self.compile(&j.left, ordered).await?;
         let right = self.compile(&j.right, ordered).await?;
-        let left_keys =
-            j.on.iter()
-                .map(|(l, _)| self.physical(l, &left.schema))
-                .collect::<Result<Vec<_>>>()?;
-        let right_keys =
-            j.on.iter()
-                .map(|(_, r)| self.physical(r, &right.schema))
-                .collect::<Result<Vec<_>>>()?;
+        let (left_keys, right_keys, filter) = self.join_conditions(j, &left, &right)?;
         let mut expiry: [Option<Expiry>; 2] = [None, None];
         // Window join: equal windows on both sides free rows when the window closes.
         for (l, r) in &j.on {
@@ -740,10 +733,6 @@ impl Compiler<'_> {
                 _ => candidate,
             });
         }
-        let filter = match &j.filter {
-            Some(f) => Some(self.physical(f, &j.schema)?),
-            None => None,
-        };
         let op = Join::new(
             left_keys,
             right_keys,
@@ -754,15 +743,8 @@ impl Compiler<'_> {
             expiry,
             arrow_schema(&j.schema),
         )?;
-        let node = self.add(op, vec![left.node, right.node]);
-        let mut roles = left.roles.clone();
-        roles.extend(right.roles.iter().copied());
-        Ok(Out {
-            node,
-            schema: Arc::clone(&j.schema),
-            roles,
-            retracting: left.retracting || right.retracting || outer.iter().any(|o| *o),
-        })
+        let retracting = left.retracting || right.retracting || outer.iter().any(|o| *o);
+        Ok(self.joined(op, j, &left, &right, retracting))
     }
 
     async fn temporal_join(
@@ -795,18 +777,7 @@ impl Compiler<'_> {
                      columns (select it, e.g. SELECT o.{time_column}, ...)"
                 ))
             })?;
-        let stream_keys =
-            j.on.iter()
-                .map(|(l, _)| self.physical(l, &left.schema))
-                .collect::<Result<Vec<_>>>()?;
-        let table_keys =
-            j.on.iter()
-                .map(|(_, r)| self.physical(r, &right.schema))
-                .collect::<Result<Vec<_>>>()?;
-        let filter = match &j.filter {
-            Some(f) => Some(self.physical(f, &j.schema)?),
-            None => None,
-        };
+        let (stream_keys, table_keys, filter) = self.join_conditions(j, &left, &right)?;
         let op = TemporalJoin::new(
             stream_keys,
             table_keys,
@@ -817,15 +788,54 @@ impl Compiler<'_> {
             outer,
             arrow_schema(&j.schema),
         )?;
+        Ok(self.joined(op, j, &left, &right, false))
+    }
+
+    /// Equi-join keys of each side and the residual ON condition, as physical expressions.
+    #[allow(clippy::type_complexity)]
+    fn join_conditions(
+        &self,
+        j: &datafusion::logical_expr::Join,
+        left: &Out,
+        right: &Out,
+    ) -> Result<(
+        Vec<Arc<dyn PhysicalExpr>>,
+        Vec<Arc<dyn PhysicalExpr>>,
+        Option<Arc<dyn PhysicalExpr>>,
+    )> {
+        let left_keys =
+            j.on.iter()
+                .map(|(l, _)| self.physical(l, &left.schema))
+                .collect::<Result<Vec<_>>>()?;
+        let right_keys =
+            j.on.iter()
+                .map(|(_, r)| self.physical(r, &right.schema))
+                .collect::<Result<Vec<_>>>()?;
+        let filter = match &j.filter {
+            Some(f) => Some(self.physical(f, &j.schema)?),
+            None => None,
+        };
+        Ok((left_keys, right_keys, filter))
+    }
+
+    /// A join node over both sides: columns and their roles are the left's then the right's.
+    fn joined(
+        &mut self,
+        op: impl Operator + 'static,
+        j: &datafusion::logical_expr::Join,
+        left: &Out,
+        right: &Out,
+        retracting: bool,
+    ) -> Out {
         let node = self.add(op, vec![left.node, right.node]);
         let mut roles = left.roles.clone();
         roles.extend(right.roles.iter().copied());
-        Ok(Out {
+        Out {
             node,
             schema: Arc::clone(&j.schema),
             roles,
-            retracting: false,
-        })
+            retracting,
+        }
     }
 }
 
