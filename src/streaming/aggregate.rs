@@ -92,8 +92,6 @@ pub struct Aggregate {
     watermark: i64,
     /// The key of the single group of an aggregate without GROUP BY.
     global_key: OwnedRow,
-    /// Rows that arrived for windows already closed.
-    dropped: u64,
 }
 
 impl Aggregate {
@@ -123,7 +121,6 @@ impl Aggregate {
             closing: BTreeMap::new(),
             watermark: i64::MIN,
             global_key: super::operators::constant_key(),
-            dropped: 0,
         };
         // Aggregates with ORDER BY (string_agg(x, ',' ORDER BY y)) need their input in order,
         // which arrival order is not: their groups are recomputed from sorted input.
@@ -158,10 +155,6 @@ impl Aggregate {
     /// Emit each windowed group once, when its window closes.
     pub fn emit_on_close(&mut self) {
         self.emit_on_close = true;
-    }
-
-    pub fn window(&self) -> Option<WindowEnd> {
-        self.window
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
@@ -404,7 +397,8 @@ impl Operator for Aggregate {
                 && let Some(end) = ends[i]
                 && end <= self.watermark
             {
-                self.dropped += 1;
+                // A window already closed (and freed): sources leave late rows out before
+                // this, so only rows derived from a table change can land here.
                 continue;
             }
             let entry = members.entry(key.clone()).or_insert_with(|| {

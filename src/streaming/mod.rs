@@ -277,11 +277,6 @@ impl DataflowBuilder {
         }
     }
 
-    /// Whether a node's output carries a watermark.
-    pub fn timed(&self, id: usize) -> bool {
-        self.timed[id]
-    }
-
     pub fn build(self, root: usize) -> Dataflow {
         Dataflow {
             nodes: self.nodes,
