@@ -89,20 +89,13 @@ impl Engine {
         };
         let view = self.start_view(state, def, true).await?;
         // The view answers queries once its backfill is done, as a table would after CTAS.
-        let mut ticks = tokio::time::interval(std::time::Duration::from_millis(20));
-        loop {
-            match view.status() {
-                Status::Backfilling => ticks.tick().await,
-                Status::Running => break,
-                Status::Failed(e) => {
-                    // No half-made view stays behind.
-                    let _ = self.catalog.drop_view(&name, true).await;
-                    return Err(Error::Internal(format!(
-                        "materialized view \"{}\" failed while reading its inputs: {e}",
-                        view.def.name
-                    )));
-                }
-            };
+        if let Status::Failed(e) = view.backfilled().await {
+            // No half-made view stays behind.
+            let _ = self.catalog.drop_view(&name, true).await;
+            return Err(Error::Internal(format!(
+                "materialized view \"{}\" failed while reading its inputs: {e}",
+                view.def.name
+            )));
         }
         Ok(Output::Command {
             tag: "CREATE MATERIALIZED VIEW".to_string(),
@@ -216,10 +209,7 @@ impl Engine {
                 // Stopped when dropped, also if the client goes away during the backfill.
                 let mut guard = StopOnDrop(Some(Arc::clone(&view)));
                 runtime::spawn(Arc::clone(&view), compiled.dataflow, compiled.feeds);
-                let mut ticks = tokio::time::interval(std::time::Duration::from_millis(10));
-                while view.status() == Status::Backfilling {
-                    ticks.tick().await;
-                }
+                view.backfilled().await;
                 // From here the subscription owns the view and stops it when dropped.
                 let subscription = Subscription::open(Arc::clone(&view), true, &options)?;
                 guard.0 = None;

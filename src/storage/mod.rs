@@ -343,6 +343,19 @@ struct CatalogFile {
     views: Vec<ViewDef>,
 }
 
+impl CatalogFile {
+    /// Whether a relation or view already has this name (relations and views share names).
+    fn name_taken(&self, schema: &str, name: &str) -> bool {
+        self.relations
+            .iter()
+            .any(|r| r.schema_name == schema && r.name == name)
+            || self
+                .views
+                .iter()
+                .any(|v| v.schema_name == schema && v.name == name)
+    }
+}
+
 /// A materialized view as stored: its query is planned again at every start.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ViewDef {
@@ -497,15 +510,7 @@ impl Storage {
         def.validate_options()?;
         def.arrow_schema()?;
         let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
-        if catalog
-            .relations
-            .iter()
-            .any(|r| r.schema_name == def.schema_name && r.name == def.name)
-            || catalog
-                .views
-                .iter()
-                .any(|v| v.schema_name == def.schema_name && v.name == def.name)
-        {
+        if catalog.name_taken(&def.schema_name, &def.name) {
             // Two sessions creating one name at once: the second finds the first's here.
             return Err(Error::AlreadyExists {
                 kind: "relation",
@@ -594,15 +599,7 @@ impl Storage {
     /// Record a materialized view durably; its id is assigned here.
     pub fn create_view(&self, mut def: ViewDef) -> Result<ViewDef> {
         let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
-        let taken = catalog
-            .relations
-            .iter()
-            .any(|r| r.schema_name == def.schema_name && r.name == def.name)
-            || catalog
-                .views
-                .iter()
-                .any(|v| v.schema_name == def.schema_name && v.name == def.name);
-        if taken {
+        if catalog.name_taken(&def.schema_name, &def.name) {
             return Err(Error::AlreadyExists {
                 kind: "relation",
                 name: def.name,

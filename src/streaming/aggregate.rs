@@ -92,6 +92,8 @@ pub struct Aggregate {
     watermark: i64,
     /// The key of the single group of an aggregate without GROUP BY.
     global_key: OwnedRow,
+    /// Bytes of all groups, kept up to date as groups change (read after every batch).
+    bytes: usize,
 }
 
 impl Aggregate {
@@ -121,6 +123,7 @@ impl Aggregate {
             closing: BTreeMap::new(),
             watermark: i64::MIN,
             global_key: super::operators::constant_key(),
+            bytes: 0,
         };
         // Aggregates with ORDER BY (string_agg(x, ',' ORDER BY y)) need their input in order,
         // which arrival order is not: their groups are recomputed from sorted input.
@@ -350,6 +353,7 @@ impl Operator for Aggregate {
         let row = self.output_row(&key)?;
         if let Some(group) = self.groups.get_mut(&key) {
             group.emitted = row.clone();
+            self.bytes += group_bytes(&key, group);
         }
         match row {
             Some(row) => Ok(vec![self.batch(vec![(false, row)])?]),
@@ -431,7 +435,12 @@ impl Operator for Aggregate {
             None => None,
         };
         let mut changes: Vec<(bool, Vec<ScalarValue>)> = Vec::new();
-        for key in order {
+        for key in &order {
+            if let Some(group) = self.groups.get(key) {
+                self.bytes = self.bytes.saturating_sub(group_bytes(key, group));
+            }
+        }
+        for key in order.clone() {
             let Some((added, removed)) = members.remove(&key) else {
                 continue;
             };
@@ -540,6 +549,11 @@ impl Operator for Aggregate {
                 }
             }
         }
+        for key in &order {
+            if let Some(group) = self.groups.get(key) {
+                self.bytes += group_bytes(key, group);
+            }
+        }
         if changes.is_empty() {
             return Ok(Vec::new());
         }
@@ -554,6 +568,9 @@ impl Operator for Aggregate {
                 break;
             }
             for key in entry.remove() {
+                if let Some(group) = self.groups.get(&key) {
+                    self.bytes = self.bytes.saturating_sub(group_bytes(&key, group));
+                }
                 if self.emit_on_close
                     && let Some(row) = self.output_row(&key)?
                 {
@@ -569,15 +586,16 @@ impl Operator for Aggregate {
     }
 
     fn state_bytes(&self) -> usize {
-        self.groups
-            .iter()
-            .map(|(k, g)| {
-                k.as_ref().len()
-                    + g.accumulators.iter().map(|a| a.size()).sum::<usize>()
-                    + g.inputs
-                        .as_ref()
-                        .map_or(0, |i| i.keys().map(|r| r.as_ref().len() + 8).sum())
-            })
-            .sum()
+        self.bytes
     }
+}
+
+/// Memory of one group: its key, accumulators and (when recomputing) stored inputs.
+fn group_bytes(key: &OwnedRow, group: &Group) -> usize {
+    key.as_ref().len()
+        + group.accumulators.iter().map(|a| a.size()).sum::<usize>()
+        + group
+            .inputs
+            .as_ref()
+            .map_or(0, |i| i.keys().map(|r| r.as_ref().len() + 8).sum())
 }

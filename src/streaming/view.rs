@@ -58,7 +58,6 @@ struct Inner {
     /// The time before which changes are no longer retained.
     history_from: i64,
     readers: Vec<UnboundedSender<ViewEvent>>,
-    status: Status,
     watermark: Option<i64>,
     state_bytes: usize,
     backfill_rows: u64,
@@ -76,6 +75,8 @@ pub struct View {
     inner: Mutex<Inner>,
     /// Dropping the view stops its task.
     stop: tokio::sync::watch::Sender<bool>,
+    /// Where the view is in its life; CREATE and SUBSCRIBE wait on it.
+    status: tokio::sync::watch::Sender<Status>,
 }
 
 /// A consistent read of a view with a receiver for what follows.
@@ -108,7 +109,6 @@ impl View {
                 history_rows: 0,
                 history_from: now,
                 readers: Vec::new(),
-                status: Status::Backfilling,
                 watermark: None,
                 state_bytes: 0,
                 backfill_rows: 0,
@@ -116,6 +116,7 @@ impl View {
             }),
             schema,
             stop: tokio::sync::watch::channel(false).0,
+            status: tokio::sync::watch::channel(Status::Backfilling).0,
         }))
     }
 
@@ -180,7 +181,7 @@ impl View {
     }
 
     fn rows_locked(&self, inner: &mut Inner) -> Result<RecordBatch> {
-        if let Status::Failed(e) = &inner.status {
+        if let Status::Failed(e) = &*self.status.borrow() {
             return Err(Error::Internal(format!(
                 "materialized view \"{}\" failed and is no longer maintained: {e}",
                 self.def.name
@@ -229,7 +230,7 @@ impl View {
     }
 
     pub fn status(&self) -> Status {
-        self.lock().status.clone()
+        self.status.borrow().clone()
     }
 
     pub fn set_status(&self, status: Status) {
@@ -239,7 +240,17 @@ impl View {
             // Readers learn it when their channel closes.
             inner.readers.clear();
         }
-        inner.status = status;
+        self.status.send_replace(status);
+    }
+
+    /// Wait until the backfill is over; returns the status then (running or failed).
+    pub async fn backfilled(&self) -> Status {
+        let mut status = self.status.subscribe();
+        match status.wait_for(|s| *s != Status::Backfilling).await {
+            Ok(s) => s.clone(),
+            // The sender lives as long as the view.
+            Err(_) => self.status(),
+        }
     }
 
     pub fn add_backfill(&self, rows: u64, total: u64) {
