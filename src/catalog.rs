@@ -25,6 +25,7 @@ use datafusion::common::{Constraint, Constraints};
 use datafusion::datasource::TableProvider;
 use datafusion::prelude::SessionContext;
 
+use crate::connectors::Sources;
 use crate::error::{Error, Result};
 use crate::storage::{Relation, RelationDef, RelationKind, Storage};
 use crate::streaming::runtime::Views;
@@ -36,6 +37,7 @@ struct SystemTable {
     name: &'static str,
     schema: SchemaRef,
     views: Arc<Views>,
+    sources: Arc<Sources>,
 }
 
 #[async_trait::async_trait]
@@ -55,10 +57,10 @@ impl TableProvider for SystemTable {
         _filters: &[datafusion::logical_expr::Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        let views = self.views.all();
         let batch = match self.name {
-            "materialized_views" => crate::planner::views::materialized_views(&views)?,
-            _ => crate::planner::views::late_rows(&views)?,
+            "materialized_views" => crate::planner::views::materialized_views(&self.views.all())?,
+            "late_rows" => crate::planner::views::late_rows(&self.views.all())?,
+            _ => self.sources.system_batch()?,
         };
         Ok(
             datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
@@ -84,6 +86,7 @@ pub struct Catalog {
     provider: Arc<MemoryCatalogProvider>,
     storage: Arc<Storage>,
     views: Arc<Views>,
+    sources: Arc<Sources>,
 }
 
 /// Schema of EddyDB's system tables.
@@ -113,14 +116,20 @@ impl Catalog {
         );
         storage.register_object_store(ctx.runtime_env().as_ref());
         let views = Arc::new(Views::default());
+        let sources = Arc::new(Sources::default());
         let system = MemorySchemaProvider::new();
-        for table in ["materialized_views", "late_rows"] {
+        for table in ["materialized_views", "late_rows", "sources"] {
+            let schema = match table {
+                "sources" => Sources::system_schema(),
+                _ => crate::planner::views::system_schema(table)?,
+            };
             system.register_table(
                 table.to_string(),
                 Arc::new(SystemTable {
                     name: table,
-                    schema: crate::planner::views::system_schema(table)?,
+                    schema,
                     views: Arc::clone(&views),
+                    sources: Arc::clone(&sources),
                 }),
             )?;
         }
@@ -129,6 +138,7 @@ impl Catalog {
             provider,
             storage,
             views,
+            sources,
         };
         for relation in catalog.storage.relations() {
             let def = relation.def();
@@ -146,6 +156,15 @@ impl Catalog {
     /// The durable storage behind the catalog.
     pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
+    }
+
+    /// Start the sources of stored streams that have a connector (at server start).
+    pub fn start_sources(&self) {
+        for relation in self.storage.relations() {
+            if let Relation::Stream(stream) = relation {
+                self.sources.start(stream);
+            }
+        }
     }
 
     /// Create a table; a primary key among `constraints` makes it keyed (upserts, deletes by
@@ -197,6 +216,9 @@ impl Catalog {
             Err(e) => return Err(e),
         };
         schema_provider.register_table(name, relation.provider())?;
+        if let Relation::Stream(stream) = relation {
+            self.sources.start(stream);
+        }
         Ok(true)
     }
 
@@ -247,6 +269,7 @@ impl Catalog {
                 kind_name(def.kind).to_ascii_uppercase()
             )));
         }
+        self.sources.stop(def.id).await;
         self.storage.drop_relation(def.id).await?;
         schema_provider.deregister_table(&name.name)?;
         Ok(true)

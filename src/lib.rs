@@ -22,11 +22,14 @@
 //!   operators over change batches, fed by its inputs' history and then their live changes, with
 //!   watermarks, windows, joins and `SUBSCRIBE`.
 //!
+//! - [`connectors`] run the sources that feed streams from outside (the Nexmark generator).
+//!
 //! [`config`] loads configuration (flags, `EDDY_*` environment, TOML file) and [`telemetry`] sets
 //! up logging. `main.rs` only wires these together and calls [`server::run`].
 
 pub mod catalog;
 pub mod config;
+pub mod connectors;
 pub mod error;
 pub mod ingest;
 pub mod parser;

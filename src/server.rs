@@ -96,6 +96,7 @@ pub async fn start(
     .await?;
     let engine = Engine::new(Arc::clone(&storage))?;
     engine.start_stored_views().await;
+    engine.catalog().start_sources();
     let tls = auth::tls_acceptor(&config.tls)?;
     let connections = Arc::new(ConnectionManager::new());
     let startup = auth::Startup::new(

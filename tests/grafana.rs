@@ -152,7 +152,8 @@ async fn frontend_schema_browser() {
         strings(&[
             &["games"],
             &["eddy_catalog.late_rows"],
-            &["eddy_catalog.materialized_views"]
+            &["eddy_catalog.materialized_views"],
+            &["eddy_catalog.sources"]
         ])
     );
     assert_eq!(

@@ -115,6 +115,24 @@ const VIEWS: &[(&str, &str, bool, &str)] = &[
         false,
         "",
     ),
+    (
+        "bidding_users",
+        "SELECT id, country FROM users u WHERE EXISTS (SELECT 1 FROM bids b WHERE b.bidder = u.id AND b.price > 50)",
+        false,
+        "",
+    ),
+    (
+        "idle_users",
+        "SELECT id, country FROM users u WHERE NOT EXISTS (SELECT 1 FROM bids b WHERE b.bidder = u.id AND b.channel = 'web' AND b.price > 90)",
+        false,
+        "",
+    ),
+    (
+        "known_bids",
+        "SELECT auction, bidder, price FROM bids WHERE bidder IN (SELECT id FROM users WHERE country <> 'de')",
+        false,
+        "",
+    ),
 ];
 
 async fn exec(client: &tokio_postgres::Client, sql: &str) {

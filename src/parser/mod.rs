@@ -574,7 +574,7 @@ fn set_value(values: &[Expr]) -> Result<Option<String>> {
 }
 
 /// EddyDB's type rewrites.
-fn rewrite_types(mut stmt: ast::Statement) -> Result<ast::Statement> {
+pub(crate) fn rewrite_types(mut stmt: ast::Statement) -> Result<ast::Statement> {
     match stmt.visit(&mut TypeRewrites) {
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(stmt),

@@ -6,6 +6,7 @@
 //! Column lists and types always go through DataFusion's planner (a stream is planned as the
 //! `CREATE TABLE` it resembles), so a stream's columns have exactly the types a table's would.
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -33,12 +34,41 @@ impl Engine {
         state: &SessionState,
         create: &CreateStream,
     ) -> Result<Output> {
-        let plan = self.plan(state, &create.table, &[]).await?;
-        let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(table)) = plan else {
-            return Err(Error::Internal(
-                "CREATE STREAM did not plan as a table".to_string(),
-            ));
-        };
+        let mut options: BTreeMap<String, String> = create.options.iter().cloned().collect();
+        let mut statement = create.table.clone();
+        if let Some(columns) = crate::connectors::prepare(&mut options)? {
+            let ast::Statement::CreateTable(declared) = statement.as_mut() else {
+                return Err(Error::Internal(
+                    "CREATE STREAM is not a CREATE TABLE".to_string(),
+                ));
+            };
+            let connector = connector_columns(columns)?;
+            if declared.columns.is_empty() {
+                declared.columns = connector;
+            } else {
+                let mut expected = statement.clone();
+                if let ast::Statement::CreateTable(expected) = expected.as_mut() {
+                    expected.columns = connector;
+                }
+                let want = self.plan_stream_table(state, &expected).await?;
+                let got = self.plan_stream_table(state, &statement).await?;
+                let shape = |t: &datafusion::logical_expr::CreateMemoryTable| {
+                    t.input
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|f| (f.name().clone(), f.data_type().clone()))
+                        .collect::<Vec<_>>()
+                };
+                if shape(&want) != shape(&got) {
+                    return Err(Error::DatatypeMismatch(format!(
+                        "the {} connector's stream has the columns ({columns}); leave the column list out or write exactly these",
+                        options[crate::connectors::CONNECTOR]
+                    )));
+                }
+            }
+        }
+        let table = self.plan_stream_table(state, &statement).await?;
         if !table.constraints.is_empty() {
             return Err(Error::Unsupported(
                 "PRIMARY KEY or UNIQUE on a stream (streams are append-only; keyed rows belong in a table)"
@@ -48,7 +78,7 @@ impl Engine {
         let name = qualified(&table.name)?;
         let schema: SchemaRef = Arc::new(table.input.schema().as_arrow().clone());
         let mut def = RelationDef::new(RelationKind::Stream, &name.schema, &name.name, &schema);
-        def.options = create.options.iter().cloned().collect();
+        def.options = options;
         if let Some(watermark) = &create.watermark {
             let field = schema
                 .field_with_name(&watermark.column)
@@ -83,6 +113,20 @@ impl Engine {
         })
     }
 
+    /// Plan a `CREATE STREAM`'s column list as the `CREATE TABLE` it resembles.
+    async fn plan_stream_table(
+        &self,
+        state: &SessionState,
+        statement: &ast::Statement,
+    ) -> Result<datafusion::logical_expr::CreateMemoryTable> {
+        match self.plan(state, statement, &[]).await? {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(table)) => Ok(table),
+            _ => Err(Error::Internal(
+                "CREATE STREAM did not plan as a table".to_string(),
+            )),
+        }
+    }
+
     /// `DROP STREAM [IF EXISTS] a, b`.
     pub async fn drop_streams(&self, names: &[ast::ObjectName], if_exists: bool) -> Result<Output> {
         for name in names {
@@ -112,6 +156,17 @@ impl Engine {
                 name.name,
                 kind_name(def.kind)
             )));
+        }
+        if let Some(connector) = def.connector() {
+            let fixed = crate::connectors::connector_options(connector)?;
+            for key in set.iter().map(|(k, _)| k).chain(reset) {
+                if key == crate::connectors::CONNECTOR || fixed.contains(&key.as_str()) {
+                    return Err(Error::Unsupported(format!(
+                        "changing \"{key}\" of stream \"{}\" (connector options are fixed at creation; drop and recreate the stream)",
+                        name.name
+                    )));
+                }
+            }
         }
         for (key, value) in set {
             def.options.insert(key.clone(), value.clone());
@@ -419,5 +474,20 @@ pub(super) fn without_on_conflict(statement: &ast::Statement) -> Option<ast::Sta
             Some(ast::Statement::Insert(insert))
         }
         _ => None,
+    }
+}
+
+/// A connector's column list (SQL) as the column definitions of a `CREATE TABLE`.
+fn connector_columns(columns: &str) -> Result<Vec<ast::ColumnDef>> {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let statement = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&format!("CREATE TABLE connector ({columns})"))?
+        .parse_statement()?;
+    match crate::parser::rewrite_types(statement)? {
+        ast::Statement::CreateTable(table) => Ok(table.columns),
+        _ => Err(Error::Internal(
+            "connector columns did not parse".to_string(),
+        )),
     }
 }

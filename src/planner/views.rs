@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::execution::SessionState;
@@ -264,6 +265,9 @@ pub fn materialized_views(views: &[Arc<View>]) -> Result<RecordBatch> {
         Field::new("late_rows", DataType::UInt64, false),
         Field::new("watermark", timestamp_type(), true),
         Field::new("state_bytes", DataType::UInt64, false),
+        Field::new("input_rows", DataType::UInt64, false),
+        Field::new("latency_p50_ms", DataType::Float64, true),
+        Field::new("latency_p99_ms", DataType::Float64, true),
         Field::new("emit_on_window_close", DataType::Boolean, false),
         Field::new("definition", DataType::Utf8, false),
     ]));
@@ -281,18 +285,31 @@ pub fn materialized_views(views: &[Arc<View>]) -> Result<RecordBatch> {
             views.iter().map(|v| v.def.name.clone()),
         )),
         Arc::new(StringArray::from(status)),
-        Arc::new(UInt64Array::from_iter_values(stats.iter().map(|s| s.3))),
-        Arc::new(UInt64Array::from_iter_values(stats.iter().map(|s| s.4))),
-        Arc::new(UInt64Array::from_iter_values(stats.iter().map(|s| s.0))),
+        Arc::new(UInt64Array::from_iter_values(
+            stats.iter().map(|s| s.backfill_rows),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            stats.iter().map(|s| s.backfill_total),
+        )),
+        Arc::new(UInt64Array::from_iter_values(stats.iter().map(|s| s.rows))),
         Arc::new(UInt64Array::from_iter_values(
             views.iter().map(|v| v.late.count()),
         )),
         Arc::new(
-            TimestampMicrosecondArray::from(stats.iter().map(|s| s.1).collect::<Vec<_>>())
+            TimestampMicrosecondArray::from(stats.iter().map(|s| s.watermark).collect::<Vec<_>>())
                 .with_timezone("UTC"),
         ),
         Arc::new(UInt64Array::from_iter_values(
-            stats.iter().map(|s| s.2 as u64),
+            stats.iter().map(|s| s.state_bytes as u64),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            stats.iter().map(|s| s.input_rows),
+        )),
+        Arc::new(Float64Array::from_iter(
+            stats.iter().map(|s| s.latency_ms.map(|l| l.0)),
+        )),
+        Arc::new(Float64Array::from_iter(
+            stats.iter().map(|s| s.latency_ms.map(|l| l.1)),
         )),
         Arc::new(BooleanArray::from(
             views

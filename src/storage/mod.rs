@@ -159,11 +159,27 @@ impl RelationDef {
             .transpose()
     }
 
-    /// Check options against what this kind accepts.
+    /// The connector feeding this stream (`WITH (connector = ...)`), if any.
+    pub fn connector(&self) -> Option<&str> {
+        self.options
+            .get(crate::connectors::CONNECTOR)
+            .map(String::as_str)
+    }
+
+    /// Check options against what this kind accepts: the stream options, and with a
+    /// `connector` the connector's own.
     pub fn validate_options(&self) -> Result<()> {
+        let connector_options = match self.connector() {
+            Some(name) => crate::connectors::connector_options(name)?,
+            None => &[],
+        };
         for name in self.options.keys() {
             let known = match self.kind {
-                RelationKind::Stream => STREAM_OPTIONS.contains(&name.as_str()),
+                RelationKind::Stream => {
+                    STREAM_OPTIONS.contains(&name.as_str())
+                        || name == crate::connectors::CONNECTOR
+                        || connector_options.contains(&name.as_str())
+                }
                 RelationKind::Table => false,
             };
             if !known {
@@ -174,7 +190,13 @@ impl RelationDef {
                         RelationKind::Table => "table",
                     },
                     match self.kind {
-                        RelationKind::Stream => STREAM_OPTIONS.join(", "),
+                        RelationKind::Stream => STREAM_OPTIONS
+                            .iter()
+                            .chain([&crate::connectors::CONNECTOR])
+                            .chain(connector_options)
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         RelationKind::Table => "none".to_string(),
                     }
                 )));
@@ -273,6 +295,14 @@ impl Relation {
     /// Insert rows atomically and durably (INSERT, COPY, HTTP): all of them or, on any error,
     /// none. Returns the row count.
     pub async fn insert(&self, batches: Vec<RecordBatch>) -> Result<u64> {
+        if let Relation::Stream(stream) = self
+            && let Some(connector) = stream.def().connector()
+        {
+            return Err(Error::Unsupported(format!(
+                "INSERT, COPY or HTTP writes into stream \"{}\" (its {connector} connector is its only writer)",
+                stream.def().name
+            )));
+        }
         let schema = self.schema();
         let batches = batches
             .iter()

@@ -69,7 +69,7 @@ struct StreamState {
     hot_bytes: usize,
     manifest: Manifest,
     /// Materialized views reading this stream: every appended record, in log order.
-    subscribers: Vec<UnboundedSender<(u64, Vec<RecordBatch>)>>,
+    subscribers: Vec<UnboundedSender<LiveRecord>>,
 }
 
 /// What a new reader of the stream starts from: every stored row, then the live appends.
@@ -80,8 +80,12 @@ pub struct Subscription {
     /// Hot records (sequence number, rows), in log order; wait until durable before use.
     pub hot: Vec<(u64, Vec<RecordBatch>)>,
     /// Records appended after the ones above.
-    pub live: UnboundedReceiver<(u64, Vec<RecordBatch>)>,
+    pub live: UnboundedReceiver<LiveRecord>,
 }
+
+/// A record appended while a subscription is open: sequence number, rows, and when the append
+/// began (where event-to-view latency is measured from). Wait until durable before use.
+pub type LiveRecord = (u64, Vec<RecordBatch>, Instant);
 
 /// What a scan reads: durable hot rows and the cold files that may hold matching rows.
 #[derive(Debug)]
@@ -207,17 +211,18 @@ impl StreamStore {
         self.memory.wait_for_room().await;
         let payload = codec::encode_batches(&self.schema, &batches)?;
         let bytes = batches_bytes(&batches);
+        let arrived = Instant::now();
         let seq = self.log.append(KIND_ROWS, &payload, |seq| {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             state.hot_bytes += bytes;
             state
                 .subscribers
-                .retain(|s| s.send((seq, batches.clone())).is_ok());
+                .retain(|s| s.send((seq, batches.clone(), arrived)).is_ok());
             state.hot.push_back(HotRecord {
                 seq,
                 batches,
                 bytes,
-                arrived: Instant::now(),
+                arrived,
             });
             seq
         })?;
@@ -274,6 +279,13 @@ impl StreamStore {
     /// Read one cold file.
     pub async fn read_file(&self, file: &ColdFile) -> Result<Vec<RecordBatch>> {
         self.cold.read_parquet(&file.path).await
+    }
+
+    /// Records appended durably in the stream's life: sequence numbers start at 1 and never
+    /// skip or repeat (a record lost before it was durable was never acknowledged), so a
+    /// connector writing one record per unit of its input knows from this where to resume.
+    pub fn appended_records(&self) -> u64 {
+        self.log.durable_seq()
     }
 
     /// The event-time column, if the stream has one.

@@ -8,6 +8,11 @@
 //! the last goes. This one operator serves stream-table joins (a table change updates the view),
 //! joins between views, and stream-stream joins.
 //!
+//! Semi and anti joins (`EXISTS`, `NOT EXISTS`, `IN`, and inner joins the optimizer proves to
+//! be semi joins) are the same bookkeeping with another output: the preserved side counts its
+//! partners like an outer side, a semi join emits a row while it has at least one, an anti join
+//! (the outer join's padded row without the NULLs) while it has none.
+//!
 //! State is freed by event time where the query bounds it: for an interval join
 //! (`a.ts BETWEEN b.ts - X AND b.ts + Y`) a stored row is dropped once the other side's
 //! watermark is past the last time a partner could have; for a window join once the other
@@ -109,11 +114,26 @@ impl Side {
     }
 }
 
-/// Which kind of join output a pair or padded row is.
+/// What a join emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinMode {
+    /// Matching pairs, plus NULL-padded rows of outer sides.
+    Pairs,
+    /// Rows of this side (0 left, 1 right) that have a partner.
+    Semi(usize),
+    /// Rows of this side that have no partner.
+    Anti(usize),
+}
+
 #[derive(Debug)]
 pub struct Join {
     sides: [Side; 2],
+    /// The ON residual, over `pairs`.
     filter: Option<Arc<dyn PhysicalExpr>>,
+    mode: JoinMode,
+    /// Left columns then right columns.
+    pairs: SchemaRef,
+    /// What the join emits: `pairs`, or one side's columns for semi and anti joins.
     schema: SchemaRef,
 }
 
@@ -125,35 +145,51 @@ impl Join {
         left_schema: SchemaRef,
         right_schema: SchemaRef,
         filter: Option<Arc<dyn PhysicalExpr>>,
+        mode: JoinMode,
         outer: [bool; 2],
         expiry: [Option<Expiry>; 2],
+        pairs: SchemaRef,
         schema: SchemaRef,
     ) -> Result<Join> {
+        // The preserved side of a semi or anti join counts its partners as an outer side does.
+        let outer = match mode {
+            JoinMode::Pairs => outer,
+            JoinMode::Semi(side) | JoinMode::Anti(side) => [side == 0, side == 1],
+        };
         Ok(Join {
             sides: [
                 Side::new(left_keys, left_schema, outer[0], expiry[0])?,
                 Side::new(right_keys, right_schema, outer[1], expiry[1])?,
             ],
             filter,
+            mode,
+            pairs,
             schema,
         })
     }
 
-    /// Build output rows from (side-0 columns, side-1 columns).
+    /// Build pairs from (side-0 columns, side-1 columns).
     fn output(&self, left: Vec<ArrayRef>, right: Vec<ArrayRef>) -> Result<RecordBatch> {
         let mut columns = left;
         columns.extend(right);
         rows_batch(
-            &self.schema,
-            super::operators::cast_columns(columns, &self.schema)?,
+            &self.pairs,
+            super::operators::cast_columns(columns, &self.pairs)?,
         )
     }
 
-    /// NULL-padded rows of `side` (its columns, NULLs for the other side).
+    /// The row a partnerless row of `side` stands for: NULL-padded (outer joins), or its own
+    /// columns (semi and anti joins).
     fn padded(&self, side: usize, rows: &[OwnedRow]) -> Result<RecordBatch> {
         let own = self.sides[side]
             .rows
             .convert_rows(rows.iter().map(|r| r.row()))?;
+        if self.mode != JoinMode::Pairs {
+            return rows_batch(
+                &self.schema,
+                super::operators::cast_columns(own, &self.schema)?,
+            );
+        }
         let other = &self.sides[1 - side].schema;
         let nulls: Vec<ArrayRef> = other
             .fields()
@@ -170,11 +206,15 @@ impl Join {
 
 impl Operator for Join {
     fn describe(&self) -> String {
-        let kind = match (self.sides[0].outer, self.sides[1].outer) {
-            (false, false) => "Inner",
-            (true, false) => "Left",
-            (false, true) => "Right",
-            (true, true) => "Full",
+        let kind = match (self.mode, self.sides[0].outer, self.sides[1].outer) {
+            (JoinMode::Semi(0), ..) => "LeftSemi",
+            (JoinMode::Semi(_), ..) => "RightSemi",
+            (JoinMode::Anti(0), ..) => "LeftAnti",
+            (JoinMode::Anti(_), ..) => "RightAnti",
+            (_, false, false) => "Inner",
+            (_, true, false) => "Left",
+            (_, false, true) => "Right",
+            (_, true, true) => "Full",
         };
         let mut text = format!("Join: {kind}");
         if let Some(f) = &self.filter {
@@ -292,7 +332,8 @@ impl Operator for Join {
             } else {
                 0
             };
-            if side.outer && matches == 0 {
+            // Outer and anti joins stand for a partnerless row, semi joins for a matched one.
+            if side.outer && (matches > 0) == (self.mode == JoinMode::Semi(this)) {
                 pad_this.push((row.clone(), delete));
             }
             if delete {
@@ -330,16 +371,19 @@ impl Operator for Join {
             }
         }
         let mut out = Vec::new();
-        // Padded rows of the other side go before the pairs that replace them.
+        // Padded rows of the other side go before the pairs that replace them. A semi join
+        // emits the other side's row at its first partner and retracts it after its last.
+        let semi = matches!(self.mode, JoinMode::Semi(_));
         let (removed_pads, added_pads): (Vec<_>, Vec<_>) = pad_that
             .into_iter()
-            .partition(|(_, first_match)| *first_match);
+            .partition(|(_, first_match)| *first_match != semi);
         if !removed_pads.is_empty() {
             let rows: Vec<OwnedRow> = removed_pads.into_iter().map(|(r, _)| r).collect();
             out.push(ChangeBatch::retractions(self.padded(that, &rows)?));
         }
         if let Some(pairs) = pair_batch
             && !out_indices.is_empty()
+            && self.mode == JoinMode::Pairs
         {
             let taken = datafusion::arrow::compute::take_record_batch(
                 &pairs,

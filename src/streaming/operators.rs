@@ -386,6 +386,8 @@ pub struct RowBag {
     converter: RowConverter,
     schema: SchemaRef,
     counts: HashMap<OwnedRow, i64>,
+    /// Rows held, counting repeats.
+    total: i64,
     bytes: usize,
 }
 
@@ -400,6 +402,7 @@ impl RowBag {
             converter: RowConverter::new(fields)?,
             schema,
             counts: HashMap::new(),
+            total: 0,
             bytes: 0,
         })
     }
@@ -416,6 +419,7 @@ impl RowBag {
                 self.bytes += size;
             }
             *count += delta;
+            self.total += delta;
             if *count == 0 {
                 self.bytes -= size;
                 self.counts.remove(&rows.row(i).owned());
@@ -424,8 +428,9 @@ impl RowBag {
         Ok(())
     }
 
+    /// Rows held, counting repeats.
     pub fn len(&self) -> usize {
-        self.counts.len()
+        self.total.max(0) as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -460,6 +465,7 @@ impl RowBag {
         let columns = self.converter.convert_rows(rows)?;
         let batch = ChangeBatch::from_flags(rows_batch(&self.schema, columns)?, flags);
         self.counts.clear();
+        self.total = 0;
         self.bytes = 0;
         Ok(batch)
     }

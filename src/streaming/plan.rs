@@ -26,7 +26,7 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use datafusion::scalar::ScalarValue;
 
 use super::aggregate::{Aggregate, AggregateSpec};
-use super::join::{Expiry, Join, TemporalJoin};
+use super::join::{Expiry, Join, JoinMode, TemporalJoin};
 use super::operators::{
     EventTime, Filter, HopExpand, LateRows, Project, Source, TopN, Union, WindowClose, WindowEnd,
 };
@@ -660,15 +660,24 @@ impl Compiler<'_> {
     }
 
     async fn join(&mut self, j: &datafusion::logical_expr::Join, ordered: bool) -> Result<Out> {
-        let outer = match j.join_type {
-            JoinType::Inner => [false, false],
-            JoinType::Left => [true, false],
-            JoinType::Right => [false, true],
-            JoinType::Full => [true, true],
-            other => return Err(refuse(format!("{other} joins (EXISTS / IN subqueries)"))),
+        let (outer, mode) = match j.join_type {
+            JoinType::Inner => ([false, false], JoinMode::Pairs),
+            JoinType::Left => ([true, false], JoinMode::Pairs),
+            JoinType::Right => ([false, true], JoinMode::Pairs),
+            JoinType::Full => ([true, true], JoinMode::Pairs),
+            JoinType::LeftSemi => ([false, false], JoinMode::Semi(0)),
+            JoinType::RightSemi => ([false, false], JoinMode::Semi(1)),
+            JoinType::LeftAnti => ([false, false], JoinMode::Anti(0)),
+            JoinType::RightAnti => ([false, false], JoinMode::Anti(1)),
+            other => return Err(refuse(format!("{other} joins"))),
         };
         if j.null_equality == NullEquality::NullEqualsNull {
             return Err(refuse("joins where NULL equals NULL"));
+        }
+        if j.null_aware {
+            return Err(refuse(
+                "NOT IN (subquery) (its NULL rules need the whole subquery; write NOT EXISTS)",
+            ));
         }
         // A temporal join: the right side is `table FOR SYSTEM_TIME AS OF left.time`.
         if let Some(time_column) = temporal_side(&j.right)? {
@@ -677,7 +686,12 @@ impl Compiler<'_> {
         let bounds = interval_bounds(j.filter.as_ref(), j.left.schema(), j.right.schema());
         let left = self.compile(&j.left, ordered).await?;
         let right = self.compile(&j.right, ordered).await?;
-        let (left_keys, right_keys, filter) = self.join_conditions(j, &left, &right)?;
+        // Semi and anti joins emit one side, but their ON condition sees both.
+        let pairs = match mode {
+            JoinMode::Pairs => Arc::clone(&j.schema),
+            _ => Arc::new(left.schema.join(&right.schema)?),
+        };
+        let (left_keys, right_keys, filter) = self.join_conditions(j, &pairs, &left, &right)?;
         let mut expiry: [Option<Expiry>; 2] = [None, None];
         // Window join: equal windows on both sides free rows when the window closes.
         for (l, r) in &j.on {
@@ -739,12 +753,30 @@ impl Compiler<'_> {
             arrow_schema(&left.schema),
             arrow_schema(&right.schema),
             filter,
+            mode,
             outer,
             expiry,
+            arrow_schema(&pairs),
             arrow_schema(&j.schema),
         )?;
-        let retracting = left.retracting || right.retracting || outer.iter().any(|o| *o);
-        Ok(self.joined(op, j, &left, &right, retracting))
+        let retracting = left.retracting
+            || right.retracting
+            || outer.iter().any(|o| *o)
+            || matches!(mode, JoinMode::Anti(_));
+        Ok(match mode {
+            JoinMode::Pairs => self.joined(op, j, &left, &right, retracting),
+            JoinMode::Semi(side) | JoinMode::Anti(side) => {
+                let kept = if side == 0 { &left } else { &right };
+                let roles = kept.roles.clone();
+                let node = self.add(op, vec![left.node, right.node]);
+                Out {
+                    node,
+                    schema: Arc::clone(&j.schema),
+                    roles,
+                    retracting,
+                }
+            }
+        })
     }
 
     async fn temporal_join(
@@ -777,7 +809,8 @@ impl Compiler<'_> {
                      columns (select it, e.g. SELECT o.{time_column}, ...)"
                 ))
             })?;
-        let (stream_keys, table_keys, filter) = self.join_conditions(j, &left, &right)?;
+        let (stream_keys, table_keys, filter) =
+            self.join_conditions(j, &j.schema, &left, &right)?;
         let op = TemporalJoin::new(
             stream_keys,
             table_keys,
@@ -793,9 +826,12 @@ impl Compiler<'_> {
 
     /// Equi-join keys of each side and the residual ON condition, as physical expressions.
     #[allow(clippy::type_complexity)]
+    /// Key expressions of both sides, and the residual ON condition over `pairs` (the left
+    /// columns then the right).
     fn join_conditions(
         &self,
         j: &datafusion::logical_expr::Join,
+        pairs: &DFSchema,
         left: &Out,
         right: &Out,
     ) -> Result<(
@@ -812,7 +848,7 @@ impl Compiler<'_> {
                 .map(|(_, r)| self.physical(r, &right.schema))
                 .collect::<Result<Vec<_>>>()?;
         let filter = match &j.filter {
-            Some(f) => Some(self.physical(f, &j.schema)?),
+            Some(f) => Some(self.physical(f, pairs)?),
             None => None,
         };
         Ok((left_keys, right_keys, filter))

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{SortOptions, concat_batches, sort_to_indices, take_record_batch};
@@ -23,7 +24,8 @@ use crate::storage::StreamStore;
 const BACKFILL_CHUNK: usize = 8192;
 
 enum FeedMessage {
-    Batch(ChangeBatch),
+    /// Changes, with when they were appended for live stream records.
+    Batch(ChangeBatch, Option<Instant>),
     /// The source's stored history has been sent.
     CaughtUp,
     Failed(String),
@@ -86,7 +88,9 @@ pub fn spawn(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>) {
             Feed::Table(table) => {
                 let changes = sender.clone();
                 let rows = table.subscribe(Box::new(move |change| {
-                    changes.send((index, FeedMessage::Batch(change))).is_ok()
+                    changes
+                        .send((index, FeedMessage::Batch(change, None)))
+                        .is_ok()
                 }));
                 view.add_backfill(rows as u64, rows as u64);
                 let _ = sender.send((index, FeedMessage::CaughtUp));
@@ -97,8 +101,10 @@ pub fn spawn(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>) {
                     Ok(reader) => {
                         let rows = reader.rows.num_rows() as u64;
                         view.add_backfill(rows, rows);
-                        let _ = sender
-                            .send((index, FeedMessage::Batch(ChangeBatch::inserts(reader.rows))));
+                        let _ = sender.send((
+                            index,
+                            FeedMessage::Batch(ChangeBatch::inserts(reader.rows), None),
+                        ));
                         let _ = sender.send((index, FeedMessage::CaughtUp));
                         let mut events = reader.events;
                         let mut stop = view.stopped();
@@ -116,7 +122,10 @@ pub fn spawn(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>) {
                                     let _ = sender.send((index, FeedMessage::Failed(e)));
                                     return;
                                 };
-                                if sender.send((index, FeedMessage::Batch(batch))).is_err() {
+                                if sender
+                                    .send((index, FeedMessage::Batch(batch, None)))
+                                    .is_err()
+                                {
                                     return;
                                 }
                             }
@@ -169,7 +178,8 @@ pub fn spawn(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>) {
                     }
                     return;
                 }
-                Some((index, FeedMessage::Batch(batch))) => {
+                Some((index, FeedMessage::Batch(batch, arrived))) => {
+                    let input_rows = batch.rows.num_rows() as u64;
                     // A bug in an operator fails this view, not the server.
                     let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         dataflow.on_source(index, batch).and_then(|out| {
@@ -181,6 +191,7 @@ pub fn spawn(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>) {
                         view.set_status(Status::Failed(e.to_string()));
                         return;
                     }
+                    view.processed(input_rows, arrived);
                 }
                 Some((_, FeedMessage::CaughtUp)) => {
                     caught_up += 1;
@@ -255,13 +266,13 @@ async fn run_stream(
         }
     }
     send(sender, index, FeedMessage::CaughtUp)?;
-    while let Some((seq, batches)) = subscription.live.recv().await {
+    while let Some((seq, batches, arrived)) = subscription.live.recv().await {
         stream.wait_durable(seq).await?;
         for batch in batches {
             send(
                 sender,
                 index,
-                FeedMessage::Batch(ChangeBatch::inserts(batch)),
+                FeedMessage::Batch(ChangeBatch::inserts(batch), Some(arrived)),
             )?;
         }
     }
@@ -285,7 +296,7 @@ fn send_chunks(index: usize, rows: RecordBatch, sender: &Sender, view: &View) ->
         send(
             sender,
             index,
-            FeedMessage::Batch(ChangeBatch::inserts(chunk)),
+            FeedMessage::Batch(ChangeBatch::inserts(chunk), None),
         )?;
         view.add_backfill(len as u64, 0);
         offset += len;

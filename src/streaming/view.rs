@@ -62,6 +62,27 @@ struct Inner {
     state_bytes: usize,
     backfill_rows: u64,
     backfill_total: u64,
+    input_rows: u64,
+    /// Event-to-view latency of the latest live batches, in microseconds, oldest first.
+    latencies: VecDeque<u64>,
+}
+
+/// Live batches whose latency is kept for the percentiles.
+const LATENCY_SAMPLES: usize = 10_000;
+
+/// What `eddy_catalog.materialized_views` shows of a view's progress.
+#[derive(Debug, Clone, Default)]
+pub struct ViewStats {
+    pub rows: u64,
+    pub watermark: Option<i64>,
+    pub state_bytes: usize,
+    pub backfill_rows: u64,
+    pub backfill_total: u64,
+    /// Input rows (changes) processed since the view started.
+    pub input_rows: u64,
+    /// Event-to-view latency percentiles (50th, 99th) over the latest live batches, in
+    /// milliseconds: from a stream append starting to the view holding its effect.
+    pub latency_ms: Option<(f64, f64)>,
 }
 
 /// One materialized view, shared by its runtime task, the catalog and readers.
@@ -113,6 +134,8 @@ impl View {
                 state_bytes: 0,
                 backfill_rows: 0,
                 backfill_total: 0,
+                input_rows: 0,
+                latencies: VecDeque::new(),
             }),
             schema,
             stop: tokio::sync::watch::channel(false).0,
@@ -259,16 +282,41 @@ impl View {
         inner.backfill_total += total;
     }
 
-    /// (rows, watermark, state bytes, backfilled rows, rows to backfill)
-    pub fn stats(&self) -> (u64, Option<i64>, usize, u64, u64) {
+    /// Record that `rows` input rows were processed; `arrived` is when a live stream append
+    /// that carried them began.
+    pub fn processed(&self, rows: u64, arrived: Option<std::time::Instant>) {
+        let mut inner = self.lock();
+        inner.input_rows += rows;
+        if let Some(arrived) = arrived {
+            if inner.latencies.len() == LATENCY_SAMPLES {
+                inner.latencies.pop_front();
+            }
+            inner
+                .latencies
+                .push_back(arrived.elapsed().as_micros() as u64);
+        }
+    }
+
+    pub fn stats(&self) -> ViewStats {
         let inner = self.lock();
-        (
-            inner.rows.len() as u64,
-            inner.watermark,
-            inner.state_bytes,
-            inner.backfill_rows,
-            inner.backfill_total,
-        )
+        let latency_ms = (!inner.latencies.is_empty()).then(|| {
+            let mut sorted: Vec<u64> = inner.latencies.iter().copied().collect();
+            sorted.sort_unstable();
+            let at = |q: f64| {
+                let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+                sorted[index] as f64 / 1000.0
+            };
+            (at(0.5), at(0.99))
+        });
+        ViewStats {
+            rows: inner.rows.len() as u64,
+            watermark: inner.watermark,
+            state_bytes: inner.state_bytes,
+            backfill_rows: inner.backfill_rows,
+            backfill_total: inner.backfill_total,
+            input_rows: inner.input_rows,
+            latency_ms,
+        }
     }
 
     /// Stop the view's task (DROP).

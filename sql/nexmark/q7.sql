@@ -1,0 +1,11 @@
+-- Nexmark Q7: highest bid. The bids that match the highest price of their 10-second tumbling
+-- window: a windowed aggregate joined back to the stream within the window.
+CREATE MATERIALIZED VIEW nexmark_q7 AS
+SELECT b.auction, b.price, b.bidder, b.date_time
+FROM bid b
+JOIN (
+    SELECT max(price) AS maxprice, window_end AS date_time
+    FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND)
+    GROUP BY window_end
+) b1 ON b.price = b1.maxprice
+WHERE b.date_time BETWEEN b1.date_time - INTERVAL '10' SECOND AND b1.date_time;

@@ -1,0 +1,247 @@
+//! Connectors: sources that feed a stream from outside the SQL session.
+//!
+//! A stream created `WITH (connector = '...', ...)` is fed by one source task, started when the
+//! stream is created and again at every server start, stopped when the stream is dropped. A
+//! source appends through [`StreamStore::append`] like any writer (durable, atomic records); user
+//! writes (INSERT, COPY, HTTP) into such a stream are refused, so the stream's log is the
+//! source's own record of how far it got and a restart resumes there.
+//!
+//! Connectors today: [`nexmark`] (the built-in Nexmark event generator).
+//! `eddy_catalog.sources` shows every source's state, position and error.
+
+pub mod nexmark;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use crate::error::{Error, Result};
+use crate::storage::StreamStore;
+
+/// The option naming a stream's connector.
+pub const CONNECTOR: &str = "connector";
+
+/// Connector names and the options each accepts besides `connector`.
+const CONNECTORS: &[(&str, &[&str])] = &[("nexmark", nexmark::OPTIONS)];
+
+/// The options a stream with connector `name` accepts besides `connector`.
+pub fn connector_options(name: &str) -> Result<&'static [&'static str]> {
+    CONNECTORS
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|(_, options)| *options)
+        .ok_or_else(|| {
+            Error::InvalidValue(format!(
+                "unknown connector \"{name}\" (known: {})",
+                CONNECTORS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
+/// Check a new stream's connector options and fill in the defaults that must stay fixed for
+/// the stream's life (the Nexmark start time). Returns the columns the connector produces, as
+/// SQL, when the connector defines them.
+pub fn prepare(options: &mut BTreeMap<String, String>) -> Result<Option<&'static str>> {
+    let Some(connector) = options.get(CONNECTOR).cloned() else {
+        return Ok(None);
+    };
+    connector_options(&connector)?;
+    if connector == "nexmark" {
+        options.entry("start_time".to_string()).or_insert_with(|| {
+            chrono::Utc::now()
+                .format("%Y-%m-%d %H:%M:%S%.3f+00")
+                .to_string()
+        });
+        let source = nexmark::NexmarkSource::from_options(options)?;
+        return Ok(Some(nexmark::NexmarkSource::columns_sql(source.event_type)));
+    }
+    Ok(None)
+}
+
+/// Where a source is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceState {
+    Running,
+    /// A bounded source wrote everything it had.
+    Finished,
+    Failed(String),
+}
+
+/// One running source, as `eddy_catalog.sources` shows it.
+#[derive(Debug)]
+pub struct SourceStatus {
+    /// `schema.name` of the stream it feeds.
+    pub stream: String,
+    pub connector: String,
+    /// Connector-defined position: for Nexmark, events of all types generated so far.
+    position: AtomicU64,
+    /// Rows this source has appended to the stream in all (across restarts).
+    rows: AtomicU64,
+    state: Mutex<SourceState>,
+}
+
+impl SourceStatus {
+    pub fn state(&self) -> SourceState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_state(&self, state: SourceState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+}
+
+/// A source's status and the task that runs it.
+type RunningSource = (Arc<SourceStatus>, tokio::task::JoinHandle<()>);
+
+/// Every running source by stream id.
+#[derive(Debug, Default)]
+pub struct Sources {
+    running: Mutex<HashMap<u64, RunningSource>>,
+}
+
+impl Sources {
+    /// Start the source of `stream`, if it has a connector.
+    pub fn start(&self, stream: Arc<StreamStore>) {
+        let def = stream.def();
+        let Some(connector) = def.options.get(CONNECTOR).cloned() else {
+            return;
+        };
+        let status = Arc::new(SourceStatus {
+            stream: format!("{}.{}", def.schema_name, def.name),
+            connector: connector.clone(),
+            position: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            state: Mutex::new(SourceState::Running),
+        });
+        let task = {
+            let status = Arc::clone(&status);
+            tokio::spawn(async move {
+                let result = match connector.as_str() {
+                    "nexmark" => run_nexmark(&stream, &status).await,
+                    other => Err(Error::InvalidValue(format!(
+                        "unknown connector \"{other}\""
+                    ))),
+                };
+                match result {
+                    Ok(()) => status.set_state(SourceState::Finished),
+                    Err(e) => {
+                        tracing::error!(stream = %status.stream, error = %e, "source failed");
+                        status.set_state(SourceState::Failed(e.to_string()));
+                    }
+                }
+            })
+        };
+        let previous = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(def.id, (status, task));
+        if let Some((_, task)) = previous {
+            task.abort();
+        }
+    }
+
+    /// Stop the source of stream `id` (if any) and wait until it no longer writes.
+    pub async fn stop(&self, id: u64) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Some((_, task)) = running {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// All sources, by stream name.
+    pub fn all(&self) -> Vec<Arc<SourceStatus>> {
+        let mut all: Vec<Arc<SourceStatus>> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|(status, _)| Arc::clone(status))
+            .collect();
+        all.sort_by(|a, b| a.stream.cmp(&b.stream));
+        all
+    }
+
+    /// Schema of `eddy_catalog.sources`.
+    pub fn system_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("source", DataType::Utf8, false),
+            Field::new("connector", DataType::Utf8, false),
+            Field::new("status", DataType::Utf8, false),
+            Field::new("position", DataType::UInt64, false),
+            Field::new("rows", DataType::UInt64, false),
+            Field::new("error", DataType::Utf8, true),
+        ]))
+    }
+
+    /// Contents of `eddy_catalog.sources`.
+    pub fn system_batch(&self) -> Result<RecordBatch> {
+        let all = self.all();
+        let states: Vec<SourceState> = all.iter().map(|s| s.state()).collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                all.iter().map(|s| s.stream.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                all.iter().map(|s| s.connector.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(states.iter().map(
+                |s| match s {
+                    SourceState::Running => "running",
+                    SourceState::Finished => "finished",
+                    SourceState::Failed(_) => "failed",
+                },
+            ))),
+            Arc::new(UInt64Array::from_iter_values(
+                all.iter().map(|s| s.position.load(Ordering::Relaxed)),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                all.iter().map(|s| s.rows.load(Ordering::Relaxed)),
+            )),
+            Arc::new(StringArray::from_iter(states.iter().map(|s| match s {
+                SourceState::Failed(e) => Some(e.as_str()),
+                _ => None,
+            }))),
+        ];
+        Ok(RecordBatch::try_new(Self::system_schema(), columns)?)
+    }
+}
+
+/// Generate Nexmark events into `stream` from where its log says the generator got to.
+async fn run_nexmark(stream: &StreamStore, status: &SourceStatus) -> Result<()> {
+    let source = nexmark::NexmarkSource::from_options(&stream.def().options)?;
+    let schema = stream.schema();
+    // One record per chunk, and only this source writes the stream: the records appended so
+    // far are the chunks done.
+    let mut chunk = stream.appended_records();
+    let report = |chunk: u64| {
+        let position = source.position(chunk);
+        status.position.store(position, Ordering::Relaxed);
+        status
+            .rows
+            .store(source.rows_within(position), Ordering::Relaxed);
+    };
+    report(chunk);
+    loop {
+        if source.chunks().is_some_and(|total| chunk >= total) {
+            return Ok(());
+        }
+        tokio::time::sleep(source.delay_before(chunk)).await;
+        let batch = source.chunk(chunk, &schema)?;
+        stream.append(vec![batch]).await?;
+        chunk += 1;
+        report(chunk);
+    }
+}
