@@ -128,6 +128,26 @@ const VIEWS: &[(&str, &str, bool, &str)] = &[
         "",
     ),
     (
+        "bidder_steps",
+        "SELECT bidder, ts, price, ROW_NUMBER() OVER (PARTITION BY bidder ORDER BY ts, auction, price) AS n, \
+         LAG(price, 1, 0) OVER (PARTITION BY bidder ORDER BY ts, auction, price) AS prev FROM bids",
+        false,
+        "bidder >= 0",
+    ),
+    (
+        "channel_next",
+        "SELECT channel, ts, auction, LEAD(price, 2) OVER (PARTITION BY channel ORDER BY ts, auction, bidder, price) AS later, \
+         LAG(auction) OVER (PARTITION BY channel ORDER BY ts, auction, bidder, price) AS before FROM bids",
+        false,
+        "channel <> 'end'",
+    ),
+    (
+        "channel_next_final",
+        "SELECT channel, ts, auction, LEAD(price, 2) OVER (PARTITION BY channel ORDER BY ts, auction, bidder, price) AS later FROM bids",
+        true,
+        "ts < TIMESTAMPTZ '2026-01-01 00:00:30+00'",
+    ),
+    (
         "known_bids",
         "SELECT auction, bidder, price FROM bids WHERE bidder IN (SELECT id FROM users WHERE country <> 'de')",
         false,

@@ -20,12 +20,22 @@
 //! aggregates and joins free state behind the watermark, and `EMIT ON WINDOW CLOSE` releases
 //! each window's rows once when the watermark passes its end.
 //!
-//! Every operator has `snapshot`/`restore` hooks for checkpoints (issue: exactly-once recovery);
-//! until they are filled in, a view is rebuilt from the stored history when the server starts.
+//! Checkpoints (the design the hooks serve). A checkpoint is a consistent cut: the runtime
+//! stops taking input batches between two batches (a view's task processes one batch at a time,
+//! so the dataflow is then quiescent and no barrier has to be aligned inside it), records each
+//! feed's position (a stream's last log sequence number delivered, a table's commit, an
+//! upstream view's logical time), and asks every node for [`Operator::snapshot`]: bytes that
+//! [`Operator::restore`] turns back into the same state. State is Arrow data (groups and
+//! accumulator states, join rows with their counts, pending windows, top-N rows, OVER tails),
+//! so snapshots are Arrow IPC streams, plus the source watermarks and the view's rows and
+//! logical time. Recovery restores every node and resumes each feed after its recorded
+//! position; operators whose `state_bytes` is 0 snapshot nothing. Until the checkpoint issue
+//! fills the hooks in, a view is rebuilt from the stored history when the server starts.
 
 pub mod aggregate;
 pub mod join;
 pub mod operators;
+pub mod over;
 pub mod plan;
 pub mod runtime;
 pub mod session;

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::SortField;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, DFSchemaRef, JoinType, NullEquality};
@@ -30,6 +30,7 @@ use super::join::{Expiry, Join, JoinMode, TemporalJoin};
 use super::operators::{
     EventTime, Filter, HopExpand, LateRows, Project, Source, TopN, Union, WindowClose, WindowEnd,
 };
+use super::over::{OverFunction, OverWindow};
 use super::session::SessionWindow;
 use super::view::{View, ViewTable};
 use super::windows::{TemporalTable, WindowKind, WindowedTable};
@@ -254,7 +255,9 @@ impl Compiler<'_> {
                 }
                 LogicalPlan::Filter(f) => {
                     let mut input = match f.input.as_ref() {
-                        LogicalPlan::Window(w) => self.top_n(w, &f.predicate, ordered).await?,
+                        LogicalPlan::Window(w) if top_n_limit(w, &f.predicate).is_some() => {
+                            self.top_n(w, &f.predicate, ordered).await?
+                        }
                         other => self.compile(other, ordered).await?,
                     };
                     let predicate = self.physical(&f.predicate, &input.schema)?;
@@ -322,10 +325,7 @@ impl Compiler<'_> {
                 LogicalPlan::Aggregate(a) => self.aggregate(a, ordered).await,
                 LogicalPlan::Join(j) => self.join(j, ordered).await,
                 LogicalPlan::TableScan(scan) => self.scan(scan, ordered).await,
-                LogicalPlan::Window(_) => Err(refuse(
-                    "window functions other than a top-N (ROW_NUMBER() OVER (PARTITION BY ... \
-                     ORDER BY ...) filtered by <= N)",
-                )),
+                LogicalPlan::Window(w) => self.over_window(w).await,
                 LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
                     Err(refuse("a query that reads no stream, table or view"))
                 }
@@ -597,6 +597,155 @@ impl Compiler<'_> {
         })
     }
 
+    /// `ROW_NUMBER`, `LAG` and `LEAD` over one event-time ordered partitioning.
+    async fn over_window(&mut self, w: &datafusion::logical_expr::Window) -> Result<Out> {
+        let refusal = || {
+            refuse(
+                "window functions other than ROW_NUMBER, LAG and LEAD ordered by the event time \
+                 of a stream with a watermark, or a top-N (ROW_NUMBER() OVER (PARTITION BY ... \
+                 ORDER BY ...) filtered by <= N)",
+            )
+        };
+        let mut functions = Vec::new();
+        let mut over: Option<&datafusion::logical_expr::expr::WindowFunctionParams> = None;
+        for expr in &w.window_expr {
+            let Expr::WindowFunction(function) = expr else {
+                return Err(refusal());
+            };
+            let params = &function.params;
+            if params.filter.is_some()
+                || params.distinct
+                || matches!(
+                    params.null_treatment,
+                    Some(datafusion::logical_expr::expr::NullTreatment::IgnoreNulls)
+                )
+            {
+                return Err(refusal());
+            }
+            match over {
+                Some(first)
+                    if first.partition_by != params.partition_by
+                        || first.order_by != params.order_by =>
+                {
+                    return Err(refuse(
+                        "OVER windows with different PARTITION BY or ORDER BY in one query",
+                    ));
+                }
+                _ => over = Some(params),
+            }
+            functions.push((function.fun.name().to_string(), params.args.clone()));
+        }
+        let Some(params) = over else {
+            return Err(refusal());
+        };
+        let emit_on_close = self.emit_on_close;
+        let input = self.compile(&w.input, true).await?;
+        if input.retracting {
+            return Err(refuse(
+                "LAG, LEAD or ROW_NUMBER over a table or a view that updates rows (they run in \
+                 event-time order over append-only input)",
+            ));
+        }
+        let on_event_time = params.order_by.first().is_some_and(|sort| {
+            sort.asc
+                && passed_column(&sort.expr, &input.schema)
+                    .is_some_and(|i| input.roles[i] == Some(Role::EventTime))
+        });
+        if !on_event_time {
+            return Err(refusal());
+        }
+        let input_arrow = arrow_schema(&input.schema);
+        let partition = params
+            .partition_by
+            .iter()
+            .map(|e| self.physical(e, &input.schema))
+            .collect::<Result<Vec<_>>>()?;
+        let order = params
+            .order_by
+            .iter()
+            .map(|sort| {
+                Ok((
+                    self.physical(&sort.expr, &input.schema)?,
+                    datafusion::arrow::compute::SortOptions {
+                        descending: !sort.asc,
+                        nulls_first: sort.nulls_first,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut over_functions = Vec::new();
+        for (name, args) in functions {
+            let offset_arg = |args: &[Expr]| -> Result<i64> {
+                match args.get(1) {
+                    None => Ok(1),
+                    Some(e) => match literal(e) {
+                        Some(v) if !v.is_null() => v
+                            .cast_to(&DataType::Int64)
+                            .ok()
+                            .and_then(|v| match v {
+                                ScalarValue::Int64(Some(n)) => Some(n),
+                                _ => None,
+                            })
+                            .filter(|n| n.unsigned_abs() <= 1_000_000)
+                            .ok_or_else(|| refuse("a LAG/LEAD offset beyond 1000000")),
+                        _ => Err(refuse("a LAG/LEAD offset that is not a constant")),
+                    },
+                }
+            };
+            let function = match name.as_str() {
+                "row_number" => OverFunction::RowNumber,
+                "lag" | "lead" => {
+                    let arg = self.physical(args.first().ok_or_else(refusal)?, &input.schema)?;
+                    let offset = offset_arg(&args)?;
+                    let default = match args.get(2) {
+                        None => ScalarValue::Null,
+                        Some(e) => literal(e)
+                            .ok_or_else(|| refuse("a LAG/LEAD default that is not a constant"))?,
+                    };
+                    // LAG(x, -n) is LEAD(x, n) and the other way round.
+                    let back = (name == "lag") == (offset >= 0);
+                    let offset = offset.unsigned_abs() as usize;
+                    if back {
+                        OverFunction::Lag {
+                            arg,
+                            offset,
+                            default,
+                        }
+                    } else {
+                        OverFunction::Lead {
+                            arg,
+                            offset,
+                            default,
+                        }
+                    }
+                }
+                _ => return Err(refusal()),
+            };
+            over_functions.push(function);
+        }
+        let mut op = OverWindow::new(
+            partition,
+            order,
+            over_functions,
+            input_arrow,
+            arrow_schema(&w.schema),
+        )?;
+        let retracting = !emit_on_close && op_has_lead(&w.window_expr);
+        if emit_on_close {
+            op.emit_on_close();
+            self.emit_on_close = false;
+        }
+        let node = self.add(op, vec![input.node]);
+        let mut roles = input.roles.clone();
+        roles.resize(w.schema.fields().len(), None);
+        Ok(Out {
+            node,
+            schema: Arc::clone(&w.schema),
+            roles,
+            retracting,
+        })
+    }
+
     async fn top_n(
         &mut self,
         w: &datafusion::logical_expr::Window,
@@ -612,11 +761,7 @@ impl Compiler<'_> {
         let [Expr::WindowFunction(function)] = w.window_expr.as_slice() else {
             return Err(refusal());
         };
-        if function.fun.name() != "row_number" {
-            return Err(refusal());
-        }
-        let rank_column = w.schema.field(w.schema.fields().len() - 1).name().clone();
-        let limit = rank_bound(predicate, &rank_column).ok_or_else(refusal)?;
+        let limit = top_n_limit(w, predicate).ok_or_else(refusal)?;
         let input = self.compile(&w.input, ordered).await?;
         let params = &function.params;
         let partition = params
@@ -872,6 +1017,47 @@ impl Compiler<'_> {
             roles,
             retracting,
         }
+    }
+}
+
+/// The N of a top-N: a lone `ROW_NUMBER()` window filtered by `rn <= N` and the like.
+fn top_n_limit(w: &datafusion::logical_expr::Window, predicate: &Expr) -> Option<usize> {
+    let [Expr::WindowFunction(function)] = w.window_expr.as_slice() else {
+        return None;
+    };
+    if function.fun.name() != "row_number" {
+        return None;
+    }
+    let rank_column = w.schema.field(w.schema.fields().len() - 1).name().clone();
+    rank_bound(predicate, &rank_column)
+}
+
+/// Whether any window expression is a LEAD (or a LAG with a negative offset): its rows are
+/// revised when later rows arrive.
+fn op_has_lead(exprs: &[Expr]) -> bool {
+    exprs.iter().any(|e| match e {
+        Expr::WindowFunction(f) => {
+            let name = f.fun.name();
+            let negative = f
+                .params
+                .args
+                .get(1)
+                .and_then(literal)
+                .and_then(|v| v.cast_to(&DataType::Int64).ok())
+                .is_some_and(|v| matches!(v, ScalarValue::Int64(Some(n)) if n < 0));
+            (name == "lead") != negative && name != "row_number"
+        }
+        _ => false,
+    })
+}
+
+/// A constant argument (a literal, possibly cast) as a value.
+fn literal(expr: &Expr) -> Option<ScalarValue> {
+    match expr {
+        Expr::Literal(v, _) => Some(v.clone()),
+        Expr::Cast(c) => literal(&c.expr)?.cast_to(c.field.data_type()).ok(),
+        Expr::TryCast(c) => literal(&c.expr)?.cast_to(c.field.data_type()).ok(),
+        _ => None,
     }
 }
 

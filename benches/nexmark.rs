@@ -1,0 +1,242 @@
+//! The Nexmark benchmark: the queries in `sql/nexmark/` as materialized views over the
+//! built-in generator's streams (`sql/nexmark/streams.sql`).
+//!
+//! ```text
+//! cargo bench --bench nexmark         # EDDY_NEXMARK_EVENTS=1000000 events by default
+//! ```
+//!
+//! Prints, per query:
+//! - throughput: the stored events are generated first, then `CREATE MATERIALIZED VIEW` runs
+//!   the view over all of them (one view task, i.e. one core); events/s counts the events of
+//!   the streams the query reads, each stream once;
+//! - the same query as a DataFusion batch over the same stored events in the same server
+//!   (`SELECT count(*) FROM (<query>)` over pgwire), its time and the ratio of the view's
+//!   throughput to the batch's;
+//! - event-to-view latency (p50, p99): all views run together while the generator releases
+//!   events in real time at `EDDY_NEXMARK_RATE` events/s (default 10,000); latency is measured
+//!   inside the server from the moment a stream append starts to the moment the view holds its
+//!   effect (`eddy_catalog.materialized_views.latency_p50_ms / latency_p99_ms`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn nexmark_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/nexmark")
+}
+
+/// (name, CREATE statement, SELECT, streams read) per query file.
+fn queries() -> Vec<(String, String, String, Vec<&'static str>)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(nexmark_dir())
+        .expect("sql/nexmark")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('q') && n.ends_with(".sql"))
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("query file");
+            let create = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .trim()
+                .trim_end_matches(';')
+                .to_string();
+            let name = create
+                .split_whitespace()
+                .nth(3)
+                .expect("view name")
+                .to_string();
+            let select = create.split_once(" AS\n").expect("AS").1.to_string();
+            let lower = select.to_lowercase();
+            let streams = ["person", "auction", "bid"]
+                .into_iter()
+                .filter(|s| {
+                    lower.contains(&format!("from {s}"))
+                        || lower.contains(&format!("join {s}"))
+                        || lower.contains(&format!("({s},"))
+                })
+                .collect();
+            (name, create, select, streams)
+        })
+        .collect()
+}
+
+async fn connect(port: u16) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=eddy dbname=eddy"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+async fn scalar_i64(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+async fn wait_generated(client: &tokio_postgres::Client) {
+    loop {
+        let left = scalar_i64(
+            client,
+            "SELECT count(*) FROM eddy_catalog.sources WHERE status <> 'finished'",
+        )
+        .await;
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn start_eddy(
+    data_dir: &Path,
+    runtime: &tokio::runtime::Runtime,
+) -> (u16, tokio::sync::oneshot::Sender<()>) {
+    let config = eddydb::config::Config {
+        listen: "127.0.0.1:0".into(),
+        http_listen: "127.0.0.1:0".into(),
+        data_dir: data_dir.to_path_buf(),
+        log_level: "warn".into(),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let running = runtime
+        .block_on(eddydb::server::start(config, async move {
+            let _ = rx.await;
+        }))
+        .expect("eddydb starts");
+    (running.addrs.pg.port(), tx)
+}
+
+fn main() {
+    let events = env_number("EDDY_NEXMARK_EVENTS", 1_000_000);
+    let rate = env_number("EDDY_NEXMARK_RATE", 10_000);
+    let live_seconds = env_number("EDDY_NEXMARK_LIVE_SECONDS", 20);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let (port, stop) = start_eddy(data_dir.path(), &runtime);
+    let queries = queries();
+    let streams_sql =
+        std::fs::read_to_string(nexmark_dir().join("streams.sql")).expect("streams.sql");
+    runtime.block_on(async {
+        let client = connect(port).await;
+        println!(
+            "nexmark: {events} events, {} cores",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        let started = Instant::now();
+        client
+            .batch_execute(&streams_sql.replace("events = 1000000", &format!("events = {events}")))
+            .await
+            .expect("streams");
+        wait_generated(&client).await;
+        let generation = started.elapsed().as_secs_f64();
+        println!(
+            "generated and stored durably: {:.0} events/s ({generation:.2} s)",
+            events as f64 / generation
+        );
+        let mut rows_of = std::collections::HashMap::new();
+        for stream in ["person", "auction", "bid"] {
+            rows_of.insert(
+                stream,
+                scalar_i64(&client, &format!("SELECT count(*) FROM {stream}")).await,
+            );
+        }
+        println!(
+            "{:<11} {:>12} {:>10} {:>10} {:>12} {:>8} {:>9} {:>9}",
+            "query", "view ev/s", "view ms", "batch ms", "batch ev/s", "ratio", "p50 ms", "p99 ms"
+        );
+        let mut lines = Vec::new();
+        for (name, create, select, streams) in &queries {
+            let input: i64 = streams.iter().map(|s| rows_of[s]).sum();
+            let started = Instant::now();
+            client.batch_execute(create).await.expect(create);
+            let view_secs = started.elapsed().as_secs_f64();
+            client
+                .batch_execute(&format!("DROP MATERIALIZED VIEW {name}"))
+                .await
+                .expect("drop");
+            // Batch: best of three.
+            let mut batch_secs = f64::MAX;
+            for _ in 0..3 {
+                let started = Instant::now();
+                scalar_i64(&client, &format!("SELECT count(*) FROM ({select}) q")).await;
+                batch_secs = batch_secs.min(started.elapsed().as_secs_f64());
+            }
+            let view_rate = input as f64 / view_secs;
+            let batch_rate = input as f64 / batch_secs;
+            lines.push((name.clone(), view_rate, view_secs, batch_secs, batch_rate));
+        }
+        // Latency: fresh paced streams, all views running while events arrive in real time.
+        client
+            .batch_execute("DROP STREAM person, auction, bid")
+            .await
+            .expect("drop streams");
+        let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S%.3f+00").to_string();
+        let live = streams_sql
+            .replace("events = 1000000", &format!("events = {}", rate * live_seconds))
+            .replace("paced = false", &format!("rate = {rate}"))
+            .replace("2026-01-01 00:00:00+00", &now);
+        client.batch_execute(&live).await.expect("live streams");
+        for (_, create, _, _) in &queries {
+            client.batch_execute(create).await.expect(create);
+        }
+        wait_generated(&client).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let latencies = client
+            .query(
+                "SELECT name, latency_p50_ms, latency_p99_ms FROM eddy_catalog.materialized_views",
+                &[],
+            )
+            .await
+            .expect("latencies");
+        for (name, view_rate, view_secs, batch_secs, batch_rate) in lines {
+            let latency = latencies
+                .iter()
+                .find(|r| r.get::<_, String>(0) == name)
+                .map(|r| (r.get::<_, Option<f64>>(1), r.get::<_, Option<f64>>(2)));
+            let (p50, p99) = latency.unwrap_or((None, None));
+            println!(
+                "{:<11} {:>12.0} {:>10.1} {:>10.1} {:>12.0} {:>8.2} {:>9} {:>9}",
+                name,
+                view_rate,
+                view_secs * 1000.0,
+                batch_secs * 1000.0,
+                batch_rate,
+                view_rate / batch_rate,
+                p50.map_or("-".to_string(), |v| format!("{v:.1}")),
+                p99.map_or("-".to_string(), |v| format!("{v:.1}")),
+            );
+        }
+        println!(
+            "ratio = view events/s / batch events/s; latency with all {} views running at {rate} events/s for {live_seconds} s",
+            queries.len()
+        );
+    });
+    let _ = stop.send(());
+}
