@@ -93,6 +93,9 @@ CONFIGURATION
   maintenance_interval_ms = 1000     how often flush, compaction and retention run
   compact_min_files = 8              merge a partition's small files when it has this many
   compact_target_bytes = 134217728   files smaller than this count as small
+  [streaming]
+  verify_snapshots = false           EDDY_STREAMING__VERIFY_SNAPSHOTS   after every input batch,
+                                     snapshot and restore each view's state (slow; for tests)
   [auth]
   trust_loopback = true              EDDY_AUTH__TRUST_LOOPBACK  loopback clients need no password
   password_method = \"scram-sha-256\" EDDY_AUTH__PASSWORD_METHOD scram-sha-256, or (weaker, only
@@ -120,6 +123,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub object_store: Option<String>,
     pub storage: StorageConfig,
+    pub streaming: StreamingConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
 }
@@ -161,6 +165,15 @@ impl StorageConfig {
     pub fn maintenance_interval(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.maintenance_interval_ms.max(10))
     }
+}
+
+/// How materialized views run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// After every input batch, snapshot each view's operator state and continue from the
+    /// restored snapshot (slow; tests use it to prove snapshots lose nothing).
+    pub verify_snapshots: bool,
 }
 
 /// How logs are written.
@@ -227,6 +240,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             object_store: None,
             storage: StorageConfig::default(),
+            streaming: StreamingConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
         }

@@ -94,7 +94,7 @@ pub async fn start(
         config.storage.clone(),
     )
     .await?;
-    let engine = Engine::new(Arc::clone(&storage))?;
+    let engine = Engine::new(Arc::clone(&storage), config.streaming.clone())?;
     engine.start_stored_views().await;
     engine.catalog().start_sources();
     let tls = auth::tls_acceptor(&config.tls)?;

@@ -3,7 +3,8 @@
 //! - The correctness oracle: generated bids (out of order within the watermark bound) and a
 //!   users table that changes (updates, deletes, re-inserts) are loaded at several batch sizes
 //!   while views are maintained; every view must end equal to its own query run as a batch over
-//!   the stored history (`EXCEPT ALL` both ways is empty).
+//!   the stored history (`EXCEPT ALL` both ways is empty). Every view snapshots and restores
+//!   its operator state after each batch, so this also proves the checkpoint snapshots exact.
 //! - State stays bounded: windowed and interval-join views over a long stream stop growing,
 //!   while a view that must remember every key grows (so the measure itself works).
 //! - SUBSCRIBE through cursors (snapshot, changes, resume with `AS OF`), through psql as typed
@@ -187,7 +188,9 @@ async fn differences(
 
 /// Load the scenario with `batch` rows per INSERT and check every view against the oracle.
 async fn oracle_run(batch: usize, seed: u64) {
-    let server = TestServer::start();
+    // Every view snapshots its operator state after each input batch and continues from the
+    // restored snapshot: a snapshot that loses anything makes a view differ from its query.
+    let server = TestServer::start_with(|c| c.streaming.verify_snapshots = true);
     let client = server.connect().await;
     exec(&client, SCHEMA).await;
     // Some history before the views exist (backfill), the rest while they run.

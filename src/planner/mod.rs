@@ -81,6 +81,7 @@ pub enum Output {
 pub struct Engine {
     ctx: SessionContext,
     catalog: Arc<Catalog>,
+    streaming: crate::config::StreamingConfig,
 }
 
 impl std::fmt::Debug for Engine {
@@ -93,7 +94,10 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Build the engine: catalog, pg_catalog, information_schema and PostgreSQL functions.
-    pub fn new(storage: Arc<Storage>) -> Result<Arc<Engine>> {
+    pub fn new(
+        storage: Arc<Storage>,
+        streaming: crate::config::StreamingConfig,
+    ) -> Result<Arc<Engine>> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE_NAME, DEFAULT_SCHEMA)
             .with_create_default_catalog_and_schema(false)
@@ -107,7 +111,11 @@ impl Engine {
         information_schema::register_information_schema(&ctx, DATABASE_NAME)?;
         pg_functions::register_pg_functions(&ctx);
         crate::streaming::windows::register(&ctx);
-        Ok(Arc::new(Engine { ctx, catalog }))
+        Ok(Arc::new(Engine {
+            ctx,
+            catalog,
+            streaming,
+        }))
     }
 
     /// The catalog of user objects.

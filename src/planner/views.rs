@@ -126,7 +126,12 @@ impl Engine {
             late,
         )?;
         self.catalog.register_view(Arc::clone(&view))?;
-        runtime::spawn(Arc::clone(&view), compiled.dataflow, compiled.feeds);
+        runtime::spawn(
+            Arc::clone(&view),
+            compiled.dataflow,
+            compiled.feeds,
+            &self.streaming,
+        );
         Ok(view)
     }
 
@@ -209,7 +214,12 @@ impl Engine {
                 )?;
                 // Stopped when dropped, also if the client goes away during the backfill.
                 let mut guard = StopOnDrop(Some(Arc::clone(&view)));
-                runtime::spawn(Arc::clone(&view), compiled.dataflow, compiled.feeds);
+                runtime::spawn(
+                    Arc::clone(&view),
+                    compiled.dataflow,
+                    compiled.feeds,
+                    &self.streaming,
+                );
                 view.backfilled().await;
                 // From here the subscription owns the view and stops it when dropped.
                 let subscription = Subscription::open(Arc::clone(&view), true, &options)?;

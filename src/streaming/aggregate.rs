@@ -25,6 +25,7 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::scalar::ScalarValue;
 
 use super::operators::{WindowEnd, evaluate_mask};
+use super::state::{StateReader, StateWriter};
 use super::{ChangeBatch, Operator};
 use crate::error::{Error, Result};
 
@@ -587,6 +588,199 @@ impl Operator for Aggregate {
 
     fn state_bytes(&self) -> usize {
         self.bytes
+    }
+
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut w = StateWriter::new("aggregate");
+        w.i64(self.watermark);
+        let keys: Vec<OwnedRow> = self.groups.keys().cloned().collect();
+        w.u64(keys.len() as u64);
+        let fields: Vec<_> = self.schema.fields().iter().cloned().collect();
+        let mut emitted: Vec<Vec<ScalarValue>> = vec![Vec::new(); fields.len()];
+        // State columns per aggregate, as the accumulators give them (a sliding accumulator's
+        // state is wider than the plain one's).
+        let mut widths: Vec<usize> = Vec::new();
+        let mut states: Vec<Vec<ScalarValue>> = Vec::new();
+        for key in &keys {
+            let group = self
+                .groups
+                .get_mut(key)
+                .ok_or_else(|| Error::Internal("group vanished".into()))?;
+            w.row(key);
+            w.i64(group.rows);
+            w.opt_i64(group.window_end);
+            w.bool(group.emitted.is_some());
+            for (c, field) in fields.iter().enumerate() {
+                let value = match &group.emitted {
+                    Some(values) => values[c].cast_to(field.data_type())?,
+                    None => ScalarValue::try_from(field.data_type())?,
+                };
+                emitted[c].push(value);
+            }
+            w.bool(group.inputs.is_some());
+            if let Some(inputs) = &group.inputs {
+                w.u64(inputs.len() as u64);
+                for (row, count) in inputs {
+                    w.row(row);
+                    w.i64(*count);
+                }
+            } else {
+                let first = widths.is_empty();
+                let mut column = 0;
+                for acc in &mut group.accumulators {
+                    let state = acc.state()?;
+                    if first {
+                        widths.push(state.len());
+                    }
+                    for value in state {
+                        if first {
+                            states.push(Vec::new());
+                        }
+                        states
+                            .get_mut(column)
+                            .ok_or_else(|| Error::Internal("accumulator state width".into()))?
+                            .push(value);
+                        column += 1;
+                    }
+                }
+            }
+        }
+        w.u64(widths.len() as u64);
+        for width in &widths {
+            w.u64(*width as u64);
+        }
+        if !keys.is_empty() {
+            for columns in [emitted, states] {
+                if columns.is_empty() || columns[0].is_empty() {
+                    w.bool(false);
+                    continue;
+                }
+                w.bool(true);
+                let arrays = columns
+                    .into_iter()
+                    .map(|values| Ok(ScalarValue::iter_to_array(values)?))
+                    .collect::<Result<Vec<ArrayRef>>>()?;
+                let schema = Arc::new(Schema::new(
+                    arrays
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| Field::new(format!("c{i}"), a.data_type().clone(), true))
+                        .collect::<Vec<_>>(),
+                ));
+                let batch = RecordBatch::try_new(Arc::clone(&schema), arrays)?;
+                w.batches(&schema, &[batch])?;
+            }
+        }
+        let bytes = w.finish();
+        // Some accumulators give their state away; continue from the snapshot itself.
+        self.restore(&bytes)?;
+        Ok(Some(bytes))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(state, "aggregate")?;
+        self.watermark = r.i64()?;
+        let keyless = self.group_exprs.is_empty();
+        let mut parsed = Vec::new();
+        for _ in 0..r.usize()? {
+            let key = r.key(&self.keys, keyless)?;
+            let rows = r.i64()?;
+            let window_end = r.opt_i64()?;
+            let has_emitted = r.bool()?;
+            let inputs = if r.bool()? {
+                let converter = self
+                    .inputs
+                    .as_ref()
+                    .ok_or_else(|| Error::Storage("aggregate state with inputs".into()))?;
+                let mut inputs = HashMap::new();
+                for _ in 0..r.usize()? {
+                    let row = r.row(converter)?;
+                    inputs.insert(row, r.i64()?);
+                }
+                Some(inputs)
+            } else {
+                None
+            };
+            parsed.push((key, rows, window_end, has_emitted, inputs));
+        }
+        let widths = (0..r.usize()?)
+            .map(|_| r.usize())
+            .collect::<Result<Vec<usize>>>()?;
+        let mut batches = Vec::new();
+        if !parsed.is_empty() {
+            for _ in 0..2 {
+                batches.push(if r.bool()? {
+                    r.batches()?.into_iter().next()
+                } else {
+                    None
+                });
+            }
+        }
+        r.finish()?;
+        let emitted = batches.first().cloned().flatten();
+        let states = batches.get(1).cloned().flatten();
+        let key_columns = if keyless || parsed.is_empty() {
+            Vec::new()
+        } else {
+            self.keys.convert_rows(parsed.iter().map(|p| p.0.row()))?
+        };
+        self.groups.clear();
+        self.closing.clear();
+        self.bytes = 0;
+        for (i, (key, rows, window_end, has_emitted, inputs)) in parsed.into_iter().enumerate() {
+            let key_values = key_columns
+                .iter()
+                .map(|c| ScalarValue::try_from_array(c, i))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let emitted = match (&emitted, has_emitted) {
+                (Some(batch), true) => Some(
+                    batch
+                        .columns()
+                        .iter()
+                        .map(|c| ScalarValue::try_from_array(c, i))
+                        .collect::<std::result::Result<Vec<_>, _>>()?,
+                ),
+                _ => None,
+            };
+            let mut accumulators = self.new_accumulators()?;
+            if let (Some(states), None) = (&states, &inputs) {
+                let mut column = 0;
+                for (width, acc) in widths.iter().zip(&mut accumulators) {
+                    let width = *width;
+                    let arrays: Vec<ArrayRef> = states
+                        .columns()
+                        .get(column..column + width)
+                        .ok_or_else(|| Error::Storage("aggregate state is short".into()))?
+                        .iter()
+                        .map(|a| a.slice(i, 1))
+                        .collect();
+                    acc.merge_batch(&arrays)?;
+                    column += width;
+                }
+            }
+            if let Some(end) = window_end {
+                self.closing.entry(end).or_default().push(key.clone());
+            }
+            let recompute = inputs.is_some();
+            self.groups.insert(
+                key.clone(),
+                Group {
+                    accumulators,
+                    rows,
+                    key: key_values,
+                    emitted,
+                    inputs,
+                    window_end,
+                },
+            );
+            if recompute {
+                self.recompute_group(&key)?;
+            }
+            if let Some(group) = self.groups.get(&key) {
+                self.bytes += group_bytes(&key, group);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -32,6 +32,7 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::operators::{evaluate_mask, key_rows, micros, rows_batch};
+use super::state::{StateReader, StateWriter};
 use super::{ChangeBatch, Operator};
 use crate::error::Result;
 
@@ -95,6 +96,52 @@ impl Side {
             expiring: BTreeMap::new(),
             bytes: 0,
         })
+    }
+
+    /// Write the stored rows by key, with their counts, partner counts and expiry times.
+    fn snapshot(&self, w: &mut StateWriter) {
+        w.u64(self.state.len() as u64);
+        for (key, list) in &self.state {
+            w.opt_row(key.as_ref());
+            w.u64(list.len() as u64);
+            for stored in list {
+                w.row(&stored.row);
+                w.i64(stored.count);
+                w.i64(stored.matches);
+                w.opt_i64(stored.expires);
+            }
+        }
+    }
+
+    /// Replace the state with what [`Side::snapshot`] wrote.
+    fn restore(&mut self, r: &mut StateReader<'_>) -> Result<()> {
+        self.state.clear();
+        self.expiring.clear();
+        self.bytes = 0;
+        for _ in 0..r.usize()? {
+            let key = if r.bool()? {
+                Some(r.key(&self.key_converter, self.keys.is_empty())?)
+            } else {
+                None
+            };
+            let mut list = Vec::new();
+            for _ in 0..r.usize()? {
+                let row = r.row(&self.rows)?;
+                let stored = Stored {
+                    count: r.i64()?,
+                    matches: r.i64()?,
+                    expires: r.opt_i64()?,
+                    row,
+                };
+                self.bytes += stored.row.as_ref().len();
+                if let Some(at) = stored.expires {
+                    self.expiring.entry(at).or_default().push(key.clone());
+                }
+                list.push(stored);
+            }
+            self.state.insert(key, list);
+        }
+        Ok(())
     }
 
     /// Key rows of a batch; None for rows with a NULL key (they never match).
@@ -438,6 +485,22 @@ impl Operator for Join {
     fn state_bytes(&self) -> usize {
         self.sides.iter().map(|s| s.bytes).sum()
     }
+
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut w = StateWriter::new("join");
+        for side in &self.sides {
+            side.snapshot(&mut w);
+        }
+        Ok(Some(w.finish()))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(state, "join")?;
+        for side in &mut self.sides {
+            side.restore(&mut r)?;
+        }
+        r.finish()
+    }
 }
 
 /// `stream JOIN table FOR SYSTEM_TIME AS OF stream.ts`: each stream row (input 0) joined with
@@ -623,5 +686,41 @@ impl Operator for TemporalJoin {
 
     fn state_bytes(&self) -> usize {
         self.bytes
+    }
+
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut w = StateWriter::new("temporal_join");
+        w.bool(self.seen_initial);
+        w.u64(self.versions.len() as u64);
+        for (key, versions) in &self.versions {
+            w.row(key);
+            w.u64(versions.len() as u64);
+            for (valid_from, row) in versions {
+                w.i64(*valid_from);
+                w.opt_row(row.as_ref());
+            }
+        }
+        Ok(Some(w.finish()))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(state, "temporal_join")?;
+        self.seen_initial = r.bool()?;
+        self.versions.clear();
+        self.bytes = 0;
+        for _ in 0..r.usize()? {
+            let key = r.key(&self.table.key_converter, self.table.keys.is_empty())?;
+            let mut versions = Vec::new();
+            for _ in 0..r.usize()? {
+                let valid_from = r.i64()?;
+                let row = r.opt_row(&self.table.rows)?;
+                if let Some(row) = &row {
+                    self.bytes += row.as_ref().len();
+                }
+                versions.push((valid_from, row));
+            }
+            self.versions.insert(key, versions);
+        }
+        r.finish()
     }
 }

@@ -39,6 +39,7 @@ pub mod over;
 pub mod plan;
 pub mod runtime;
 pub mod session;
+pub mod state;
 pub mod subscribe;
 pub mod view;
 pub mod windows;
@@ -200,8 +201,8 @@ pub trait Operator: Send + std::fmt::Debug {
         0
     }
 
-    /// Serialize the state at a checkpoint barrier. None: the operator holds no state.
-    fn snapshot(&self) -> Result<Option<Vec<u8>>> {
+    /// Serialize the state at a checkpoint. None: the operator holds no state.
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
         if self.state_bytes() == 0 {
             return Ok(None);
         }
@@ -297,6 +298,54 @@ impl DataflowBuilder {
 }
 
 impl Dataflow {
+    /// Every node's state and watermarks, for a checkpoint. Each node's description goes
+    /// with it, so a snapshot is only restored into the same plan.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>> {
+        let mut w = state::StateWriter::new("dataflow");
+        w.u64(self.nodes.len() as u64);
+        for node in &mut self.nodes {
+            w.bytes(node.op.describe().as_bytes());
+            w.opt_i64(node.watermark);
+            w.u64(node.input_watermarks.len() as u64);
+            for watermark in &node.input_watermarks {
+                w.opt_i64(*watermark);
+            }
+            match node.op.snapshot()? {
+                Some(state) => {
+                    w.bool(true);
+                    w.bytes(&state);
+                }
+                None => w.bool(false),
+            }
+        }
+        Ok(w.finish())
+    }
+
+    /// Load a [`Dataflow::snapshot`] of the same plan (instead of running `start`).
+    pub fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let other_plan = || Error::Storage("checkpoint of a different streaming plan".to_string());
+        let mut r = state::StateReader::new(state, "dataflow")?;
+        if r.usize()? != self.nodes.len() {
+            return Err(other_plan());
+        }
+        for node in &mut self.nodes {
+            if r.bytes()? != node.op.describe().as_bytes() {
+                return Err(other_plan());
+            }
+            node.watermark = r.opt_i64()?;
+            if r.usize()? != node.input_watermarks.len() {
+                return Err(other_plan());
+            }
+            for watermark in &mut node.input_watermarks {
+                *watermark = r.opt_i64()?;
+            }
+            if r.bool()? {
+                node.op.restore(r.bytes()?)?;
+            }
+        }
+        r.finish()
+    }
+
     /// Run every operator's `start`, returning the root's initial changes.
     pub fn start(&mut self) -> Result<Vec<ChangeBatch>> {
         let mut out = Vec::new();

@@ -20,6 +20,7 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::physical_expr::PhysicalExpr;
 
+use super::state::{StateReader, StateWriter};
 use super::{ChangeBatch, Operator};
 use crate::error::{Error, Result};
 
@@ -265,6 +266,18 @@ impl Operator for Source {
         self.watermark
     }
 
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut w = StateWriter::new("source");
+        w.opt_i64(self.watermark);
+        Ok(Some(w.finish()))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(state, "source")?;
+        self.watermark = r.opt_i64()?;
+        r.finish()
+    }
+
     fn order_by_event_time(&mut self) {
         if let Some(t) = &mut self.event_time {
             t.drop_late = true;
@@ -428,6 +441,30 @@ impl RowBag {
         Ok(())
     }
 
+    /// Write the rows with their counts.
+    pub fn snapshot(&self, w: &mut StateWriter) {
+        w.u64(self.counts.len() as u64);
+        for (row, count) in &self.counts {
+            w.row(row);
+            w.i64(*count);
+        }
+    }
+
+    /// Replace the contents with what [`RowBag::snapshot`] wrote.
+    pub fn restore(&mut self, r: &mut StateReader<'_>) -> Result<()> {
+        self.counts.clear();
+        self.total = 0;
+        self.bytes = 0;
+        for _ in 0..r.usize()? {
+            let row = r.row(&self.converter)?;
+            let count = r.i64()?;
+            self.total += count;
+            self.bytes += row.as_ref().len();
+            self.counts.insert(row, count);
+        }
+        Ok(())
+    }
+
     /// Rows held, counting repeats.
     pub fn len(&self) -> usize {
         self.total.max(0) as usize
@@ -583,6 +620,30 @@ impl Operator for WindowClose {
     fn state_bytes(&self) -> usize {
         self.pending.values().map(RowBag::bytes).sum()
     }
+
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut w = StateWriter::new("window_close");
+        w.i64(self.closed_upto);
+        w.u64(self.pending.len() as u64);
+        for (end, bag) in &self.pending {
+            w.i64(*end);
+            bag.snapshot(&mut w);
+        }
+        Ok(Some(w.finish()))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(state, "window_close")?;
+        self.closed_upto = r.i64()?;
+        self.pending.clear();
+        for _ in 0..r.usize()? {
+            let end = r.i64()?;
+            let mut bag = RowBag::new(Arc::clone(&self.schema))?;
+            bag.restore(&mut r)?;
+            self.pending.insert(end, bag);
+        }
+        r.finish()
+    }
 }
 
 /// `ROW_NUMBER() OVER (PARTITION BY p ORDER BY o) AS rn` kept for the first `limit` rows of each
@@ -734,6 +795,40 @@ impl Operator for TopN {
 
     fn state_bytes(&self) -> usize {
         self.bytes
+    }
+
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut w = StateWriter::new("top_n");
+        w.u64(self.groups.len() as u64);
+        for (key, ranked) in &self.groups {
+            w.row(key);
+            w.u64(ranked.len() as u64);
+            for ((order, row), count) in ranked {
+                w.row(order);
+                w.row(row);
+                w.i64(*count);
+            }
+        }
+        Ok(Some(w.finish()))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(state, "top_n")?;
+        self.groups.clear();
+        self.bytes = 0;
+        for _ in 0..r.usize()? {
+            let key = r.key(&self.partition_converter, self.partition.is_empty())?;
+            let mut ranked = BTreeMap::new();
+            for _ in 0..r.usize()? {
+                let order = r.row(&self.order)?;
+                let row = r.row(&self.rows)?;
+                let count = r.i64()?;
+                self.bytes += order.as_ref().len() + row.as_ref().len();
+                ranked.insert((order, row), count);
+            }
+            self.groups.insert(key, ranked);
+        }
+        r.finish()
     }
 }
 

@@ -26,6 +26,7 @@ use datafusion::common::ScalarValue;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::operators::{cast_columns, key_rows, micros, rows_batch};
+use super::state::{StateReader, StateWriter};
 use super::{ChangeBatch, Operator};
 use crate::error::{Error, Result};
 
@@ -132,6 +133,33 @@ impl OverWindow {
             .iter()
             .map(|f| SortField::new(f.data_type().clone()))
             .collect();
+        // Defaults take the argument's type, so each function's values have one type.
+        let functions = functions
+            .into_iter()
+            .map(|f| {
+                Ok(match f {
+                    OverFunction::Lag {
+                        arg,
+                        offset,
+                        default,
+                    } => OverFunction::Lag {
+                        default: default.cast_to(&arg.data_type(&input_schema)?)?,
+                        arg,
+                        offset,
+                    },
+                    OverFunction::Lead {
+                        arg,
+                        offset,
+                        default,
+                    } => OverFunction::Lead {
+                        default: default.cast_to(&arg.data_type(&input_schema)?)?,
+                        arg,
+                        offset,
+                    },
+                    other => other,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let lag = functions.iter().map(OverFunction::lag).max().unwrap_or(0);
         let lead = functions.iter().map(OverFunction::lead).max().unwrap_or(0);
         Ok(OverWindow {
@@ -376,5 +404,129 @@ impl Operator for OverWindow {
 
     fn state_bytes(&self) -> usize {
         self.pending_bytes + self.tail_bytes
+    }
+
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut w = StateWriter::new("over_window");
+        w.u64(self.pending.len() as u64);
+        for (time, rows) in &self.pending {
+            w.i64(*time);
+            w.u64(rows.len() as u64);
+            for row in rows {
+                w.row(row);
+            }
+        }
+        // Window values and arguments of the kept rows go into one Arrow batch, in order.
+        let functions = self.functions.len();
+        let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); 2 * functions];
+        w.u64(self.partitions.len() as u64);
+        for (key, partition) in &self.partitions {
+            w.row(key);
+            w.u64(partition.count);
+            w.u64(partition.tail.len() as u64);
+            for kept in &partition.tail {
+                w.row(&kept.row);
+                w.u64(kept.following as u64);
+                w.bool(kept.emitted);
+                for f in 0..functions {
+                    columns[f].push(kept.args[f].clone());
+                    columns[functions + f].push(kept.values[f].clone());
+                }
+            }
+        }
+        let kept = columns.first().map_or(0, Vec::len);
+        w.bool(kept > 0);
+        if kept > 0 {
+            let arrays = columns
+                .into_iter()
+                .map(|values| Ok(ScalarValue::iter_to_array(values)?))
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            let fields: Vec<_> = arrays
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    datafusion::arrow::datatypes::Field::new(
+                        format!("c{i}"),
+                        a.data_type().clone(),
+                        true,
+                    )
+                })
+                .collect();
+            let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+            let batch = RecordBatch::try_new(Arc::clone(&schema), arrays)?;
+            w.batches(&schema, &[batch])?;
+        }
+        Ok(Some(w.finish()))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(state, "over_window")?;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        for _ in 0..r.usize()? {
+            let time = r.i64()?;
+            let mut rows = Vec::new();
+            for _ in 0..r.usize()? {
+                let row = r.row(&self.rows)?;
+                self.pending_bytes += row.as_ref().len();
+                rows.push(row);
+            }
+            self.pending.insert(time, rows);
+        }
+        // Rows first, their values from the batch after them.
+        let mut kept_by_partition = Vec::new();
+        for _ in 0..r.usize()? {
+            let key = r.key(&self.key_converter, self.partition.is_empty())?;
+            let count = r.u64()?;
+            let mut kept = Vec::new();
+            for _ in 0..r.usize()? {
+                let row = r.row(&self.rows)?;
+                let following = r.usize()?;
+                let emitted = r.bool()?;
+                kept.push((row, following, emitted));
+            }
+            kept_by_partition.push((key, count, kept));
+        }
+        let values = if r.bool()? {
+            r.batches()?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Storage("OVER window state without values".to_string()))?
+        } else {
+            RecordBatch::new_empty(Arc::new(datafusion::arrow::datatypes::Schema::empty()))
+        };
+        let functions = self.functions.len();
+        let scalar = |column: usize, at: usize| -> Result<ScalarValue> {
+            let array = values
+                .columns()
+                .get(column)
+                .ok_or_else(|| Error::Storage("OVER window state is short".to_string()))?;
+            Ok(ScalarValue::try_from_array(array, at)?)
+        };
+        self.partitions.clear();
+        self.tail_bytes = 0;
+        let mut at = 0;
+        for (key, count, kept) in kept_by_partition {
+            let mut tail = VecDeque::new();
+            for (row, following, emitted) in kept {
+                let args = (0..functions)
+                    .map(|f| scalar(f, at))
+                    .collect::<Result<Vec<_>>>()?;
+                let values = (0..functions)
+                    .map(|f| scalar(functions + f, at))
+                    .collect::<Result<Vec<_>>>()?;
+                at += 1;
+                self.tail_bytes += row.as_ref().len();
+                tail.push_back(Released {
+                    row,
+                    args,
+                    values,
+                    following,
+                    emitted,
+                });
+            }
+            self.partitions.insert(key, Partition { count, tail });
+        }
+        r.finish()
     }
 }

@@ -76,7 +76,13 @@ impl Views {
 }
 
 /// Start maintaining `view` with `dataflow` over `feeds`.
-pub fn spawn(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>) {
+pub fn spawn(
+    view: Arc<View>,
+    mut dataflow: Dataflow,
+    feeds: Vec<Feed>,
+    config: &crate::config::StreamingConfig,
+) {
+    let verify_snapshots = config.verify_snapshots;
     let (sender, mut receiver) = unbounded_channel::<(usize, FeedMessage)>();
     let sources = feeds.len();
     // Tables and views deliver their current rows into the channel now, before any stream
@@ -183,6 +189,10 @@ pub fn spawn(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>) {
                     // A bug in an operator fails this view, not the server.
                     let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         dataflow.on_source(index, batch).and_then(|out| {
+                            if verify_snapshots {
+                                let state = dataflow.snapshot()?;
+                                dataflow.restore(&state)?;
+                            }
                             view.apply(out, dataflow.watermark(), dataflow.state_bytes())
                         })
                     }))

@@ -13,6 +13,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampNanos
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 
 use super::operators::rows_batch;
+use super::state::{StateReader, StateWriter};
 use super::{ChangeBatch, Operator};
 use crate::error::{Error, Result};
 
@@ -179,5 +180,46 @@ impl Operator for SessionWindow {
 
     fn state_bytes(&self) -> usize {
         self.bytes
+    }
+
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut w = StateWriter::new("session_window");
+        w.u64(self.open.len() as u64);
+        for (key, sessions) in &self.open {
+            w.row(key);
+            w.u64(sessions.len() as u64);
+            for session in sessions {
+                w.i64(session.first);
+                w.i64(session.last);
+                w.u64(session.rows.len() as u64);
+                for row in &session.rows {
+                    w.row(row);
+                }
+            }
+        }
+        Ok(Some(w.finish()))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(state, "session_window")?;
+        self.open.clear();
+        self.bytes = 0;
+        for _ in 0..r.usize()? {
+            let key = r.key(&self.keys, self.partition.is_empty())?;
+            let mut sessions = Vec::new();
+            for _ in 0..r.usize()? {
+                let first = r.i64()?;
+                let last = r.i64()?;
+                let mut rows = Vec::new();
+                for _ in 0..r.usize()? {
+                    let row = r.row(&self.rows)?;
+                    self.bytes += row.as_ref().len();
+                    rows.push(row);
+                }
+                sessions.push(Session { first, last, rows });
+            }
+            self.open.insert(key, sessions);
+        }
+        r.finish()
     }
 }
