@@ -18,10 +18,16 @@
 //!   inside the server from the moment a stream append starts to the moment the view holds its
 //!   effect (`eddy_catalog.materialized_views.latency_p50_ms / latency_p99_ms`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+
+#[path = "../tests/common/nexmark.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod nexmark_sql;
+
+use nexmark_sql::{queries, streams_sql};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -30,50 +36,15 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn nexmark_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/nexmark")
-}
-
-/// (name, CREATE statement, SELECT, streams read) per query file.
-fn queries() -> Vec<(String, String, String, Vec<&'static str>)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(nexmark_dir())
-        .expect("sql/nexmark")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('q') && n.ends_with(".sql"))
-        })
-        .collect();
-    files.sort();
-    files
+/// The streams a query reads (each counted once for events/s).
+fn streams_read(select: &str) -> Vec<&'static str> {
+    let lower = select.to_lowercase();
+    ["person", "auction", "bid"]
         .into_iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(&path).expect("query file");
-            let create = text
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n")
-                .trim()
-                .trim_end_matches(';')
-                .to_string();
-            let name = create
-                .split_whitespace()
-                .nth(3)
-                .expect("view name")
-                .to_string();
-            let select = create.split_once(" AS\n").expect("AS").1.to_string();
-            let lower = select.to_lowercase();
-            let streams = ["person", "auction", "bid"]
-                .into_iter()
-                .filter(|s| {
-                    lower.contains(&format!("from {s}"))
-                        || lower.contains(&format!("join {s}"))
-                        || lower.contains(&format!("({s},"))
-                })
-                .collect();
-            (name, create, select, streams)
+        .filter(|s| {
+            lower.contains(&format!("from {s}"))
+                || lower.contains(&format!("join {s}"))
+                || lower.contains(&format!("({s},"))
         })
         .collect()
 }
@@ -144,8 +115,6 @@ fn main() {
     let data_dir = tempfile::tempdir().expect("tempdir");
     let (port, stop) = start_eddy(data_dir.path(), &runtime);
     let queries = queries();
-    let streams_sql =
-        std::fs::read_to_string(nexmark_dir().join("streams.sql")).expect("streams.sql");
     runtime.block_on(async {
         let client = connect(port).await;
         println!(
@@ -154,7 +123,7 @@ fn main() {
         );
         let started = Instant::now();
         client
-            .batch_execute(&streams_sql.replace("events = 1000000", &format!("events = {events}")))
+            .batch_execute(&streams_sql(events, None))
             .await
             .expect("streams");
         wait_generated(&client).await;
@@ -175,8 +144,9 @@ fn main() {
             "query", "view ev/s", "view ms", "batch ms", "batch ev/s", "ratio", "p50 ms", "p99 ms"
         );
         let mut lines = Vec::new();
-        for (name, create, select, streams) in &queries {
-            let input: i64 = streams.iter().map(|s| rows_of[s]).sum();
+        for query in &queries {
+            let (name, create, select) = (&query.name, &query.create, &query.select);
+            let input: i64 = streams_read(select).iter().map(|s| rows_of[s]).sum();
             let started = Instant::now();
             client.batch_execute(create).await.expect(create);
             let view_secs = started.elapsed().as_secs_f64();
@@ -209,14 +179,15 @@ fn main() {
             .batch_execute("DROP STREAM person, auction, bid")
             .await
             .expect("drop streams");
-        let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S%.3f+00").to_string();
-        let live = streams_sql
-            .replace("events = 1000000", &format!("events = {}", rate * live_seconds))
-            .replace("paced = false", &format!("rate = {rate}"))
-            .replace("2026-01-01 00:00:00+00", &now);
-        client.batch_execute(&live).await.expect("live streams");
-        for (_, create, _, _) in &queries {
-            client.batch_execute(create).await.expect(create);
+        client
+            .batch_execute(&streams_sql(rate * live_seconds, Some(rate)))
+            .await
+            .expect("live streams");
+        for query in &queries {
+            client
+                .batch_execute(&query.create)
+                .await
+                .expect(&query.create);
         }
         wait_generated(&client).await;
         tokio::time::sleep(Duration::from_secs(1)).await;

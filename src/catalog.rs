@@ -270,7 +270,13 @@ impl Catalog {
             )));
         }
         self.sources.stop(def.id).await;
-        self.storage.drop_relation(def.id).await?;
+        if let Err(e) = self.storage.drop_relation(def.id).await {
+            // The stream stays, and so does its source.
+            if let Relation::Stream(stream) = relation {
+                self.sources.start(stream);
+            }
+            return Err(e);
+        }
         schema_provider.deregister_table(&name.name)?;
         Ok(true)
     }

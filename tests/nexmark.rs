@@ -12,66 +12,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::nexmark::{Query, queries, streams_sql};
 use common::process::EddyProcess;
 
 /// Events of all types per stream definition (debug builds generate a few thousand per second).
 const EVENTS: u64 = 60_000;
 
-/// The repository's `sql/nexmark` directory.
-fn nexmark_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/nexmark")
-}
-
 /// Events per second of event time, released in real time: the generator takes
 /// `EVENTS / RATE` seconds, long enough to crash it midway.
 const RATE: u64 = 4_000;
-
-/// The stream definitions with this test's event count, paced in real time from now.
-fn streams_sql() -> String {
-    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S%.3f+00");
-    std::fs::read_to_string(nexmark_dir().join("streams.sql"))
-        .expect("sql/nexmark/streams.sql")
-        .replace("events = 1000000", &format!("events = {EVENTS}"))
-        .replace("paced = false", &format!("rate = {RATE}"))
-        .replace("2026-01-01 00:00:00+00", &now.to_string())
-}
-
-/// (view name, CREATE statement, the SELECT it maintains) for every query file.
-fn queries() -> Vec<(String, String, String)> {
-    let mut files: Vec<_> = std::fs::read_dir(nexmark_dir())
-        .expect("sql/nexmark")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('q') && n.ends_with(".sql"))
-        })
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(&path).expect("query file");
-            let create: String = text
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            let create = create.trim().trim_end_matches(';').to_string();
-            let name = create
-                .split_whitespace()
-                .nth(3)
-                .expect("CREATE MATERIALIZED VIEW name")
-                .to_string();
-            let select = create
-                .split_once(" AS\n")
-                .expect("CREATE MATERIALIZED VIEW name AS\\nSELECT ...")
-                .1
-                .to_string();
-            (name, create, select)
-        })
-        .collect()
-}
 
 async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client
@@ -111,8 +60,8 @@ async fn wait_generated(client: &tokio_postgres::Client) {
 }
 
 /// Every view equals its batch query (retrying while the view catches up).
-async fn check_views(client: &tokio_postgres::Client, queries: &[(String, String, String)]) {
-    for (name, _, select) in queries {
+async fn check_views(client: &tokio_postgres::Client, queries: &[Query]) {
+    for Query { name, select, .. } in queries {
         let total = scalar(client, &format!("SELECT count(*) FROM ({select}) q")).await;
         assert!(
             total > 0,
@@ -142,7 +91,7 @@ async fn check_views(client: &tokio_postgres::Client, queries: &[(String, String
 async fn nexmark_views_equal_the_batch_oracle_across_a_crash() {
     let data_dir = tempfile::tempdir().expect("data dir");
     let queries = queries();
-    let names: Vec<&str> = queries.iter().map(|(n, _, _)| n.as_str()).collect();
+    let names: Vec<&str> = queries.iter().map(|q| q.name.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -159,19 +108,33 @@ async fn nexmark_views_equal_the_batch_oracle_across_a_crash() {
     {
         let process = EddyProcess::start(data_dir.path(), &[]);
         let client = process.connect().await;
-        client.batch_execute(&streams_sql()).await.expect("streams");
+        client
+            .batch_execute(&streams_sql(EVENTS, Some(RATE)))
+            .await
+            .expect("streams");
         // The views start while the generator writes: part backfill, part live.
-        for (_, create, _) in &queries {
-            client.batch_execute(create).await.expect(create);
+        for query in &queries {
+            client
+                .batch_execute(&query.create)
+                .await
+                .expect(&query.create);
         }
-        let position = scalar(
-            &client,
-            "SELECT min(position)::BIGINT FROM eddy_catalog.sources",
-        )
-        .await;
+        // Crash once every generator is a quarter of the way through.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let position = loop {
+            let position = scalar(
+                &client,
+                "SELECT min(position)::BIGINT FROM eddy_catalog.sources",
+            )
+            .await;
+            if position as u64 >= EVENTS / 4 || Instant::now() > deadline {
+                break position;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert!(
-            (position as u64) < EVENTS,
-            "the generator finished before the crash ({position} events); the test needs it midway"
+            position as u64 >= EVENTS / 4 && (position as u64) < EVENTS,
+            "the generator is at {position} of {EVENTS} events at the crash; the test needs it midway"
         );
         process.kill();
     }

@@ -118,7 +118,7 @@ const VIEWS: &[(&str, &str, bool, &str)] = &[
     ),
     (
         "bidding_users",
-        "SELECT id, country FROM users u WHERE EXISTS (SELECT 1 FROM bids b WHERE b.bidder = u.id AND b.price > 50)",
+        "SELECT id, country FROM users u WHERE EXISTS (SELECT 1 FROM bids b WHERE b.bidder = u.id AND b.price > 7 * u.id)",
         false,
         "",
     ),

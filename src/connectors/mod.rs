@@ -45,14 +45,24 @@ pub fn connector_options(name: &str) -> Result<&'static [&'static str]> {
         })
 }
 
+/// Whether `name` is `connector` or an option of some connector (fixed at creation).
+pub fn is_connector_option(name: &str) -> bool {
+    name == CONNECTOR
+        || CONNECTORS
+            .iter()
+            .any(|(_, options)| options.contains(&name))
+}
+
 /// Check a new stream's connector options and fill in the defaults that must stay fixed for
 /// the stream's life (the Nexmark start time). Returns the columns the connector produces, as
 /// SQL, when the connector defines them.
 pub fn prepare(options: &mut BTreeMap<String, String>) -> Result<Option<&'static str>> {
-    let Some(connector) = options.get(CONNECTOR).cloned() else {
+    let Some(connector) = options.get(CONNECTOR).map(|c| c.to_ascii_lowercase()) else {
         return Ok(None);
     };
-    connector_options(&connector)?;
+    options.insert(CONNECTOR.to_string(), connector.clone());
+    // Misspelled options are reported as such before the connector reads the others.
+    crate::storage::check_stream_option_names(options)?;
     if connector == "nexmark" {
         options.entry("start_time".to_string()).or_insert_with(|| {
             chrono::Utc::now()
@@ -113,6 +123,10 @@ impl Sources {
         let Some(connector) = def.options.get(CONNECTOR).cloned() else {
             return;
         };
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.contains_key(&def.id) {
+            return;
+        }
         let status = Arc::new(SourceStatus {
             stream: format!("{}.{}", def.schema_name, def.name),
             connector: connector.clone(),
@@ -123,12 +137,18 @@ impl Sources {
         let task = {
             let status = Arc::clone(&status);
             tokio::spawn(async move {
-                let result = match connector.as_str() {
-                    "nexmark" => run_nexmark(&stream, &status).await,
-                    other => Err(Error::InvalidValue(format!(
-                        "unknown connector \"{other}\""
-                    ))),
+                let run = async {
+                    match connector.as_str() {
+                        "nexmark" => run_nexmark(&stream, &status).await,
+                        other => Err(Error::InvalidValue(format!(
+                            "unknown connector \"{other}\""
+                        ))),
+                    }
                 };
+                // A bug in a connector fails its source, not the server.
+                let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run))
+                    .await
+                    .unwrap_or_else(|_| Err(Error::Internal("the source panicked".to_string())));
                 match result {
                     Ok(()) => status.set_state(SourceState::Finished),
                     Err(e) => {
@@ -138,14 +158,7 @@ impl Sources {
                 }
             })
         };
-        let previous = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(def.id, (status, task));
-        if let Some((_, task)) = previous {
-            task.abort();
-        }
+        running.insert(def.id, (status, task));
     }
 
     /// Stop the source of stream `id` (if any) and wait until it no longer writes.

@@ -95,11 +95,10 @@ impl NexmarkSource {
                 .transpose()
         };
         let flag = |name: &str, default: bool| -> Result<bool> {
-            match options.get(name).map(|v| v.to_ascii_lowercase()) {
+            match options.get(name) {
                 None => Ok(default),
-                Some(v) if v == "true" || v == "on" => Ok(true),
-                Some(v) if v == "false" || v == "off" => Ok(false),
-                Some(v) => Err(bad(name, &v, "true or false")),
+                Some(v) => crate::server::encode::parse_bool(v.trim())
+                    .ok_or_else(|| bad(name, v, "true or false")),
             }
         };
         let rate = count("rate")?.unwrap_or(10_000);

@@ -157,15 +157,12 @@ impl Engine {
                 kind_name(def.kind)
             )));
         }
-        if let Some(connector) = def.connector() {
-            let fixed = crate::connectors::connector_options(connector)?;
-            for key in set.iter().map(|(k, _)| k).chain(reset) {
-                if key == crate::connectors::CONNECTOR || fixed.contains(&key.as_str()) {
-                    return Err(Error::Unsupported(format!(
-                        "changing \"{key}\" of stream \"{}\" (connector options are fixed at creation; drop and recreate the stream)",
-                        name.name
-                    )));
-                }
+        for key in set.iter().map(|(k, _)| k).chain(reset) {
+            if crate::connectors::is_connector_option(key) {
+                return Err(Error::Unsupported(format!(
+                    "changing \"{key}\" of stream \"{}\" (a stream's connector and its options are fixed at creation; drop and recreate the stream)",
+                    name.name
+                )));
             }
         }
         for (key, value) in set {
@@ -281,6 +278,7 @@ impl Engine {
     ) -> Result<Output> {
         let name = resolve(table)?;
         let relation = self.catalog.relation(&name).await?;
+        relation.check_writable()?;
         let decoder = RowDecoder::new(
             format!("COPY {}", name.name),
             relation.schema(),

@@ -1303,7 +1303,7 @@ pub fn decode_text(ty: &Type, s: &str) -> Result<ScalarValue> {
 }
 
 /// `boolin`: t/true/y/yes/on/1 and f/false/n/no/off/0, any case.
-fn parse_bool(t: &str) -> Option<bool> {
+pub(crate) fn parse_bool(t: &str) -> Option<bool> {
     match t.to_ascii_lowercase().as_str() {
         "t" | "true" | "y" | "yes" | "on" | "1" => Some(true),
         "f" | "false" | "n" | "no" | "off" | "0" => Some(false),

@@ -89,6 +89,7 @@ async fn ingest_rows(
         },
     };
     let relation = engine.catalog().relation(&qualified).await?;
+    relation.check_writable()?;
     let mut decoder = RowDecoder::new(
         format!("POST /v1/streams/{name}"),
         relation.schema(),

@@ -169,43 +169,46 @@ impl RelationDef {
     /// Check options against what this kind accepts: the stream options, and with a
     /// `connector` the connector's own.
     pub fn validate_options(&self) -> Result<()> {
-        let connector_options = match self.connector() {
-            Some(name) => crate::connectors::connector_options(name)?,
-            None => &[],
-        };
-        for name in self.options.keys() {
-            let known = match self.kind {
-                RelationKind::Stream => {
-                    STREAM_OPTIONS.contains(&name.as_str())
-                        || name == crate::connectors::CONNECTOR
-                        || connector_options.contains(&name.as_str())
+        match self.kind {
+            RelationKind::Stream => check_stream_option_names(&self.options)?,
+            RelationKind::Table => {
+                if let Some(name) = self.options.keys().next() {
+                    return Err(Error::InvalidValue(format!(
+                        "unrecognized parameter \"{name}\" (a table accepts: none)"
+                    )));
                 }
-                RelationKind::Table => false,
-            };
-            if !known {
-                return Err(Error::InvalidValue(format!(
-                    "unrecognized parameter \"{name}\" (a {} accepts: {})",
-                    match self.kind {
-                        RelationKind::Stream => "stream",
-                        RelationKind::Table => "table",
-                    },
-                    match self.kind {
-                        RelationKind::Stream => STREAM_OPTIONS
-                            .iter()
-                            .chain([&crate::connectors::CONNECTOR])
-                            .chain(connector_options)
-                            .copied()
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        RelationKind::Table => "none".to_string(),
-                    }
-                )));
             }
         }
         self.retention()?;
         self.flush_age()?;
         Ok(())
     }
+}
+
+/// Every option name is a stream option, `connector`, or an option of the named connector.
+pub fn check_stream_option_names(options: &BTreeMap<String, String>) -> Result<()> {
+    let connector_options = match options.get(crate::connectors::CONNECTOR) {
+        Some(name) => crate::connectors::connector_options(name)?,
+        None => &[],
+    };
+    for name in options.keys() {
+        let known = STREAM_OPTIONS.contains(&name.as_str())
+            || name == crate::connectors::CONNECTOR
+            || connector_options.contains(&name.as_str());
+        if !known {
+            return Err(Error::InvalidValue(format!(
+                "unrecognized parameter \"{name}\" (a stream accepts: {})",
+                STREAM_OPTIONS
+                    .iter()
+                    .chain([&crate::connectors::CONNECTOR])
+                    .chain(connector_options)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A duration as people write it in SQL options: `30 days`, `12 hours`, `90 min`, `1 week`,
@@ -292,9 +295,9 @@ impl Relation {
             .map(|t| Relation::Table(Arc::clone(t.store())))
     }
 
-    /// Insert rows atomically and durably (INSERT, COPY, HTTP): all of them or, on any error,
-    /// none. Returns the row count.
-    pub async fn insert(&self, batches: Vec<RecordBatch>) -> Result<u64> {
+    /// Refuse writes into a stream a connector feeds (checked before COPY or HTTP data is read,
+    /// and again when rows are inserted).
+    pub fn check_writable(&self) -> Result<()> {
         if let Relation::Stream(stream) = self
             && let Some(connector) = stream.def().connector()
         {
@@ -303,6 +306,13 @@ impl Relation {
                 stream.def().name
             )));
         }
+        Ok(())
+    }
+
+    /// Insert rows atomically and durably (INSERT, COPY, HTTP): all of them or, on any error,
+    /// none. Returns the row count.
+    pub async fn insert(&self, batches: Vec<RecordBatch>) -> Result<u64> {
+        self.check_writable()?;
         let schema = self.schema();
         let batches = batches
             .iter()

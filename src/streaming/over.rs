@@ -105,6 +105,9 @@ pub struct OverWindow {
     lead: usize,
     emit_on_close: bool,
     tail_bytes: usize,
+    /// The watermark up to which rows have been released; later rows before it have no place
+    /// (sources leave such rows out, but a join above them can produce one late).
+    released_upto: i64,
 }
 
 impl OverWindow {
@@ -178,7 +181,13 @@ impl OverWindow {
             lead,
             emit_on_close: false,
             tail_bytes: 0,
+            released_upto: i64::MIN,
         })
+    }
+
+    /// Whether emitted rows can be revised (a LEAD without EMIT ON WINDOW CLOSE).
+    pub fn retracts(&self) -> bool {
+        self.lead > 0 && !self.emit_on_close
     }
 
     /// Emit each row once, final (its LEAD values known).
@@ -268,20 +277,19 @@ impl OverWindow {
                 })
                 .collect();
             // Earlier rows whose LEAD reaches this one.
-            for (distance, earlier) in partition.tail.iter_mut().rev().enumerate() {
+            for (distance, earlier) in partition.tail.iter_mut().rev().take(self.lead).enumerate() {
                 let distance = distance + 1;
                 earlier.following += 1;
-                let old = earlier.values.clone();
-                let mut changed = false;
+                let mut old = None;
                 for (f, function) in self.functions.iter().enumerate() {
                     if let OverFunction::Lead { offset, .. } = function
                         && *offset == distance
                     {
+                        old.get_or_insert_with(|| earlier.values.clone());
                         earlier.values[f] = args[f].clone();
-                        changed = true;
                     }
                 }
-                if earlier.emitted && changed {
+                if let (true, Some(old)) = (earlier.emitted, old) {
                     changes.push((earlier.row.clone(), old, true));
                     changes.push((earlier.row.clone(), earlier.values.clone(), false));
                 } else if !earlier.emitted && earlier.following >= self.lead {
@@ -360,8 +368,9 @@ impl Operator for OverWindow {
         let times = micros(&self.order[0].evaluate(&batch.rows)?.into_array(n)?)?;
         let rows = self.rows.convert_columns(batch.rows.columns())?;
         for i in 0..n {
-            // Rows without event time have no place in event-time order.
-            if times.is_valid(i) {
+            // Rows without event time, or behind what was released, have no place in
+            // event-time order.
+            if times.is_valid(i) && times.value(i) >= self.released_upto {
                 let row = rows.row(i).owned();
                 self.pending_bytes += row.as_ref().len();
                 self.pending.entry(times.value(i)).or_default().push(row);
@@ -371,6 +380,7 @@ impl Operator for OverWindow {
     }
 
     fn on_watermark(&mut self, _inputs: &[Option<i64>], combined: i64) -> Result<Vec<ChangeBatch>> {
+        self.released_upto = self.released_upto.max(combined);
         let mut released = Vec::new();
         while let Some(entry) = self.pending.first_entry() {
             if *entry.key() >= combined {
@@ -408,6 +418,7 @@ impl Operator for OverWindow {
 
     fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
         let mut w = StateWriter::new("over_window");
+        w.i64(self.released_upto);
         w.u64(self.pending.len() as u64);
         for (time, rows) in &self.pending {
             w.i64(*time);
@@ -461,6 +472,7 @@ impl Operator for OverWindow {
 
     fn restore(&mut self, state: &[u8]) -> Result<()> {
         let mut r = StateReader::new(state, "over_window")?;
+        self.released_upto = r.i64()?;
         self.pending.clear();
         self.pending_bytes = 0;
         for _ in 0..r.usize()? {

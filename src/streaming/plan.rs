@@ -730,11 +730,11 @@ impl Compiler<'_> {
             input_arrow,
             arrow_schema(&w.schema),
         )?;
-        let retracting = !emit_on_close && op_has_lead(&w.window_expr);
         if emit_on_close {
             op.emit_on_close();
             self.emit_on_close = false;
         }
+        let retracting = op.retracts();
         let node = self.add(op, vec![input.node]);
         let mut roles = input.roles.clone();
         roles.resize(w.schema.fields().len(), None);
@@ -1030,25 +1030,6 @@ fn top_n_limit(w: &datafusion::logical_expr::Window, predicate: &Expr) -> Option
     }
     let rank_column = w.schema.field(w.schema.fields().len() - 1).name().clone();
     rank_bound(predicate, &rank_column)
-}
-
-/// Whether any window expression is a LEAD (or a LAG with a negative offset): its rows are
-/// revised when later rows arrive.
-fn op_has_lead(exprs: &[Expr]) -> bool {
-    exprs.iter().any(|e| match e {
-        Expr::WindowFunction(f) => {
-            let name = f.fun.name();
-            let negative = f
-                .params
-                .args
-                .get(1)
-                .and_then(literal)
-                .and_then(|v| v.cast_to(&DataType::Int64).ok())
-                .is_some_and(|v| matches!(v, ScalarValue::Int64(Some(n)) if n < 0));
-            (name == "lead") != negative && name != "row_number"
-        }
-        _ => false,
-    })
 }
 
 /// A constant argument (a literal, possibly cast) as a value.

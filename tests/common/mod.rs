@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Once;
 
 pub mod http;
+pub mod nexmark;
 pub mod process;
 
 use eddydb::config::Config;
