@@ -333,6 +333,11 @@ impl Catalog {
             )));
         }
         self.storage.drop_view(view.def.id)?;
+        let checkpoints =
+            crate::streaming::checkpoint::Checkpoints::new(Arc::clone(self.storage.cold_store()));
+        if let Err(e) = checkpoints.delete(view.def.id).await {
+            tracing::warn!(view = %view.def.name, error = %e, "checkpoints of a dropped view not deleted");
+        }
         self.user_schema(&name.schema)?
             .deregister_table(&name.name)?;
         self.views.remove(&name.to_string());

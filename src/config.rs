@@ -94,6 +94,8 @@ CONFIGURATION
   compact_min_files = 8              merge a partition's small files when it has this many
   compact_target_bytes = 134217728   files smaller than this count as small
   [streaming]
+  checkpoint_interval_ms = 5000      EDDY_STREAMING__CHECKPOINT_INTERVAL_MS   how often views of
+                                     streams checkpoint their state to the object store (0: off)
   verify_snapshots = false           EDDY_STREAMING__VERIFY_SNAPSHOTS   after every input batch,
                                      snapshot and restore each view's state (slow; for tests)
   [auth]
@@ -168,12 +170,23 @@ impl StorageConfig {
 }
 
 /// How materialized views run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamingConfig {
+    /// How often a view that reads only streams checkpoints its state (0: never).
+    pub checkpoint_interval_ms: u64,
     /// After every input batch, snapshot each view's operator state and continue from the
     /// restored snapshot (slow; tests use it to prove snapshots lose nothing).
     pub verify_snapshots: bool,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            checkpoint_interval_ms: 5_000,
+            verify_snapshots: false,
+        }
+    }
 }
 
 /// How logs are written.

@@ -23,6 +23,7 @@ use crate::catalog::QualifiedName;
 use crate::error::{Error, Result};
 use crate::parser::extensions::{CreateView, Subscribe, SubscribeTarget};
 use crate::storage::ViewDef;
+use crate::streaming::checkpoint::Checkpoints;
 use crate::streaming::operators::LateRows;
 use crate::streaming::plan::{Compiled, check_deterministic, compile};
 use crate::streaming::runtime;
@@ -103,6 +104,20 @@ impl Engine {
         })
     }
 
+    /// How views run: checkpointed (stored views) on the cold tier's object store.
+    fn run_options(&self, checkpointed: bool) -> runtime::RunOptions {
+        let every = self.streaming.checkpoint_interval_ms;
+        runtime::RunOptions {
+            verify_snapshots: self.streaming.verify_snapshots,
+            checkpoints: (checkpointed && every > 0).then(|| {
+                (
+                    Checkpoints::new(Arc::clone(self.catalog.storage().cold_store())),
+                    std::time::Duration::from_millis(every),
+                )
+            }),
+        }
+    }
+
     /// Compile, (with `store`) record, register and run a view.
     async fn start_view(
         &self,
@@ -126,11 +141,12 @@ impl Engine {
             late,
         )?;
         self.catalog.register_view(Arc::clone(&view))?;
+        // Stored views are checkpointed; a subscription's private view is not.
         runtime::spawn(
             Arc::clone(&view),
             compiled.dataflow,
             compiled.feeds,
-            &self.streaming,
+            self.run_options(true),
         );
         Ok(view)
     }
@@ -218,7 +234,7 @@ impl Engine {
                     Arc::clone(&view),
                     compiled.dataflow,
                     compiled.feeds,
-                    &self.streaming,
+                    self.run_options(false),
                 );
                 view.backfilled().await;
                 // From here the subscription owns the view and stops it when dropped.
@@ -278,6 +294,11 @@ pub fn materialized_views(views: &[Arc<View>]) -> Result<RecordBatch> {
         Field::new("input_rows", DataType::UInt64, false),
         Field::new("latency_p50_ms", DataType::Float64, true),
         Field::new("latency_p99_ms", DataType::Float64, true),
+        Field::new("last_checkpoint", timestamp_type(), true),
+        Field::new("checkpoint_bytes", DataType::UInt64, false),
+        Field::new("checkpoint_ms", DataType::Float64, true),
+        Field::new("restored_from", timestamp_type(), true),
+        Field::new("recovery_ms", DataType::Float64, true),
         Field::new("emit_on_window_close", DataType::Boolean, false),
         Field::new("definition", DataType::Utf8, false),
     ]));
@@ -320,6 +341,35 @@ pub fn materialized_views(views: &[Arc<View>]) -> Result<RecordBatch> {
         )),
         Arc::new(Float64Array::from_iter(
             stats.iter().map(|s| s.latency_ms.map(|l| l.1)),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from(
+                stats
+                    .iter()
+                    .map(|s| s.checkpoint.last.map(|ms| ms.saturating_mul(1000)))
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(UInt64Array::from_iter_values(
+            stats.iter().map(|s| s.checkpoint.bytes),
+        )),
+        Arc::new(Float64Array::from_iter(
+            stats
+                .iter()
+                .map(|s| s.checkpoint.last.map(|_| s.checkpoint.duration_ms)),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from(
+                stats
+                    .iter()
+                    .map(|s| s.checkpoint.restored_from.map(|ms| ms.saturating_mul(1000)))
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(Float64Array::from_iter(
+            stats.iter().map(|s| s.checkpoint.recovery_ms),
         )),
         Arc::new(BooleanArray::from(
             views

@@ -227,6 +227,48 @@ impl ColdStore {
         .map_err(|e| Error::Internal(format!("sync task failed: {e}")))?
     }
 
+    /// Write an object and make it durable before returning.
+    pub async fn put_durably(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&StorePath::from(path), PutPayload::from(bytes))
+            .await
+            .map_err(|e| Error::Storage(format!("could not write {path}: {e}")))?;
+        if self.local_root.is_some() {
+            self.unsynced.lock().await.push(path.to_string());
+            self.sync_written().await?;
+        }
+        Ok(())
+    }
+
+    /// An object's bytes; None if it does not exist.
+    pub async fn get(&self, path: &str) -> Result<Option<Bytes>> {
+        match self.store.get(&StorePath::from(path)).await {
+            Ok(found) => {
+                Ok(Some(found.bytes().await.map_err(|e| {
+                    Error::Storage(format!("could not read {path}: {e}"))
+                })?))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::Storage(format!("could not read {path}: {e}"))),
+        }
+    }
+
+    /// Paths of the objects under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let prefix = StorePath::from(prefix);
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::Storage(format!("could not list {prefix}: {e}")))?;
+        Ok(objects
+            .into_iter()
+            .map(|o| o.location.to_string())
+            .collect())
+    }
+
     /// Read a whole Parquet file back.
     pub async fn read_parquet(&self, path: &str) -> Result<Vec<RecordBatch>> {
         let bytes: Bytes = self

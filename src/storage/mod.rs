@@ -628,6 +628,11 @@ impl Storage {
     }
 
     /// Every materialized view, in creation order.
+    /// The object store of the cold tier (also where checkpoints go).
+    pub fn cold_store(&self) -> &Arc<ColdStore> {
+        &self.cold
+    }
+
     pub fn views(&self) -> Vec<ViewDef> {
         self.catalog
             .lock()

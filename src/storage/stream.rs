@@ -81,6 +81,8 @@ pub struct Subscription {
     pub hot: Vec<(u64, Vec<RecordBatch>)>,
     /// Records appended after the ones above.
     pub live: UnboundedReceiver<LiveRecord>,
+    /// The cold files hold every record up to this one; `hot` starts after it.
+    pub flushed_seq: u64,
 }
 
 /// A record appended while a subscription is open: sequence number, rows, and when the append
@@ -268,6 +270,7 @@ impl StreamStore {
                 .map(|r| (r.seq, r.batches.clone()))
                 .collect(),
             live,
+            flushed_seq: state.manifest.flushed_seq,
         }
     }
 

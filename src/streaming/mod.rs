@@ -33,6 +33,7 @@
 //! fills the hooks in, a view is rebuilt from the stored history when the server starts.
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod join;
 pub mod operators;
 pub mod over;

@@ -65,6 +65,20 @@ struct Inner {
     input_rows: u64,
     /// Event-to-view latency of the latest live batches, in microseconds, oldest first.
     latencies: VecDeque<u64>,
+    checkpoint: CheckpointStats,
+}
+
+/// A view's checkpoints, as `eddy_catalog.materialized_views` shows them.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointStats {
+    /// Epoch (milliseconds since the epoch) of the newest complete checkpoint.
+    pub last: Option<i64>,
+    pub bytes: u64,
+    /// Snapshot and write time of the newest checkpoint.
+    pub duration_ms: f64,
+    /// The checkpoint the view was restored from at start, and how long that took.
+    pub restored_from: Option<i64>,
+    pub recovery_ms: Option<f64>,
 }
 
 /// Live batches whose latency is kept for the percentiles.
@@ -83,6 +97,7 @@ pub struct ViewStats {
     /// Event-to-view latency percentiles (50th, 99th) over the latest live batches, in
     /// milliseconds: from a stream append starting to the view holding its effect.
     pub latency_ms: Option<(f64, f64)>,
+    pub checkpoint: CheckpointStats,
 }
 
 /// One materialized view, shared by its runtime task, the catalog and readers.
@@ -136,6 +151,7 @@ impl View {
                 backfill_total: 0,
                 input_rows: 0,
                 latencies: VecDeque::new(),
+                checkpoint: CheckpointStats::default(),
             }),
             schema,
             stop: tokio::sync::watch::channel(false).0,
@@ -282,6 +298,48 @@ impl View {
         inner.backfill_total += total;
     }
 
+    /// A checkpoint was written.
+    pub fn set_checkpointed(&self, epoch: i64, bytes: u64, took: std::time::Duration) {
+        let mut inner = self.lock();
+        inner.checkpoint.last = Some(epoch);
+        inner.checkpoint.bytes = bytes;
+        inner.checkpoint.duration_ms = took.as_secs_f64() * 1000.0;
+    }
+
+    /// The view was restored from checkpoint `epoch`.
+    pub fn set_restored(&self, epoch: i64, took: std::time::Duration) {
+        let mut inner = self.lock();
+        inner.checkpoint.restored_from = Some(epoch);
+        inner.checkpoint.last = Some(epoch);
+        inner.checkpoint.recovery_ms = Some(took.as_secs_f64() * 1000.0);
+    }
+
+    /// The view's rows, logical time and watermark, for a checkpoint.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let inner = self.lock();
+        let mut w = super::state::StateWriter::new("view");
+        w.i64(inner.time);
+        w.opt_i64(inner.watermark);
+        inner.rows.snapshot(&mut w);
+        w.finish()
+    }
+
+    /// Load a [`View::snapshot`]; logical time never goes back.
+    pub fn restore(&self, state: &[u8]) -> Result<()> {
+        let mut inner = self.lock();
+        let mut r = super::state::StateReader::new(state, "view")?;
+        let time = r.i64()?;
+        inner.watermark = r.opt_i64()?;
+        inner.rows.restore(&mut r)?;
+        r.finish()?;
+        inner.cached = None;
+        inner.time = inner.time.max(time);
+        inner.history.clear();
+        inner.history_rows = 0;
+        inner.history_from = inner.time;
+        Ok(())
+    }
+
     /// Record that `rows` input rows were processed; `arrived` is when a live stream append
     /// that carried them began.
     pub fn processed(&self, rows: u64, arrived: Option<std::time::Instant>) {
@@ -316,6 +374,7 @@ impl View {
             backfill_total: inner.backfill_total,
             input_rows: inner.input_rows,
             latency_ms,
+            checkpoint: inner.checkpoint.clone(),
         }
     }
 

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 /// A running server process.
 pub struct EddyProcess {
     child: Mutex<Option<Child>>,
+    /// Warning and error lines the server logged.
+    problems: std::sync::Arc<Mutex<Vec<String>>>,
     pub pg: SocketAddr,
     pub http: SocketAddr,
 }
@@ -40,16 +42,24 @@ impl EddyProcess {
             .args(["--log-format", "json", "--log-level", "info"])
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
+            // Test knobs share the EDDY_ prefix; the server would refuse them as settings.
+            .env_remove("EDDY_CRASH_KILLS")
+            .env_remove("EDDY_CHECKPOINT_KILLS")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn eddydb");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let problems = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let logged = std::sync::Arc::clone(&problems);
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if line.contains("\"level\":\"ERROR\"") || line.contains("\"level\":\"WARN\"") {
+                    logged.lock().unwrap().push(line.clone());
+                }
                 if line.contains("ready to accept connections")
                     && let Some(tx) = tx.take()
                 {
@@ -80,7 +90,19 @@ impl EddyProcess {
             pg: addr("pg"),
             http: addr("http"),
             child: Mutex::new(Some(child)),
+            problems,
         }
+    }
+
+    /// Warning and error log lines so far that contain `text`.
+    pub fn logged(&self, text: &str) -> Vec<String> {
+        self.problems
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .cloned()
+            .collect()
     }
 
     /// SIGKILL: no shutdown, no flush, like a power cut for the process.
