@@ -361,6 +361,41 @@ impl Log {
         Ok(removed)
     }
 
+    /// The lowest sequence number the log still holds a record for (or would write next).
+    pub fn first_seq(&self) -> u64 {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .segments
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(inner.next_seq)
+    }
+
+    /// The records with sequence numbers in `(after, upto]`, read back from the segments.
+    pub fn read_range(&self, after: u64, upto: u64) -> Result<Vec<Record>> {
+        let segments: Vec<(u64, PathBuf)> = {
+            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner
+                .segments
+                .iter()
+                .map(|(first, path)| (*first, path.clone()))
+                .collect()
+        };
+        let mut records = Vec::new();
+        for (i, (first, path)) in segments.iter().enumerate() {
+            let last = segments.get(i + 1).map_or(u64::MAX, |(next, _)| next - 1);
+            if last <= after || *first > upto {
+                continue;
+            }
+            let mut next_seq = *first;
+            let mut found = Vec::new();
+            read_segment(path, &mut next_seq, &mut found)?;
+            records.extend(found.into_iter().filter(|r| r.seq > after && r.seq <= upto));
+        }
+        Ok(records)
+    }
+
     /// Remove the whole log (the stream or table was dropped).
     pub fn destroy(&self) -> Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());

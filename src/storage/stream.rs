@@ -122,6 +122,8 @@ pub struct StreamStore {
     memory: Arc<HotMemory>,
     /// Files unlisted by compaction, deleted once running scans are done with them.
     graveyard: std::sync::Mutex<Vec<(String, Instant)>>,
+    /// Per (view, input): the log position its checkpoint replays from.
+    log_holds: std::sync::Mutex<std::collections::HashMap<(u64, usize), u64>>,
 }
 
 /// How long a file replaced by compaction stays readable for scans that listed it.
@@ -179,6 +181,7 @@ impl StreamStore {
             maintenance: tokio::sync::Mutex::new(()),
             memory,
             graveyard: std::sync::Mutex::new(Vec::new()),
+            log_holds: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -284,6 +287,38 @@ impl StreamStore {
         self.cold.read_parquet(&file.path).await
     }
 
+    /// Keep the log records after `seq` for `holder` (a view's checkpointed position), so a
+    /// restart can replay them even once they are in Parquet.
+    pub fn hold_log_after(&self, holder: (u64, usize), seq: u64) {
+        self.log_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(holder, seq);
+    }
+
+    /// Drop the holds of view `view_id`.
+    pub fn release_log_holds(&self, view_id: u64) {
+        self.log_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(view, _), _| *view != view_id);
+    }
+
+    /// Whether the log still has every record after `seq`.
+    pub fn log_has_after(&self, seq: u64) -> bool {
+        self.log.first_seq() <= seq.saturating_add(1)
+    }
+
+    /// The records in `(after, upto]` read back from the log, as appended.
+    pub fn records_between(&self, after: u64, upto: u64) -> Result<Vec<(u64, Vec<RecordBatch>)>> {
+        self.log
+            .read_range(after, upto)?
+            .into_iter()
+            .filter(|r| r.kind == KIND_ROWS)
+            .map(|r| Ok((r.seq, codec::decode_batches(&r.payload)?)))
+            .collect()
+    }
+
     /// Records appended durably in the stream's life: sequence numbers start at 1 and never
     /// skip or repeat (a record lost before it was durable was never acknowledged), so a
     /// connector writing one record per unit of its input knows from this where to resume.
@@ -385,7 +420,16 @@ impl StreamStore {
             before - state.hot_bytes
         };
         self.memory.sub(freed);
-        self.log.release_upto(upto)?;
+        // Records a view's checkpoint still needs stay in the log.
+        let hold = self
+            .log_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .min()
+            .copied()
+            .unwrap_or(u64::MAX);
+        self.log.release_upto(upto.min(hold))?;
         tracing::debug!(stream = %read(&self.def).name, files = flushed, upto, "flushed hot tier to Parquet");
         Ok(flushed)
     }

@@ -132,13 +132,13 @@ async fn resume(
     let mut from: Vec<Option<u64>> = vec![None; streams.len()];
     let mut restored = false;
     if let Some(loaded) = loaded {
-        // Every record after each position must still be in the stream's hot tier.
+        // Every record after each position must still be in the stream's hot tier or log.
         let usable = loaded.positions.len() == subscriptions.len()
             && loaded
                 .positions
                 .iter()
-                .zip(&subscriptions)
-                .all(|(p, s)| *p >= s.flushed_seq);
+                .zip(subscriptions.iter().zip(&streams))
+                .all(|(p, (sub, stream))| *p >= sub.flushed_seq || stream.log_has_after(*p));
         if usable {
             let applied = dataflow
                 .restore(&loaded.dataflow)
@@ -154,6 +154,9 @@ async fn resume(
                 return;
             }
             from = loaded.positions.iter().map(|p| Some(*p)).collect();
+            for (index, (stream, position)) in streams.iter().zip(&loaded.positions).enumerate() {
+                stream.hold_log_after((view.def.id, index), *position);
+            }
             restored = true;
             view.set_restored(loaded.epoch as i64, started.elapsed());
             tracing::info!(view = %view.def.name, epoch = loaded.epoch, ms = started.elapsed().as_millis() as u64, "view restored from checkpoint");
@@ -163,12 +166,17 @@ async fn resume(
     }
     let (sender, receiver) = unbounded_channel::<(usize, FeedMessage)>();
     let sources = streams.len();
-    for (index, ((stream, subscription), from)) in
-        streams.into_iter().zip(subscriptions).zip(from).enumerate()
+    for (index, ((stream, subscription), from)) in streams
+        .iter()
+        .cloned()
+        .zip(subscriptions)
+        .zip(from)
+        .enumerate()
     {
         spawn_stream_feeder(index, stream, subscription, from, sender.clone(), &view);
     }
     drop(sender);
+    let view_id = view.def.id;
     drive(
         view,
         dataflow,
@@ -176,9 +184,12 @@ async fn resume(
         sources,
         restored,
         options,
-        Some((checkpoints, every)),
+        Some((checkpoints, every, streams.clone())),
     )
     .await;
+    for stream in &streams {
+        stream.release_log_holds(view_id);
+    }
 }
 
 fn spawn_stream_feeder(
@@ -284,7 +295,7 @@ async fn drive(
     sources: usize,
     restored: bool,
     options: RunOptions,
-    checkpoints: Option<(Checkpoints, Duration)>,
+    checkpoints: Option<(Checkpoints, Duration, Vec<Arc<StreamStore>>)>,
 ) {
     let mut stop = view.stopped();
     if !restored {
@@ -309,7 +320,7 @@ async fn drive(
     let mut ticker = tokio::time::interval(
         checkpoints
             .as_ref()
-            .map_or(Duration::from_secs(3600), |(_, every)| *every),
+            .map_or(Duration::from_secs(3600), |(_, every, _)| *every),
     );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_epoch = 0u64;
@@ -322,7 +333,7 @@ async fn drive(
                     && positions.iter().all(Option::is_some)
                     && !mid_record.iter().any(|m| *m)
                     && writing.as_ref().is_none_or(|w| w.is_finished());
-                if let (true, Some((store, _))) = (ready, &checkpoints) {
+                if let (true, Some((store, _, streams))) = (ready, &checkpoints) {
                     let started = Instant::now();
                     match dataflow.snapshot() {
                         Ok(state) => {
@@ -333,10 +344,17 @@ async fn drive(
                             let positions: Vec<u64> = positions.iter().flatten().copied().collect();
                             let view_state = view.snapshot();
                             let view = Arc::clone(&view);
+                            let streams = streams.clone();
                             changed_since_checkpoint = false;
                             writing = Some(tokio::spawn(async move {
-                                match store.save(view.def.id, epoch, positions, &state, &view_state).await {
-                                    Ok(bytes) => view.set_checkpointed(epoch as i64, bytes, started.elapsed()),
+                                match store.save(view.def.id, epoch, positions.clone(), &state, &view_state).await {
+                                    Ok(bytes) => {
+                                        // The log after these positions is what a restart replays.
+                                        for (index, (stream, position)) in streams.iter().zip(&positions).enumerate() {
+                                            stream.hold_log_after((view.def.id, index), *position);
+                                        }
+                                        view.set_checkpointed(epoch as i64, bytes, started.elapsed());
+                                    }
                                     Err(e) => tracing::error!(view = %view.def.name, error = %e, "checkpoint failed"),
                                 }
                             }));
@@ -419,9 +437,14 @@ async fn run_stream(
     sender: &Sender,
     view: &View,
 ) -> Result<()> {
-    // Resuming after `from`: the cold files and older hot records were applied before.
-    if from.is_some() {
+    // Resuming after `from`: the cold files and older hot records were applied before; the
+    // records after `from` that are in Parquet by now come back from the log.
+    let mut from_log = Vec::new();
+    if let Some(from) = from {
         subscription.cold.clear();
+        if from < subscription.flushed_seq {
+            from_log = stream.records_between(from, subscription.flushed_seq)?;
+        }
     }
     let from = from.unwrap_or(0);
     subscription.hot.retain(|(seq, _)| *seq > from);
@@ -465,6 +488,12 @@ async fn run_stream(
         index,
         FeedMessage::Position(subscription.flushed_seq.max(from)),
     )?;
+    for (seq, batches) in from_log {
+        for batch in batches {
+            send_chunks(index, batch, sender, view)?;
+        }
+        send(sender, index, FeedMessage::Position(seq))?;
+    }
     for (seq, batches) in std::mem::take(&mut subscription.hot) {
         stream.wait_durable(seq).await?;
         for batch in batches {
