@@ -16,7 +16,9 @@
 //! - event-to-view latency (p50, p99): all views run together while the generator releases
 //!   events in real time at `EDDY_NEXMARK_RATE` events/s (default 10,000); latency is measured
 //!   inside the server from the moment a stream append starts to the moment the view holds its
-//!   effect (`eddy_catalog.materialized_views.latency_p50_ms / latency_p99_ms`).
+//!   effect (`eddy_catalog.materialized_views.latency_p50_ms / latency_p99_ms`);
+//! - checkpoint overhead: q5 and q7 fed live with checkpoints every second and without (the
+//!   ratio), and the size and time of their last checkpoint.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -87,12 +89,17 @@ async fn wait_generated(client: &tokio_postgres::Client) {
 fn start_eddy(
     data_dir: &Path,
     runtime: &tokio::runtime::Runtime,
+    checkpoint_interval_ms: u64,
 ) -> (u16, tokio::sync::oneshot::Sender<()>) {
     let config = eddydb::config::Config {
         listen: "127.0.0.1:0".into(),
         http_listen: "127.0.0.1:0".into(),
         data_dir: data_dir.to_path_buf(),
         log_level: "warn".into(),
+        streaming: eddydb::config::StreamingConfig {
+            checkpoint_interval_ms,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -113,7 +120,7 @@ fn main() {
         .build()
         .expect("runtime");
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let (port, stop) = start_eddy(data_dir.path(), &runtime);
+    let (port, stop) = start_eddy(data_dir.path(), &runtime, 0);
     let queries = queries();
     runtime.block_on(async {
         let client = connect(port).await;
@@ -222,4 +229,79 @@ fn main() {
         );
     });
     let _ = stop.send(());
+    checkpoint_overhead(&runtime, events);
+}
+
+/// Live throughput of q5 and q7 with checkpoints every second and without. The view is
+/// created right after the streams, while the generator writes, so nearly every event reaches
+/// it live (checkpoints are taken between live batches); its time runs from the streams'
+/// creation to its last input row.
+fn checkpoint_overhead(runtime: &tokio::runtime::Runtime, events: u64) {
+    println!("checkpoint overhead (live, {events} events):");
+    println!(
+        "{:<11} {:>14} {:>14} {:>8} {:>16} {:>14}",
+        "query", "off ev/s", "on ev/s", "on/off", "checkpoint bytes", "checkpoint ms"
+    );
+    for name in ["nexmark_q5", "nexmark_q7"] {
+        let Some(query) = queries().into_iter().find(|q| q.name == name) else {
+            continue;
+        };
+        let mut results = Vec::new();
+        for interval_ms in [0u64, 1000] {
+            let data_dir = tempfile::tempdir().expect("tempdir");
+            let (port, stop) = start_eddy(data_dir.path(), runtime, interval_ms);
+            results.push(runtime.block_on(live_run(port, &query, events)));
+            let _ = stop.send(());
+        }
+        let ((off, _, _), (on, bytes, ms)) = (results[0], results[1]);
+        println!(
+            "{:<11} {:>14.0} {:>14.0} {:>8.2} {:>16} {:>14.1}",
+            name,
+            off,
+            on,
+            on / off,
+            bytes,
+            ms
+        );
+    }
+}
+
+/// (events/s, last checkpoint bytes, last checkpoint ms) of one live run.
+async fn live_run(port: u16, query: &nexmark_sql::Query, events: u64) -> (f64, i64, f64) {
+    let client = connect(port).await;
+    let started = Instant::now();
+    client
+        .batch_execute(&streams_sql(events, None))
+        .await
+        .expect("streams");
+    client.batch_execute(&query.create).await.expect("view");
+    let progress = format!(
+        "SELECT input_rows::BIGINT, checkpoint_bytes::BIGINT, coalesce(checkpoint_ms, 0) \
+         FROM eddy_catalog.materialized_views WHERE name = '{}'",
+        query.name
+    );
+    let mut last = (0i64, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let row = client.query_one(&progress, &[]).await.expect("progress");
+        let rows: i64 = row.get(0);
+        if rows != last.0 {
+            last = (rows, Instant::now());
+            continue;
+        }
+        let generating = scalar_i64(
+            &client,
+            "SELECT count(*) FROM eddy_catalog.sources WHERE status <> 'finished'",
+        )
+        .await;
+        if generating == 0 && last.1.elapsed() > Duration::from_millis(1500) {
+            // Events of the streams the query reads, as in the table above.
+            let mut input = 0;
+            for stream in streams_read(&query.select) {
+                input += scalar_i64(&client, &format!("SELECT count(*) FROM {stream}")).await;
+            }
+            let seconds = (last.1 - started).as_secs_f64();
+            return (input as f64 / seconds, row.get(1), row.get(2));
+        }
+    }
 }
