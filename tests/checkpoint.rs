@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::process::EddyProcess;
+use common::scalar;
 
 const SCHEMA: &str = "
 CREATE STREAM ev (k BIGINT, v BIGINT, ts TIMESTAMPTZ, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);";
@@ -75,14 +76,6 @@ fn event(i: i64) -> String {
         ms / 1000,
         ms % 1000
     )
-}
-
-async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
 }
 
 /// Wait until every view has caught up with the stored history.

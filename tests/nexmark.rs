@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::nexmark::{Query, queries, streams_sql};
 use common::process::EddyProcess;
+use common::scalar;
 
 /// Events of all types per stream definition (debug builds generate a few thousand per second).
 const EVENTS: u64 = 60_000;
@@ -21,14 +22,6 @@ const EVENTS: u64 = 60_000;
 /// Events per second of event time, released in real time: the generator takes
 /// `EVENTS / RATE` seconds, long enough to crash it midway.
 const RATE: u64 = 4_000;
-
-async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
 
 /// Wait until every source has generated all its events.
 async fn wait_generated(client: &tokio_postgres::Client) {

@@ -24,7 +24,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::scalar::ScalarValue;
 
-use super::operators::{WindowEnd, evaluate_mask};
+use super::operators::{WindowEnd, evaluate_mask, keys_converter};
 use super::state::{StateReader, StateWriter};
 use super::{ChangeBatch, Operator};
 use crate::error::{Error, Result};
@@ -107,15 +107,12 @@ impl Aggregate {
         retracting: bool,
         window: Option<WindowEnd>,
     ) -> Result<Aggregate> {
-        let key_fields = group_exprs
-            .iter()
-            .map(|e| Ok(SortField::new(e.data_type(input_schema)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let keys = keys_converter(&group_exprs, input_schema)?;
         let mut aggregate = Aggregate {
             group_exprs,
             aggregates,
             schema,
-            keys: RowConverter::new(key_fields)?,
+            keys,
             groups: HashMap::new(),
             recompute: false,
             inputs: None,

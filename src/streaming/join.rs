@@ -28,10 +28,12 @@ use chrono::Utc;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::arrow::row::{OwnedRow, RowConverter};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::operators::{evaluate_mask, key_rows, micros, rows_batch};
+use super::operators::{
+    evaluate_mask, key_rows, keys_converter, micros, rows_batch, rows_converter,
+};
 use super::state::{StateReader, StateWriter};
 use super::{ChangeBatch, Operator};
 use crate::error::Result;
@@ -76,19 +78,10 @@ impl Side {
         outer: bool,
         expiry: Option<Expiry>,
     ) -> Result<Side> {
-        let key_fields = keys
-            .iter()
-            .map(|e| Ok(SortField::new(e.data_type(&schema)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let row_fields = schema
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect();
         Ok(Side {
+            key_converter: keys_converter(&keys, &schema)?,
+            rows: rows_converter(&schema)?,
             keys,
-            key_converter: RowConverter::new(key_fields)?,
-            rows: RowConverter::new(row_fields)?,
             schema,
             state: HashMap::new(),
             outer,
@@ -536,10 +529,7 @@ impl TemporalJoin {
         outer: bool,
         schema: SchemaRef,
     ) -> Result<TemporalJoin> {
-        let stream_key_fields = stream_keys
-            .iter()
-            .map(|e| Ok(SortField::new(e.data_type(&stream_schema)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let stream_key_converter = keys_converter(&stream_keys, &stream_schema)?;
         Ok(TemporalJoin {
             stream_keys,
             table: Side::new(table_keys, table_schema, false, None)?,
@@ -547,7 +537,7 @@ impl TemporalJoin {
             filter,
             outer,
             schema,
-            stream_key_converter: RowConverter::new(stream_key_fields)?,
+            stream_key_converter,
             versions: HashMap::new(),
             seen_initial: false,
             bytes: 0,

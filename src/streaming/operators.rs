@@ -15,7 +15,9 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use datafusion::arrow::datatypes::{
+    DataType, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::physical_expr::PhysicalExpr;
@@ -404,15 +406,30 @@ pub struct RowBag {
     bytes: usize,
 }
 
+/// A converter for whole rows of `schema` (operators keep rows in the row format).
+pub fn rows_converter(schema: &Schema) -> Result<RowConverter> {
+    let fields = schema
+        .fields()
+        .iter()
+        .map(|f| SortField::new(f.data_type().clone()))
+        .collect();
+    Ok(RowConverter::new(fields)?)
+}
+
+/// A converter for the values of `exprs` over rows of `schema` (keys: GROUP BY, PARTITION
+/// BY, join keys).
+pub fn keys_converter(exprs: &[Arc<dyn PhysicalExpr>], schema: &Schema) -> Result<RowConverter> {
+    let fields = exprs
+        .iter()
+        .map(|e| Ok(SortField::new(e.data_type(schema)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RowConverter::new(fields)?)
+}
+
 impl RowBag {
     pub fn new(schema: SchemaRef) -> Result<RowBag> {
-        let fields = schema
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect();
         Ok(RowBag {
-            converter: RowConverter::new(fields)?,
+            converter: rows_converter(&schema)?,
             schema,
             counts: HashMap::new(),
             total: 0,
@@ -675,22 +692,15 @@ impl TopN {
         schema: SchemaRef,
         append_only: bool,
     ) -> Result<TopN> {
-        let partition_fields = partition
-            .iter()
-            .map(|e| Ok(SortField::new(e.data_type(&input_schema)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let row_fields = input_schema
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect();
+        let partition_converter = keys_converter(&partition, &input_schema)?;
+        let rows = rows_converter(&input_schema)?;
         Ok(TopN {
             partition,
             order: RowConverter::new(order_fields)?,
             order_exprs,
             limit,
-            partition_converter: RowConverter::new(partition_fields)?,
-            rows: RowConverter::new(row_fields)?,
+            partition_converter,
+            rows,
             schema,
             groups: HashMap::new(),
             append_only,

@@ -25,7 +25,9 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::operators::{cast_columns, key_rows, micros, rows_batch};
+use super::operators::{
+    cast_columns, key_rows, keys_converter, micros, rows_batch, rows_converter,
+};
 use super::state::{StateReader, StateWriter};
 use super::{ChangeBatch, Operator};
 use crate::error::{Error, Result};
@@ -118,10 +120,7 @@ impl OverWindow {
         input_schema: SchemaRef,
         schema: SchemaRef,
     ) -> Result<OverWindow> {
-        let key_fields = partition
-            .iter()
-            .map(|e| Ok(SortField::new(e.data_type(&input_schema)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let key_converter = keys_converter(&partition, &input_schema)?;
         let order_fields = order
             .iter()
             .map(|(e, options)| {
@@ -131,11 +130,7 @@ impl OverWindow {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let row_fields = input_schema
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect();
+        let rows = rows_converter(&input_schema)?;
         // Defaults take the argument's type, so each function's values have one type.
         let functions = functions
             .into_iter()
@@ -167,11 +162,11 @@ impl OverWindow {
         let lead = functions.iter().map(OverFunction::lead).max().unwrap_or(0);
         Ok(OverWindow {
             partition,
-            key_converter: RowConverter::new(key_fields)?,
+            key_converter,
             order: order.into_iter().map(|(e, _)| e).collect(),
             order_converter: RowConverter::new(order_fields)?,
             functions,
-            rows: RowConverter::new(row_fields)?,
+            rows,
             input_schema,
             schema,
             pending: BTreeMap::new(),

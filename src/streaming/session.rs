@@ -50,17 +50,12 @@ impl SessionWindow {
             .iter()
             .map(|i| SortField::new(input.field(*i).data_type().clone()))
             .collect();
-        let rows = input
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect();
         Ok(SessionWindow {
             time,
             gap: gap.saturating_mul(1000),
             partition,
             keys: RowConverter::new(keys)?,
-            rows: RowConverter::new(rows)?,
+            rows: super::operators::rows_converter(&input)?,
             schema,
             open: HashMap::new(),
             bytes: 0,

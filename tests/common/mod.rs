@@ -118,3 +118,12 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// The single value of a one-row, one-column BIGINT query.
+pub async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
