@@ -18,7 +18,9 @@
 //!   inside the server from the moment a stream append starts to the moment the view holds its
 //!   effect (`eddy_catalog.materialized_views.latency_p50_ms / latency_p99_ms`);
 //! - checkpoint overhead: q5 and q7 fed live with checkpoints every second and without (the
-//!   ratio), and the size and time of their last checkpoint.
+//!   ratio), the size and time of their last checkpoint, and recovery of that state: the
+//!   server is stopped and started again on the same data; restore ms is loading the checkpoint
+//!   into the view, running ms the time from start until the view runs again.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -86,11 +88,25 @@ async fn wait_generated(client: &tokio_postgres::Client) {
     }
 }
 
+/// A running in-process server: its port, its stop signal, and its task (done once stopped).
+struct Server {
+    port: u16,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<eddydb::error::Result<()>>,
+}
+
+impl Server {
+    fn stop(self, runtime: &tokio::runtime::Runtime) {
+        let _ = self.stop.send(());
+        let _ = runtime.block_on(self.task);
+    }
+}
+
 fn start_eddy(
     data_dir: &Path,
     runtime: &tokio::runtime::Runtime,
     checkpoint_interval_ms: u64,
-) -> (u16, tokio::sync::oneshot::Sender<()>) {
+) -> Server {
     let config = eddydb::config::Config {
         listen: "127.0.0.1:0".into(),
         http_listen: "127.0.0.1:0".into(),
@@ -108,7 +124,11 @@ fn start_eddy(
             let _ = rx.await;
         }))
         .expect("eddydb starts");
-    (running.addrs.pg.port(), tx)
+    Server {
+        port: running.addrs.pg.port(),
+        stop: tx,
+        task: running.task,
+    }
 }
 
 fn main() {
@@ -120,7 +140,8 @@ fn main() {
         .build()
         .expect("runtime");
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let (port, stop) = start_eddy(data_dir.path(), &runtime, 0);
+    let server = start_eddy(data_dir.path(), &runtime, 0);
+    let port = server.port;
     let queries = queries();
     runtime.block_on(async {
         let client = connect(port).await;
@@ -228,7 +249,7 @@ fn main() {
             queries.len()
         );
     });
-    let _ = stop.send(());
+    server.stop(&runtime);
     checkpoint_overhead(&runtime, events);
 }
 
@@ -239,30 +260,66 @@ fn main() {
 fn checkpoint_overhead(runtime: &tokio::runtime::Runtime, events: u64) {
     println!("checkpoint overhead (live, {events} events):");
     println!(
-        "{:<11} {:>14} {:>14} {:>8} {:>16} {:>14}",
-        "query", "off ev/s", "on ev/s", "on/off", "checkpoint bytes", "checkpoint ms"
+        "{:<11} {:>14} {:>14} {:>8} {:>16} {:>14} {:>12} {:>12}",
+        "query",
+        "off ev/s",
+        "on ev/s",
+        "on/off",
+        "checkpoint bytes",
+        "checkpoint ms",
+        "restore ms",
+        "running ms"
     );
     for name in ["nexmark_q5", "nexmark_q7"] {
         let Some(query) = queries().into_iter().find(|q| q.name == name) else {
             continue;
         };
         let mut results = Vec::new();
+        let mut recovery = (0.0, 0.0);
         for interval_ms in [0u64, 1000] {
             let data_dir = tempfile::tempdir().expect("tempdir");
-            let (port, stop) = start_eddy(data_dir.path(), runtime, interval_ms);
-            results.push(runtime.block_on(live_run(port, &query, events)));
-            let _ = stop.send(());
+            let server = start_eddy(data_dir.path(), runtime, interval_ms);
+            results.push(runtime.block_on(live_run(server.port, &query, events)));
+            server.stop(runtime);
+            if interval_ms > 0 {
+                // Recovery of that state: restart on the same data and wait for the view.
+                let started = Instant::now();
+                let server = start_eddy(data_dir.path(), runtime, interval_ms);
+                let restore_ms = runtime.block_on(restored(server.port, name));
+                recovery = (restore_ms, started.elapsed().as_secs_f64() * 1000.0);
+                server.stop(runtime);
+            }
         }
         let ((off, _, _), (on, bytes, ms)) = (results[0], results[1]);
         println!(
-            "{:<11} {:>14.0} {:>14.0} {:>8.2} {:>16} {:>14.1}",
+            "{:<11} {:>14.0} {:>14.0} {:>8.2} {:>16} {:>14.1} {:>12.1} {:>12.1}",
             name,
             off,
             on,
             on / off,
             bytes,
-            ms
+            ms,
+            recovery.0,
+            recovery.1
         );
+    }
+}
+
+/// Wait until view `name` runs again after a restart; returns its restore time (ms).
+async fn restored(port: u16, name: &str) -> f64 {
+    let client = connect(port).await;
+    let sql = format!(
+        "SELECT recovery_ms FROM eddy_catalog.materialized_views \
+         WHERE name = '{name}' AND status = 'running' AND restored_from IS NOT NULL"
+    );
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Some(row) = client.query_opt(&sql, &[]).await.expect("recovery") {
+            let ms: Option<f64> = row.get(0);
+            return ms.unwrap_or(0.0);
+        }
+        assert!(Instant::now() < deadline, "{name} was not restored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

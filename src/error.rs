@@ -119,6 +119,11 @@ pub enum Error {
     #[error("{0}")]
     DependentObjects(String),
 
+    /// A statement that needs something switched on or set up first (CHECKPOINT with
+    /// checkpoints off).
+    #[error("{0}")]
+    NotInPrerequisiteState(String),
+
     #[error("configuration error: {0}")]
     Config(String),
 
@@ -234,6 +239,7 @@ impl Error {
             Error::WrongObjectType(_) => "42809",
             Error::ProgramLimitExceeded(_) => "54000",
             Error::DependentObjects(_) => "2BP01",
+            Error::NotInPrerequisiteState(_) => "55000",
             Error::Config(_) => "F0000",
             Error::Internal(_) => "XX000",
             Error::DataFusion(e) => datafusion_sqlstate(e),

@@ -14,6 +14,7 @@
 //! DECLARE name CURSOR FOR SUBSCRIBE ...
 //! FETCH [FORWARD] [n | ALL] [FROM | IN] name [WITH (timeout = '1s')]
 //! CLOSE name
+//! CHECKPOINT
 //! ```
 //!
 //! Before any of that, [`rewrite_sql`] turns the ANSI window table functions
@@ -140,9 +141,16 @@ pub fn split(sql: &str) -> Result<Option<Vec<Piece<'_>>>> {
 /// A cheap test before tokenizing: does the text contain a word only our statements use?
 fn mentions_extension(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
-    ["stream", "materialized", "subscribe", "fetch", "close"]
-        .iter()
-        .any(|w| lower.contains(w))
+    [
+        "stream",
+        "materialized",
+        "subscribe",
+        "fetch",
+        "close",
+        "checkpoint",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -161,6 +169,7 @@ enum Form {
     DeclareSubscribe,
     Fetch,
     Close,
+    Checkpoint,
 }
 
 fn word(t: &Tok) -> Option<String> {
@@ -211,6 +220,8 @@ fn form(tokens: &[Tok]) -> Option<Form> {
         Some(Form::Fetch)
     } else if starts(&["CLOSE"]) && !starts(&["CLOSE", "ALL"]) {
         Some(Form::Close)
+    } else if starts(&["CHECKPOINT"]) {
+        Some(Form::Checkpoint)
     } else {
         None
     }
@@ -524,6 +535,12 @@ fn parse_form(sql: &str, form: Form, tokens: &[Tok]) -> Result<Statement> {
             let cursor = normalize_ident(&parser.parse_identifier()?);
             parser.expect_token(&Token::EOF)?;
             Ok(Statement::CloseCursor(cursor))
+        }
+        Form::Checkpoint => {
+            if tokens.len() > 1 {
+                return Err(syntax("CHECKPOINT takes no arguments"));
+            }
+            Ok(Statement::Checkpoint)
         }
     }
 }

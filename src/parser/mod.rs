@@ -110,6 +110,8 @@ pub enum Statement {
     },
     /// `CLOSE cursor`.
     CloseCursor(String),
+    /// `CHECKPOINT`: checkpoint every materialized view now.
+    Checkpoint,
     /// Accepted and ignored, answered with `tag` (`SET TRANSACTION ...`, `DISCARD ALL`,
     /// `CLOSE ALL`, `DEALLOCATE ALL`, `SET SESSION CHARACTERISTICS ...`).
     NoOp { tag: &'static str },

@@ -151,6 +151,36 @@ impl Engine {
         Ok(view)
     }
 
+    /// `CHECKPOINT`: every materialized view takes a checkpoint now; returns once all are
+    /// complete. A view still backfilling is checkpointed when its backfill ends; a failed view
+    /// has nothing to checkpoint and is passed over.
+    pub async fn checkpoint(&self) -> Result<Output> {
+        if self.streaming.checkpoint_interval_ms == 0 {
+            return Err(Error::NotInPrerequisiteState(
+                "checkpoints are off (streaming.checkpoint_interval_ms = 0)".to_string(),
+            ));
+        }
+        let pending: Vec<_> = self
+            .catalog
+            .views()
+            .all()
+            .iter()
+            .filter(|view| !matches!(view.status(), Status::Failed(_)))
+            .filter_map(|view| view.request_checkpoint())
+            .collect();
+        for answer in futures::future::join_all(pending).await {
+            match answer {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::Storage(e)),
+                // The view was dropped meanwhile.
+                Err(_) => {}
+            }
+        }
+        Ok(Output::Command {
+            tag: "CHECKPOINT".to_string(),
+        })
+    }
+
     /// Start every stored view (at server start), in creation order.
     pub async fn start_stored_views(&self) {
         let state = self.ctx.state();

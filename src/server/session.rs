@@ -435,6 +435,7 @@ impl Session {
                     verb: "FETCH",
                 })
             }
+            Statement::Checkpoint => Executed::of(self.engine.checkpoint().await?),
             Statement::CloseCursor(cursor) => {
                 if self.cursors.lock().await.remove(cursor).is_none() {
                     return Err(Error::NotFound {

@@ -754,49 +754,9 @@ pub fn conform(schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
-/// The rows `after` lacks from `before` (retracted) and has beyond it (added), as multisets.
+/// The change from `before` to `after`, stamped with its commit time for temporal joins.
 fn row_changes(before: &RecordBatch, after: &RecordBatch) -> Result<ChangeBatch> {
-    let fields = before
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| SortField::new(f.data_type().clone()))
-        .collect();
-    let converter = RowConverter::new(fields)?;
-    let old = converter.convert_columns(before.columns())?;
-    let new = converter.convert_columns(after.columns())?;
-    let mut counts: HashMap<&[u8], i64> = HashMap::new();
-    for row in old.iter() {
-        *counts.entry(row.data()).or_insert(0) -= 1;
-    }
-    for row in new.iter() {
-        *counts.entry(row.data()).or_insert(0) += 1;
-    }
-    let mut removed: Vec<u32> = Vec::new();
-    for (i, row) in old.iter().enumerate() {
-        if let Some(c) = counts.get_mut(row.data())
-            && *c < 0
-        {
-            *c += 1;
-            removed.push(i as u32);
-        }
-    }
-    let mut added: Vec<u32> = Vec::new();
-    for (i, row) in new.iter().enumerate() {
-        if let Some(c) = counts.get_mut(row.data())
-            && *c > 0
-        {
-            *c -= 1;
-            added.push(i as u32);
-        }
-    }
-    let removed = take_record_batch(before, &UInt32Array::from(removed))?;
-    let added = take_record_batch(after, &UInt32Array::from(added))?;
-    let flags: Vec<bool> = (0..removed.num_rows())
-        .map(|_| true)
-        .chain((0..added.num_rows()).map(|_| false))
-        .collect();
-    let rows = concat_batches(&before.schema(), [&removed, &added])?;
+    let change = ChangeBatch::difference(before, after)?;
     let committed_at = chrono::Utc::now().timestamp_micros().to_string();
     let schema = Arc::new(
         before
@@ -805,5 +765,6 @@ fn row_changes(before: &RecordBatch, after: &RecordBatch) -> Result<ChangeBatch>
             .clone()
             .with_metadata([(COMMITTED_AT.to_string(), committed_at)].into()),
     );
-    Ok(ChangeBatch::from_flags(rows.with_schema(schema)?, flags))
+    let rows = change.rows.clone().with_schema(schema)?;
+    Ok(change.with_rows(rows))
 }

@@ -1,18 +1,20 @@
 //! Checkpoints of materialized views on the object store (the cold tier's: a local directory by
 //! default, S3 by URL).
 //!
-//! A view's task takes a checkpoint between two input batches, when its dataflow is quiescent:
-//! the operators' snapshots ([`super::Dataflow::snapshot`]), the view's rows and logical time,
-//! and each input's position (the last stream log record fully applied). The state goes to
-//! `checkpoints/views/<view id>/<epoch>.state`, then a small manifest `<epoch>.done` naming its
-//! size and CRC32 is written last: a checkpoint without its manifest is half-written and never
-//! read. The two newest complete checkpoints are kept; older ones are deleted.
+//! A view's task takes a checkpoint between two input batches, when its dataflow is quiescent
+//! (one task applies one batch at a time, so no barrier has to be aligned inside it): the
+//! operators' snapshots ([`super::Dataflow::snapshot`]), the view's rows and logical time, each
+//! stream input's position (the last log record fully applied) and, per table or view input,
+//! the rows applied from it. The state goes to `checkpoints/views/<view id>/<epoch>.state`,
+//! then a small manifest `<epoch>.done` naming its size and CRC32 is written last: a checkpoint
+//! without its manifest is half-written and never read. The two newest complete checkpoints
+//! are kept; older ones are deleted.
 //!
 //! At start a view loads the newest checkpoint whose manifest, checksum and format match
-//! (a corrupt or truncated one is logged and the previous one tried), and resumes each stream
-//! after its recorded position, provided the stream's hot tier still holds every record after
-//! it (records already flushed to Parquet are not addressable by position yet); otherwise it is
-//! rebuilt from the stored history, as a view without a checkpoint is.
+//! (a corrupt or truncated one is logged and the previous one tried), replays each stream from
+//! the log after its position (the positions hold those log segments), and receives from each
+//! table or view input the difference between its contents then and the rows applied
+//! ([`super::runtime`]). Without a usable checkpoint it is rebuilt from the stored history.
 
 use std::sync::Arc;
 
@@ -26,7 +28,7 @@ use crate::storage::cold::ColdStore;
 /// (operator state holds Arrow row-format bytes, which only the same Arrow reads back).
 fn format() -> String {
     format!(
-        "eddydb-view-checkpoint-1/{}",
+        "eddydb-view-checkpoint-2/{}",
         crc32fast::hash(include_bytes!("../../Cargo.lock"))
     )
 }
@@ -42,14 +44,24 @@ struct Manifest {
     created_at: String,
 }
 
+/// The state a checkpoint holds besides positions.
+#[derive(Debug, Default)]
+pub struct Parts {
+    /// The operators' snapshots ([`super::Dataflow::snapshot`]).
+    pub dataflow: Vec<u8>,
+    /// The view's rows, logical time and watermark ([`super::view::View::snapshot`]).
+    pub view: Vec<u8>,
+    /// Per table or view input, the rows the view had applied from it.
+    pub inputs: Vec<u8>,
+}
+
 /// A loaded checkpoint.
 #[derive(Debug)]
 pub struct Loaded {
     pub epoch: u64,
-    /// Per input, the last stream record applied.
+    /// Per input, the last stream record applied (0 for tables and views).
     pub positions: Vec<u64>,
-    pub dataflow: Vec<u8>,
-    pub view: Vec<u8>,
+    pub parts: Parts,
 }
 
 /// The checkpoints of all views, on one object store.
@@ -77,10 +89,9 @@ impl Checkpoints {
         view_id: u64,
         epoch: u64,
         positions: Vec<u64>,
-        dataflow: &[u8],
-        view: &[u8],
+        parts: &Parts,
     ) -> Result<u64> {
-        let state = codec::join_parts(&[dataflow, view]);
+        let state = codec::join_parts(&[&parts.dataflow, &parts.view, &parts.inputs]);
         let manifest = Manifest {
             epoch,
             format: format(),
@@ -180,14 +191,17 @@ impl Checkpoints {
             return Err(damaged("state truncated or corrupt (size or checksum)"));
         }
         let parts = codec::split_parts(&state)?;
-        let [dataflow, view] = parts.as_slice() else {
+        let [dataflow, view, inputs] = parts.as_slice() else {
             return Err(damaged("state has the wrong parts"));
         };
         Ok(Loaded {
             epoch: manifest.epoch,
             positions: manifest.positions,
-            dataflow: dataflow.to_vec(),
-            view: view.to_vec(),
+            parts: Parts {
+                dataflow: dataflow.to_vec(),
+                view: view.to_vec(),
+                inputs: inputs.to_vec(),
+            },
         })
     }
 }

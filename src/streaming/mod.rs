@@ -20,17 +20,16 @@
 //! aggregates and joins free state behind the watermark, and `EMIT ON WINDOW CLOSE` releases
 //! each window's rows once when the watermark passes its end.
 //!
-//! Checkpoints (the design the hooks serve). A checkpoint is a consistent cut: the runtime
-//! stops taking input batches between two batches (a view's task processes one batch at a time,
-//! so the dataflow is then quiescent and no barrier has to be aligned inside it), records each
-//! feed's position (a stream's last log sequence number delivered, a table's commit, an
-//! upstream view's logical time), and asks every node for [`Operator::snapshot`]: bytes that
-//! [`Operator::restore`] turns back into the same state. State is Arrow data (groups and
-//! accumulator states, join rows with their counts, pending windows, top-N rows, OVER tails),
-//! so snapshots are Arrow IPC streams, plus the source watermarks and the view's rows and
-//! logical time. Recovery restores every node and resumes each feed after its recorded
-//! position; operators whose `state_bytes` is 0 snapshot nothing. Until the checkpoint issue
-//! fills the hooks in, a view is rebuilt from the stored history when the server starts.
+//! Checkpoints ([`checkpoint`], driven by [`runtime`]) are consistent cuts: the runtime takes
+//! one between two input batches (a view's task processes one batch at a time, so the dataflow
+//! is then quiescent and no barrier has to be aligned inside it), records each stream feed's
+//! position (the last log record delivered) and the rows applied from each table or view feed,
+//! and asks every node for [`Operator::snapshot`]: bytes that [`Operator::restore`] turns back
+//! into the same state (groups and accumulator states, join rows with their counts, pending
+//! windows, top-N rows, OVER tails, source watermarks), plus the view's rows and logical time.
+//! Recovery restores every node, replays each stream after its position and sends each table
+//! or view feed's difference to what was applied; a view without a usable checkpoint is
+//! rebuilt from the stored history.
 
 pub mod aggregate;
 pub mod checkpoint;
@@ -77,6 +76,42 @@ impl ChangeBatch {
             rows,
             deletes: Some(deletes),
         }
+    }
+
+    /// What turns `before` into `after` (both the same schema): the rows `after` lacks
+    /// retracted, the rows it has beyond `before` added, counted as multisets.
+    pub fn difference(before: &RecordBatch, after: &RecordBatch) -> Result<ChangeBatch> {
+        let converter = operators::rows_converter(&before.schema())?;
+        let old = converter.convert_columns(before.columns())?;
+        let new = converter.convert_columns(after.columns())?;
+        let mut counts: std::collections::HashMap<&[u8], i64> = std::collections::HashMap::new();
+        for row in old.iter() {
+            *counts.entry(row.data()).or_insert(0) -= 1;
+        }
+        for row in new.iter() {
+            *counts.entry(row.data()).or_insert(0) += 1;
+        }
+        // Each surplus is taken from the first rows that carry it.
+        let mut surplus = |rows: &datafusion::arrow::row::Rows, sign: i64| -> UInt32Array {
+            let mut picked = Vec::new();
+            for (i, row) in rows.iter().enumerate() {
+                if let Some(c) = counts.get_mut(row.data())
+                    && *c * sign > 0
+                {
+                    *c -= sign;
+                    picked.push(i as u32);
+                }
+            }
+            UInt32Array::from(picked)
+        };
+        let removed = take_record_batch(before, &surplus(&old, -1))?;
+        let added = take_record_batch(after, &surplus(&new, 1))?;
+        let added = RecordBatch::try_new(before.schema(), added.columns().to_vec())?;
+        let flags: Vec<bool> = std::iter::repeat_n(true, removed.num_rows())
+            .chain(std::iter::repeat_n(false, added.num_rows()))
+            .collect();
+        let rows = concat_batches(&before.schema(), [&removed, &added])?;
+        Ok(ChangeBatch::from_flags(rows, flags))
     }
 
     /// Build from rows and one retraction flag per row.

@@ -1,5 +1,9 @@
 //! Running views: one task per view drives its [`Dataflow`]; one feeder task per source reads
 //! the source's stored history (the backfill) and then its live changes into the view's channel.
+//! The view's task also takes the checkpoints ([`super::checkpoint`]), on an interval and on
+//! `CHECKPOINT`, and at start restores the newest one: streams then resume after their
+//! recorded positions, and each table or view input sends the difference between its rows and
+//! the rows the checkpoint had applied (a view waits for the views it reads to restore first).
 //!
 //! A stream feeder reads the cold files hour by hour, each hour sorted by event time, then the
 //! hot records in log order, then every append once it is durable. Rows are thereby seen in
@@ -21,7 +25,10 @@ use crate::error::{Error, Result};
 use crate::storage::StreamStore;
 use crate::storage::stream::Subscription;
 
-use super::checkpoint::Checkpoints;
+use super::checkpoint::{Checkpoints, Parts};
+use super::operators::RowBag;
+use super::state::{StateReader, StateWriter};
+use crate::storage::table::TableStore;
 
 /// Rows per batch sent during a backfill.
 const BACKFILL_CHUNK: usize = 8192;
@@ -89,107 +96,345 @@ pub struct RunOptions {
     pub checkpoints: Option<(Checkpoints, Duration)>,
 }
 
-/// Start maintaining `view` with `dataflow` over `feeds`. A view that reads only streams is
-/// checkpointed (when `options` say where) and, at start, resumed from its newest checkpoint.
+/// Start maintaining `view` with `dataflow` over `feeds`: from its newest usable checkpoint
+/// when `options` name a checkpoint store, otherwise (or when none is usable) from the stored
+/// history of its inputs.
 pub fn spawn(view: Arc<View>, dataflow: Dataflow, feeds: Vec<Feed>, options: RunOptions) {
-    let streams: Vec<Arc<StreamStore>> = feeds
+    if options.checkpoints.is_some() {
+        // Until the view has read its checkpoint, its streams keep their whole log: a flush at
+        // start must not release records the checkpoint's positions still need.
+        for (index, feed) in feeds.iter().enumerate() {
+            if let Feed::Stream(stream) = feed {
+                stream.hold_log_after((view.def.id, index), 0);
+            }
+        }
+    }
+    tokio::spawn(start(view, dataflow, feeds, options));
+}
+
+/// Where a restored view continues.
+struct Resumed {
+    /// Per input, the last stream record the checkpoint covers (None for tables and views).
+    positions: Vec<Option<u64>>,
+    /// Per table or view input, the rows the checkpoint had applied from it.
+    mirrors: Vec<Option<RowBag>>,
+}
+
+async fn start(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>, options: RunOptions) {
+    // Views read from settle their own rows first (restored, or rebuilding from nothing), so
+    // the difference this view's checkpoint is compared against is theirs to give.
+    for feed in &feeds {
+        if let Feed::View(upstream) = feed {
+            upstream.resumed().await;
+        }
+    }
+    // Subscribe first: what each subscription holds is what the checkpoint is checked against.
+    let subscriptions: Vec<Option<Subscription>> = feeds
         .iter()
-        .filter_map(|f| match f {
-            Feed::Stream(s) => Some(Arc::clone(s)),
+        .map(|f| match f {
+            Feed::Stream(stream) => Some(stream.subscribe()),
             _ => None,
         })
         .collect();
-    let checkpointed = !feeds.is_empty() && streams.len() == feeds.len();
-    match options.checkpoints.clone() {
-        Some((checkpoints, every)) if checkpointed => {
-            tokio::spawn(async move {
-                resume(view, dataflow, streams, checkpoints, every, options).await;
-            });
+    let resumed = match &options.checkpoints {
+        Some((checkpoints, _)) => {
+            restore(&view, &mut dataflow, &feeds, &subscriptions, checkpoints).await
         }
-        _ => spawn_from_history(view, dataflow, feeds, options),
+        None => Ok(None),
+    };
+    let resumed = match resumed {
+        Ok(Some(resumed)) => Some(resumed),
+        Ok(None) => {
+            release_log_holds(&view, &feeds);
+            None
+        }
+        Err(e) => {
+            release_log_holds(&view, &feeds);
+            view.set_status(Status::Failed(e));
+            view.set_resumed();
+            return;
+        }
+    };
+    view.set_resumed();
+    let restored = resumed.is_some();
+    let (positions, mirrors) = match resumed {
+        Some(Resumed { positions, mirrors }) => (positions, mirrors),
+        None => {
+            let mirrors = feeds
+                .iter()
+                .map(|feed| match options.checkpoints {
+                    Some(_) => new_mirror(feed),
+                    None => Ok(None),
+                })
+                .collect::<Result<Vec<_>>>();
+            match mirrors {
+                Ok(mirrors) => (vec![None; feeds.len()], mirrors),
+                Err(e) => {
+                    view.set_status(Status::Failed(e.to_string()));
+                    return;
+                }
+            }
+        }
+    };
+    let (sender, receiver) = unbounded_channel::<(usize, FeedMessage)>();
+    // Tables and views deliver their rows into the channel now, before any stream feeder
+    // starts: joins and windows see the dimension rows before the events that need them.
+    for (index, feed) in feeds.iter().enumerate() {
+        let applied = match mirrors.get(index) {
+            Some(Some(mirror)) if restored => match mirror.contents() {
+                Ok(rows) => Some(rows),
+                Err(e) => {
+                    view.set_status(Status::Failed(e.to_string()));
+                    return;
+                }
+            },
+            _ => None,
+        };
+        match feed {
+            Feed::Stream(_) => {}
+            Feed::Table(table) => feed_table(index, table, applied, sender.clone(), &view),
+            Feed::View(upstream) => feed_view(index, upstream, applied, sender.clone(), &view),
+        }
+    }
+    for (index, (feed, subscription)) in feeds.iter().zip(subscriptions).enumerate() {
+        if let (Feed::Stream(stream), Some(subscription)) = (feed, subscription) {
+            let from = positions.get(index).copied().flatten();
+            let stream = Arc::clone(stream);
+            spawn_stream_feeder(index, stream, subscription, from, sender.clone(), &view);
+        }
+    }
+    drop(sender);
+    let checkpointing = options
+        .checkpoints
+        .clone()
+        .map(|(store, every)| Checkpointing {
+            store,
+            every,
+            streams: feeds
+                .iter()
+                .map(|f| match f {
+                    Feed::Stream(stream) => Some(Arc::clone(stream)),
+                    _ => None,
+                })
+                .collect(),
+            mirrors,
+        });
+    view.set_checkpointing(checkpointing.is_some());
+    drive(
+        Arc::clone(&view),
+        dataflow,
+        receiver,
+        feeds.len(),
+        restored,
+        options,
+        checkpointing,
+    )
+    .await;
+    view.set_checkpointing(false);
+    release_log_holds(&view, &feeds);
+}
+
+fn release_log_holds(view: &View, feeds: &[Feed]) {
+    for feed in feeds {
+        if let Feed::Stream(stream) = feed {
+            stream.release_log_holds(view.def.id);
+        }
     }
 }
 
-/// Start a view of streams from its newest usable checkpoint, or from the stored history.
-async fn resume(
-    view: Arc<View>,
-    mut dataflow: Dataflow,
-    streams: Vec<Arc<StreamStore>>,
-    checkpoints: Checkpoints,
-    every: Duration,
-    options: RunOptions,
-) {
-    // Subscribe first: what each subscription holds is what the checkpoint is checked against.
-    let subscriptions: Vec<_> = streams.iter().map(|s| s.subscribe()).collect();
+/// Load the newest usable checkpoint into `dataflow` and `view`. None: there is none, or the
+/// streams no longer hold every record after it; the view is then rebuilt from history.
+async fn restore(
+    view: &View,
+    dataflow: &mut Dataflow,
+    feeds: &[Feed],
+    subscriptions: &[Option<Subscription>],
+    checkpoints: &Checkpoints,
+) -> std::result::Result<Option<Resumed>, String> {
     let started = Instant::now();
     let loaded = match checkpoints.load(view.def.id).await {
-        Ok(loaded) => loaded,
+        Ok(Some(loaded)) => loaded,
+        Ok(None) => return Ok(None),
         Err(e) => {
             tracing::error!(view = %view.def.name, error = %e, "checkpoints unreadable; rebuilding from history");
-            None
+            return Ok(None);
         }
     };
-    let mut from: Vec<Option<u64>> = vec![None; streams.len()];
-    let mut restored = false;
-    if let Some(loaded) = loaded {
-        // Every record after each position must still be in the stream's hot tier or log.
-        let usable = loaded.positions.len() == subscriptions.len()
-            && loaded
-                .positions
-                .iter()
-                .zip(subscriptions.iter().zip(&streams))
-                .all(|(p, (sub, stream))| *p >= sub.flushed_seq || stream.log_has_after(*p));
-        if usable {
-            let applied = dataflow
-                .restore(&loaded.dataflow)
-                .and_then(|()| view.restore(&loaded.view));
-            if let Err(e) = applied {
-                // Some operators may hold restored state now: rebuilding needs a fresh plan.
-                let _ = checkpoints.delete(view.def.id).await;
-                view.set_status(Status::Failed(format!(
-                    "checkpoint {} could not be restored ({e}); it was deleted, and the view is \
-                     rebuilt from history at the next start",
-                    loaded.epoch
-                )));
-                return;
-            }
-            from = loaded.positions.iter().map(|p| Some(*p)).collect();
-            for (index, (stream, position)) in streams.iter().zip(&loaded.positions).enumerate() {
-                stream.hold_log_after((view.def.id, index), *position);
-            }
-            restored = true;
-            view.set_restored(loaded.epoch as i64, started.elapsed());
-            tracing::info!(view = %view.def.name, epoch = loaded.epoch, ms = started.elapsed().as_millis() as u64, "view restored from checkpoint");
-        } else {
-            tracing::info!(view = %view.def.name, epoch = loaded.epoch, "checkpoint older than the streams' hot tier; rebuilding from history");
+    // Every record after each stream position must still be in the stream's hot tier or log.
+    let usable = loaded.positions.len() == feeds.len()
+        && feeds.iter().zip(subscriptions).zip(&loaded.positions).all(
+            |((feed, subscription), p)| match (feed, subscription) {
+                (Feed::Stream(stream), Some(sub)) => {
+                    *p >= sub.flushed_seq || stream.log_has_after(*p)
+                }
+                _ => true,
+            },
+        );
+    if !usable {
+        tracing::info!(view = %view.def.name, epoch = loaded.epoch, "checkpoint older than the streams' hot tier; rebuilding from history");
+        return Ok(None);
+    }
+    let applied = restore_mirrors(&loaded.parts.inputs, feeds).and_then(|mirrors| {
+        dataflow.restore(&loaded.parts.dataflow)?;
+        view.restore(&loaded.parts.view)?;
+        Ok(mirrors)
+    });
+    let mirrors = match applied {
+        Ok(mirrors) => mirrors,
+        Err(e) => {
+            // Some operators may hold restored state now: rebuilding needs a fresh plan.
+            let _ = checkpoints.delete(view.def.id).await;
+            return Err(format!(
+                "checkpoint {} could not be restored ({e}); it was deleted, and the view is \
+                 rebuilt from history at the next start",
+                loaded.epoch
+            ));
+        }
+    };
+    for (index, (feed, position)) in feeds.iter().zip(&loaded.positions).enumerate() {
+        if let Feed::Stream(stream) = feed {
+            stream.hold_log_after((view.def.id, index), *position);
         }
     }
-    let (sender, receiver) = unbounded_channel::<(usize, FeedMessage)>();
-    let sources = streams.len();
-    for (index, ((stream, subscription), from)) in streams
-        .iter()
-        .cloned()
-        .zip(subscriptions)
-        .zip(from)
-        .enumerate()
-    {
-        spawn_stream_feeder(index, stream, subscription, from, sender.clone(), &view);
+    view.set_restored(loaded.epoch as i64, started.elapsed());
+    tracing::info!(view = %view.def.name, epoch = loaded.epoch, ms = started.elapsed().as_millis() as u64, "view restored from checkpoint");
+    Ok(Some(Resumed {
+        positions: feeds
+            .iter()
+            .zip(&loaded.positions)
+            .map(|(feed, p)| matches!(feed, Feed::Stream(_)).then_some(*p))
+            .collect(),
+        mirrors,
+    }))
+}
+
+/// What a checkpoint keeps of a table or view input: the rows applied from it, so that a
+/// restore sends only the difference between them and the input's contents then.
+fn new_mirror(feed: &Feed) -> Result<Option<RowBag>> {
+    match feed {
+        Feed::Stream(_) => Ok(None),
+        Feed::Table(table) => RowBag::new(table.schema()).map(Some),
+        Feed::View(upstream) => RowBag::new(Arc::clone(&upstream.schema)).map(Some),
     }
-    drop(sender);
-    let view_id = view.def.id;
-    drive(
-        view,
-        dataflow,
-        receiver,
-        sources,
-        restored,
-        options,
-        Some((checkpoints, every, streams.clone())),
-    )
-    .await;
-    for stream in &streams {
-        stream.release_log_holds(view_id);
+}
+
+fn snapshot_mirrors(mirrors: &[Option<RowBag>]) -> Vec<u8> {
+    let mut w = StateWriter::new("inputs");
+    w.u64(mirrors.len() as u64);
+    for mirror in mirrors {
+        w.bool(mirror.is_some());
+        if let Some(mirror) = mirror {
+            mirror.snapshot(&mut w);
+        }
     }
+    w.finish()
+}
+
+fn restore_mirrors(state: &[u8], feeds: &[Feed]) -> Result<Vec<Option<RowBag>>> {
+    let mismatch = || Error::Internal("the checkpoint's inputs are not the view's".into());
+    let mut r = StateReader::new(state, "inputs")?;
+    if r.usize()? != feeds.len() {
+        return Err(mismatch());
+    }
+    let mut mirrors = Vec::with_capacity(feeds.len());
+    for feed in feeds {
+        let mut mirror = new_mirror(feed)?;
+        match (&mut mirror, r.bool()?) {
+            (Some(mirror), true) => mirror.restore(&mut r)?,
+            (None, false) => {}
+            _ => return Err(mismatch()),
+        }
+        mirrors.push(mirror);
+    }
+    r.finish()?;
+    Ok(mirrors)
+}
+
+/// Send a table's rows, or with `applied` (restored from a checkpoint) their difference to
+/// it, then each committed change.
+fn feed_table(
+    index: usize,
+    table: &TableStore,
+    applied: Option<RecordBatch>,
+    sender: Sender,
+    view: &View,
+) {
+    let applied = std::sync::Mutex::new(applied);
+    let changes = sender.clone();
+    let rows = table.subscribe(Box::new(move |change| {
+        let applied = applied.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let change = match applied {
+            // The first call carries the contents.
+            Some(applied) => match ChangeBatch::difference(&applied, &change.rows) {
+                Ok(change) => change,
+                Err(e) => {
+                    let _ = changes.send((index, FeedMessage::Failed(e.to_string())));
+                    return false;
+                }
+            },
+            None => change,
+        };
+        changes
+            .send((index, FeedMessage::Batch(change, None)))
+            .is_ok()
+    }));
+    view.add_backfill(rows as u64, rows as u64);
+    let _ = sender.send((index, FeedMessage::CaughtUp));
+}
+
+/// Send a view's rows, or with `applied` their difference to it, then each change it makes.
+fn feed_view(
+    index: usize,
+    upstream: &Arc<View>,
+    applied: Option<RecordBatch>,
+    sender: Sender,
+    view: &View,
+) {
+    let reader = match upstream.read(None) {
+        Ok(reader) => reader,
+        Err(e) => {
+            let _ = sender.send((index, FeedMessage::Failed(e.to_string())));
+            return;
+        }
+    };
+    let rows = reader.rows.num_rows() as u64;
+    view.add_backfill(rows, rows);
+    let first = match applied {
+        Some(applied) => ChangeBatch::difference(&applied, &reader.rows),
+        None => Ok(ChangeBatch::inserts(reader.rows)),
+    };
+    match first {
+        Ok(first) => {
+            let _ = sender.send((index, FeedMessage::Batch(first, None)));
+        }
+        Err(e) => {
+            let _ = sender.send((index, FeedMessage::Failed(e.to_string())));
+            return;
+        }
+    }
+    let _ = sender.send((index, FeedMessage::CaughtUp));
+    let mut events = reader.events;
+    let mut stop = view.stopped();
+    let upstream = Arc::clone(upstream);
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = stop.changed() => return,
+                event = events.recv() => event,
+            };
+            let Some(ViewEvent::Changes { batch, .. }) = event else {
+                let e = format!("materialized view \"{}\" stopped", upstream.def.name);
+                let _ = sender.send((index, FeedMessage::Failed(e)));
+                return;
+            };
+            if sender
+                .send((index, FeedMessage::Batch(batch, None)))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
 }
 
 fn spawn_stream_feeder(
@@ -213,81 +458,18 @@ fn spawn_stream_feeder(
     });
 }
 
-/// Start a view from its inputs' stored history (tables, views and streams).
-fn spawn_from_history(view: Arc<View>, dataflow: Dataflow, feeds: Vec<Feed>, options: RunOptions) {
-    let (sender, receiver) = unbounded_channel::<(usize, FeedMessage)>();
-    let sources = feeds.len();
-    // Tables and views deliver their current rows into the channel now, before any stream
-    // feeder starts: joins and windows see the dimension rows before the events that need them.
-    let mut streams = Vec::new();
-    for (index, feed) in feeds.into_iter().enumerate() {
-        match feed {
-            Feed::Stream(stream) => streams.push((index, stream)),
-            Feed::Table(table) => {
-                let changes = sender.clone();
-                let rows = table.subscribe(Box::new(move |change| {
-                    changes
-                        .send((index, FeedMessage::Batch(change, None)))
-                        .is_ok()
-                }));
-                view.add_backfill(rows as u64, rows as u64);
-                let _ = sender.send((index, FeedMessage::CaughtUp));
-            }
-            Feed::View(upstream) => {
-                let sender = sender.clone();
-                match upstream.read(None) {
-                    Ok(reader) => {
-                        let rows = reader.rows.num_rows() as u64;
-                        view.add_backfill(rows, rows);
-                        let _ = sender.send((
-                            index,
-                            FeedMessage::Batch(ChangeBatch::inserts(reader.rows), None),
-                        ));
-                        let _ = sender.send((index, FeedMessage::CaughtUp));
-                        let mut events = reader.events;
-                        let mut stop = view.stopped();
-                        tokio::spawn(async move {
-                            loop {
-                                let event = tokio::select! {
-                                    _ = stop.changed() => return,
-                                    event = events.recv() => event,
-                                };
-                                let Some(ViewEvent::Changes { batch, .. }) = event else {
-                                    let e = format!(
-                                        "materialized view \"{}\" stopped",
-                                        upstream.def.name
-                                    );
-                                    let _ = sender.send((index, FeedMessage::Failed(e)));
-                                    return;
-                                };
-                                if sender
-                                    .send((index, FeedMessage::Batch(batch, None)))
-                                    .is_err()
-                                {
-                                    return;
-                                }
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        let _ = sender.send((index, FeedMessage::Failed(e.to_string())));
-                    }
-                }
-            }
-        }
-    }
-    for (index, stream) in streams {
-        let subscription = stream.subscribe();
-        spawn_stream_feeder(index, stream, subscription, None, sender.clone(), &view);
-    }
-    drop(sender);
-    tokio::spawn(drive(
-        view, dataflow, receiver, sources, false, options, None,
-    ));
+/// A view task's checkpointing: where to, how often, and what each input needs kept.
+struct Checkpointing {
+    store: Checkpoints,
+    every: Duration,
+    /// Per input, its stream, whose log after the checkpoint's position is held.
+    streams: Vec<Option<Arc<StreamStore>>>,
+    /// Per table or view input, the rows applied from it ([`new_mirror`]).
+    mirrors: Vec<Option<RowBag>>,
 }
 
 /// The view's task: apply each input batch through the dataflow, track the inputs' positions
-/// and take checkpoints between batches.
+/// and take checkpoints between batches, on the interval or when asked (`CHECKPOINT`).
 async fn drive(
     view: Arc<View>,
     mut dataflow: Dataflow,
@@ -295,7 +477,7 @@ async fn drive(
     sources: usize,
     restored: bool,
     options: RunOptions,
-    checkpoints: Option<(Checkpoints, Duration, Vec<Arc<StreamStore>>)>,
+    mut checkpointing: Option<Checkpointing>,
 ) {
     let mut stop = view.stopped();
     if !restored {
@@ -311,70 +493,53 @@ async fn drive(
     if sources == 0 {
         view.set_status(Status::Running);
     }
-    let mut positions: Vec<Option<u64>> = vec![None; sources];
+    // Per input, the last stream record fully applied; tables and views need none.
+    let mut positions: Vec<Option<u64>> = (0..sources)
+        .map(|i| match &checkpointing {
+            Some(c) if c.streams.get(i).is_some_and(Option::is_none) => Some(0),
+            _ => None,
+        })
+        .collect();
     // Inputs in the middle of a record (batches applied, its position not yet): a checkpoint
     // then would hold rows its positions do not cover, and replay would apply them twice.
     let mut mid_record: Vec<bool> = vec![false; sources];
     let mut changed_since_checkpoint = false;
+    // A checkpoint is due (interval, with changes) or asked for; taken once the view is quiet.
+    let mut wanted = false;
     let mut writing: Option<tokio::task::JoinHandle<()>> = None;
-    let mut ticker = tokio::time::interval(
-        checkpoints
-            .as_ref()
-            .map_or(Duration::from_secs(3600), |(_, every, _)| *every),
-    );
+    let every = checkpointing
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |c| c.every);
+    // The first checkpoint is due one interval after the start, not at once.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry = tokio::time::interval(Duration::from_millis(20));
     let mut last_epoch = 0u64;
     loop {
         let message = tokio::select! {
             _ = stop.changed() => return,
-            _ = ticker.tick(), if checkpoints.is_some() => {
-                let ready = changed_since_checkpoint
-                    && view.status() == Status::Running
-                    && positions.iter().all(Option::is_some)
-                    && !mid_record.iter().any(|m| *m)
-                    && writing.as_ref().is_none_or(|w| w.is_finished());
-                if let (true, Some((store, _, streams))) = (ready, &checkpoints) {
-                    let started = Instant::now();
-                    match dataflow.snapshot() {
-                        Ok(state) => {
-                            let epoch = (chrono::Utc::now().timestamp_millis().max(0) as u64)
-                                .max(last_epoch + 1);
-                            last_epoch = epoch;
-                            let store = store.clone();
-                            let positions: Vec<u64> = positions.iter().flatten().copied().collect();
-                            let view_state = view.snapshot();
-                            let view = Arc::clone(&view);
-                            let streams = streams.clone();
-                            changed_since_checkpoint = false;
-                            writing = Some(tokio::spawn(async move {
-                                match store.save(view.def.id, epoch, positions.clone(), &state, &view_state).await {
-                                    Ok(bytes) => {
-                                        // The log after these positions is what a restart replays.
-                                        for (index, (stream, position)) in streams.iter().zip(&positions).enumerate() {
-                                            stream.hold_log_after((view.def.id, index), *position);
-                                        }
-                                        view.set_checkpointed(epoch as i64, bytes, started.elapsed());
-                                    }
-                                    Err(e) => tracing::error!(view = %view.def.name, error = %e, "checkpoint failed"),
-                                }
-                            }));
-                        }
-                        Err(e) => {
-                            tracing::error!(view = %view.def.name, error = %e, "checkpoint snapshot failed");
-                        }
-                    }
-                }
-                continue;
+            _ = ticker.tick(), if checkpointing.is_some() => {
+                wanted |= changed_since_checkpoint;
+                None
             }
-            message = receiver.recv() => message,
+            _ = view.checkpoint_wanted(), if checkpointing.is_some() => {
+                wanted = true;
+                None
+            }
+            // A write in flight or a half-applied record delays a due checkpoint.
+            _ = retry.tick(), if wanted => None,
+            message = receiver.recv() => match message {
+                Some(message) => Some(message),
+                None => {
+                    if !matches!(view.status(), Status::Failed(_)) && !*stop.borrow() {
+                        view.set_status(Status::Failed("an input was dropped".to_string()));
+                    }
+                    return;
+                }
+            },
         };
         match message {
-            None => {
-                if !matches!(view.status(), Status::Failed(_)) && !*stop.borrow() {
-                    view.set_status(Status::Failed("an input was dropped".to_string()));
-                }
-                return;
-            }
+            None => {}
             Some((index, FeedMessage::Batch(batch, arrived))) => {
                 let input_rows = batch.rows.num_rows() as u64;
                 changed_since_checkpoint = true;
@@ -383,6 +548,12 @@ async fn drive(
                 }
                 // A bug in an operator fails this view, not the server.
                 let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if let Some(Some(mirror)) = checkpointing
+                        .as_mut()
+                        .and_then(|c| c.mirrors.get_mut(index))
+                    {
+                        mirror.apply(&batch)?;
+                    }
                     dataflow.on_source(index, batch).and_then(|out| {
                         if options.verify_snapshots {
                             let state = dataflow.snapshot()?;
@@ -397,6 +568,14 @@ async fn drive(
                     return;
                 }
                 view.processed(input_rows, arrived);
+                // Tables and views change one whole change per batch.
+                if checkpointing
+                    .as_ref()
+                    .is_some_and(|c| c.streams.get(index).is_some_and(Option::is_none))
+                    && let Some(mid) = mid_record.get_mut(index)
+                {
+                    *mid = false;
+                }
             }
             Some((index, FeedMessage::Position(seq))) => {
                 if let Some(position) = positions.get_mut(index) {
@@ -417,7 +596,79 @@ async fn drive(
                 return;
             }
         }
+        let ready = wanted
+            && view.status() == Status::Running
+            && positions.iter().all(Option::is_some)
+            && !mid_record.iter().any(|m| *m)
+            && writing.as_ref().is_none_or(|w| w.is_finished());
+        if let (true, Some(checkpointing)) = (ready, &checkpointing) {
+            wanted = false;
+            changed_since_checkpoint = false;
+            let epoch = (chrono::Utc::now().timestamp_millis().max(0) as u64).max(last_epoch + 1);
+            last_epoch = epoch;
+            let positions: Vec<u64> = positions.iter().flatten().copied().collect();
+            writing = Some(checkpoint(
+                &view,
+                &mut dataflow,
+                checkpointing,
+                epoch,
+                positions,
+            ));
+        }
     }
+}
+
+/// Snapshot the view now and write the checkpoint in the background; callers of `CHECKPOINT`
+/// waiting now are answered when it is complete.
+fn checkpoint(
+    view: &Arc<View>,
+    dataflow: &mut Dataflow,
+    checkpointing: &Checkpointing,
+    epoch: u64,
+    positions: Vec<u64>,
+) -> tokio::task::JoinHandle<()> {
+    let started = Instant::now();
+    let waiters = view.take_checkpoint_waiters();
+    let parts = dataflow.snapshot().map(|state| Parts {
+        dataflow: state,
+        view: view.snapshot(),
+        inputs: snapshot_mirrors(&checkpointing.mirrors),
+    });
+    let store = checkpointing.store.clone();
+    let streams = checkpointing.streams.clone();
+    let view = Arc::clone(view);
+    tokio::spawn(async move {
+        let saved = match parts {
+            Ok(parts) => {
+                store
+                    .save(view.def.id, epoch, positions.clone(), &parts)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let answer = match saved {
+            Ok(bytes) => {
+                // The log after these positions is what a restart replays.
+                for (index, (stream, position)) in streams.iter().zip(&positions).enumerate() {
+                    if let Some(stream) = stream {
+                        stream.hold_log_after((view.def.id, index), *position);
+                    }
+                }
+                view.set_checkpointed(epoch as i64, bytes, started.elapsed());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(view = %view.def.name, error = %e, "checkpoint failed");
+                Err(format!(
+                    "checkpoint of materialized view \"{}\" failed: {e}",
+                    view.def.name
+                ))
+            }
+        };
+        for waiter in waiters {
+            let _ = waiter.send(answer.clone());
+        }
+    })
 }
 
 type Sender = UnboundedSender<(usize, FeedMessage)>;

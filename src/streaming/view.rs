@@ -113,7 +113,18 @@ pub struct View {
     stop: tokio::sync::watch::Sender<bool>,
     /// Where the view is in its life; CREATE and SUBSCRIBE wait on it.
     status: tokio::sync::watch::Sender<Status>,
+    /// True once the rows are restored from a checkpoint or known to be rebuilt: views that
+    /// read this one wait for it before comparing their own checkpoint with its rows.
+    resumed: tokio::sync::watch::Sender<bool>,
+    /// Whether the view's task takes checkpoints (stored views, when checkpoints are on).
+    checkpointing: std::sync::atomic::AtomicBool,
+    /// `CHECKPOINT` statements waiting for this view's next checkpoint.
+    checkpoint_waiters: Mutex<Vec<CheckpointWaiter>>,
+    checkpoint_wanted: tokio::sync::Notify,
 }
+
+/// Told when the checkpoint it asked for is complete, or why it failed.
+pub type CheckpointWaiter = tokio::sync::oneshot::Sender<std::result::Result<(), String>>;
 
 /// A consistent read of a view with a receiver for what follows.
 #[derive(Debug)]
@@ -156,6 +167,10 @@ impl View {
             schema,
             stop: tokio::sync::watch::channel(false).0,
             status: tokio::sync::watch::channel(Status::Backfilling).0,
+            resumed: tokio::sync::watch::channel(false).0,
+            checkpointing: std::sync::atomic::AtomicBool::new(false),
+            checkpoint_waiters: Mutex::new(Vec::new()),
+            checkpoint_wanted: tokio::sync::Notify::new(),
         }))
     }
 
@@ -324,20 +339,98 @@ impl View {
         w.finish()
     }
 
-    /// Load a [`View::snapshot`]; logical time never goes back.
+    /// Load a [`View::snapshot`]; logical time never goes back. Readers already attached get
+    /// the difference as one change.
     pub fn restore(&self, state: &[u8]) -> Result<()> {
         let mut inner = self.lock();
+        let before = if inner.readers.is_empty() {
+            None
+        } else {
+            Some(inner.rows.contents()?)
+        };
         let mut r = super::state::StateReader::new(state, "view")?;
         let time = r.i64()?;
         inner.watermark = r.opt_i64()?;
         inner.rows.restore(&mut r)?;
         r.finish()?;
         inner.cached = None;
-        inner.time = inner.time.max(time);
+        inner.time = inner.time.max(time) + 1;
         inner.history.clear();
         inner.history_rows = 0;
         inner.history_from = inner.time;
+        if let Some(before) = before {
+            let batch = ChangeBatch::difference(&before, &inner.rows.contents()?)?;
+            let time = inner.time;
+            inner.readers.retain(|r| {
+                r.send(ViewEvent::Changes {
+                    time,
+                    batch: batch.clone(),
+                })
+                .is_ok()
+            });
+        }
         Ok(())
+    }
+
+    /// The rows are restored or being rebuilt; see [`View::resumed`].
+    pub fn set_resumed(&self) {
+        self.resumed.send_replace(true);
+    }
+
+    /// Wait until the view has restored its rows or started rebuilding them.
+    pub async fn resumed(&self) {
+        let mut resumed = self.resumed.subscribe();
+        let _ = resumed.wait_for(|r| *r).await;
+    }
+
+    /// Mark whether the view's task takes checkpoints; when it stops doing so, callers still
+    /// waiting are told.
+    pub fn set_checkpointing(&self, on: bool) {
+        self.checkpointing
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+        if !on {
+            for waiter in self.take_checkpoint_waiters() {
+                let _ = waiter.send(Err(format!(
+                    "materialized view \"{}\" stopped before its checkpoint",
+                    self.def.name
+                )));
+            }
+        }
+    }
+
+    /// Ask for a checkpoint now (`CHECKPOINT`); None when the view takes none. The receiver
+    /// hears once a checkpoint covering every change applied so far is complete.
+    pub fn request_checkpoint(
+        &self,
+    ) -> Option<tokio::sync::oneshot::Receiver<std::result::Result<(), String>>> {
+        if !self.checkpointing.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.checkpoint_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sender);
+        self.checkpoint_wanted.notify_one();
+        // The task may have stopped meanwhile; then no one else would answer.
+        if !self.checkpointing.load(std::sync::atomic::Ordering::SeqCst) {
+            self.set_checkpointing(false);
+        }
+        Some(receiver)
+    }
+
+    /// Resolves when a checkpoint is asked for.
+    pub async fn checkpoint_wanted(&self) {
+        self.checkpoint_wanted.notified().await;
+    }
+
+    pub fn take_checkpoint_waiters(&self) -> Vec<CheckpointWaiter> {
+        std::mem::take(
+            &mut *self
+                .checkpoint_waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// Record that `rows` input rows were processed; `arrived` is when a live stream append
