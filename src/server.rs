@@ -9,6 +9,7 @@ pub mod auth;
 pub mod encode;
 pub mod handler;
 pub mod http;
+pub mod metrics;
 pub mod session;
 pub mod settings;
 

@@ -465,6 +465,21 @@ async fn checkpoint_statement_checkpoints_every_view_and_restarts_resume_from_it
         taken.iter().all(|(_, at)| at != "none"),
         "CHECKPOINT returned before every view had one: {taken:?}"
     );
+    // Prometheus sees the same checkpoints.
+    let metrics = common::http::metrics(process.http).await;
+    for (name, _, _) in &views {
+        let labels = format!("{{view=\"public.{name}\"}}");
+        let bytes = common::http::sample(&metrics, &format!("eddy_view_checkpoint_bytes{labels}"));
+        assert!(bytes.is_some_and(|b| b > 0.0), "{name}: {metrics}");
+        let age = common::http::sample(
+            &metrics,
+            &format!("eddy_view_checkpoint_age_seconds{labels}"),
+        );
+        assert!(
+            age.is_some_and(|a| (0.0..60.0).contains(&a)),
+            "{name}: {metrics}"
+        );
+    }
     // After the checkpoint: more events, a changed and a deleted table row.
     client
         .batch_execute(&insert(400..700))
@@ -488,6 +503,13 @@ async fn checkpoint_statement_checkpoints_every_view_and_restarts_resume_from_it
         taken,
         "every view resumes from the checkpoint CHECKPOINT took"
     );
+    let metrics = common::http::metrics(process.http).await;
+    for (name, _, _) in &views {
+        let labels = format!("{{view=\"public.{name}\"}}");
+        let recovery =
+            common::http::sample(&metrics, &format!("eddy_view_recovery_seconds{labels}"));
+        assert!(recovery.is_some_and(|r| r >= 0.0), "{name}: {metrics}");
+    }
     check_views(&client, &views, "after the restart").await;
     process.kill();
 

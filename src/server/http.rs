@@ -1,4 +1,5 @@
-//! The HTTP listener: health and readiness probes, and row ingest.
+//! The HTTP listener: health and readiness probes, Prometheus metrics (`GET /metrics`), and
+//! row ingest.
 //!
 //! `POST /v1/streams/<name>` takes JSON lines (`Content-Type: application/x-ndjson`, the
 //! default) or CSV (`text/csv`, or `?format=csv`; `?header=true` skips a header line) and
@@ -34,6 +35,7 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, mut stop: watch::
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(|| async { "ready\n" }))
+        .route("/metrics", get(metrics))
         .route("/v1/streams/{name}", post(ingest))
         .layer(DefaultBodyLimit::max(MAX_INGEST_BYTES))
         .with_state(engine);
@@ -50,6 +52,18 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, mut stop: watch::
     {
         tracing::warn!(error = %e, "HTTP server stopped with an error");
     }
+}
+
+/// `GET /metrics`: Prometheus text format ([`super::metrics`]).
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        super::metrics::render(&engine),
+    )
+        .into_response()
 }
 
 /// `POST /v1/streams/<name>`.

@@ -48,6 +48,34 @@ const RETRACTABLE: &[&str] = &[
     "variance_samp",
 ];
 
+/// Aggregates whose accumulator's `state()` leaves it intact (read in DataFusion 55's sources;
+/// median, percentile_cont, string_agg and distinct counts of strings move their values out).
+const STATE_KEEPING: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "mean",
+    "min",
+    "max",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "var",
+    "var_pop",
+    "var_samp",
+    "variance",
+    "variance_pop",
+    "variance_samp",
+    "bool_and",
+    "bool_or",
+    "approx_percentile_cont",
+];
+
+fn state_survives_snapshot(spec: &AggregateSpec) -> bool {
+    let name = spec.function.fun().name().to_ascii_lowercase();
+    !spec.function.is_distinct() && STATE_KEEPING.contains(&name.as_str())
+}
+
 fn retracts_in_any_order(spec: &AggregateSpec) -> bool {
     let name = spec.function.fun().name().to_ascii_lowercase();
     !spec.function.is_distinct() && RETRACTABLE.contains(&name.as_str())
@@ -669,8 +697,10 @@ impl Operator for Aggregate {
             }
         }
         let bytes = w.finish();
-        // Some accumulators give their state away; continue from the snapshot itself.
-        self.restore(&bytes)?;
+        // Some accumulators give their state away; then continue from the snapshot itself.
+        if !self.aggregates.iter().all(state_survives_snapshot) {
+            self.restore(&bytes)?;
+        }
         Ok(Some(bytes))
     }
 

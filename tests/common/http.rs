@@ -52,3 +52,39 @@ async fn request(
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// `GET /metrics`, checked by Prometheus's own `promtool check metrics` (installed by
+/// `.ci/run`; the test fails without it); returns the text.
+pub async fn metrics(addr: SocketAddr) -> String {
+    let (status, text) = get(addr, "/metrics").await.expect("GET /metrics");
+    assert_eq!(status, 200, "{text}");
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus; .ci/run does)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool rejects /metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    text
+}
+
+/// The value of `metric{labels}` in metrics text, if present.
+pub fn sample(text: &str, metric_with_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(metric_with_labels)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
