@@ -27,6 +27,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::connectors::Sources;
 use crate::error::{Error, Result};
+use crate::ml::registry::Models;
 use crate::storage::{Relation, RelationDef, RelationKind, Storage};
 use crate::streaming::runtime::Views;
 use crate::streaming::view::{View, ViewTable};
@@ -38,6 +39,7 @@ struct SystemTable {
     schema: SchemaRef,
     views: Arc<Views>,
     sources: Arc<Sources>,
+    models: Arc<Models>,
 }
 
 #[async_trait::async_trait]
@@ -60,6 +62,8 @@ impl TableProvider for SystemTable {
         let batch = match self.name {
             "materialized_views" => crate::planner::views::materialized_views(&self.views.all())?,
             "late_rows" => crate::planner::views::late_rows(&self.views.all())?,
+            "models" => crate::planner::models::models_table(&self.models.all())?,
+            "model_versions" => crate::planner::models::model_versions_table(&self.models.all())?,
             _ => self.sources.system_batch()?,
         };
         Ok(
@@ -87,6 +91,7 @@ pub struct Catalog {
     storage: Arc<Storage>,
     views: Arc<Views>,
     sources: Arc<Sources>,
+    models: Arc<Models>,
 }
 
 /// Schema of EddyDB's system tables.
@@ -117,10 +122,18 @@ impl Catalog {
         storage.register_object_store(ctx.runtime_env().as_ref());
         let views = Arc::new(Views::default());
         let sources = Arc::new(Sources::default());
+        let models = Arc::new(Models::new(Arc::clone(&storage)));
         let system = MemorySchemaProvider::new();
-        for table in ["materialized_views", "late_rows", "sources"] {
+        for table in [
+            "materialized_views",
+            "late_rows",
+            "sources",
+            "models",
+            "model_versions",
+        ] {
             let schema = match table {
                 "sources" => Sources::system_schema(),
+                "models" | "model_versions" => crate::planner::models::system_schema(table),
                 _ => crate::planner::views::system_schema(table)?,
             };
             system.register_table(
@@ -130,6 +143,7 @@ impl Catalog {
                     schema,
                     views: Arc::clone(&views),
                     sources: Arc::clone(&sources),
+                    models: Arc::clone(&models),
                 }),
             )?;
         }
@@ -139,6 +153,7 @@ impl Catalog {
             storage,
             views,
             sources,
+            models,
         };
         for relation in catalog.storage.relations() {
             let def = relation.def();
@@ -284,6 +299,11 @@ impl Catalog {
     /// Running materialized views.
     pub fn views(&self) -> &Arc<Views> {
         &self.views
+    }
+
+    /// Models and their versions.
+    pub fn models(&self) -> &Arc<Models> {
+        &self.models
     }
 
     /// Make a started view visible under its name.

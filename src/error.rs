@@ -119,6 +119,10 @@ pub enum Error {
     #[error("{0}")]
     DependentObjects(String),
 
+    /// A NULL where a value is required (a model's features).
+    #[error("{0}")]
+    NullValueNotAllowed(String),
+
     /// A statement that needs something switched on or set up first (CHECKPOINT with
     /// checkpoints off).
     #[error("{0}")]
@@ -240,6 +244,7 @@ impl Error {
             Error::ProgramLimitExceeded(_) => "54000",
             Error::DependentObjects(_) => "2BP01",
             Error::NotInPrerequisiteState(_) => "55000",
+            Error::NullValueNotAllowed(_) => "22004",
             Error::Config(_) => "F0000",
             Error::Internal(_) => "XX000",
             Error::DataFusion(e) => datafusion_sqlstate(e),

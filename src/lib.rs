@@ -32,6 +32,7 @@ pub mod config;
 pub mod connectors;
 pub mod error;
 pub mod ingest;
+pub mod ml;
 pub mod parser;
 pub mod planner;
 pub mod server;

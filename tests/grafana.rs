@@ -153,6 +153,8 @@ async fn frontend_schema_browser() {
             &["games"],
             &["eddy_catalog.late_rows"],
             &["eddy_catalog.materialized_views"],
+            &["eddy_catalog.model_versions"],
+            &["eddy_catalog.models"],
             &["eddy_catalog.sources"]
         ])
     );

@@ -15,11 +15,18 @@
 //! FETCH [FORWARD] [n | ALL] [FROM | IN] name [WITH (timeout = '1s')]
 //! CLOSE name
 //! CHECKPOINT
+//! CREATE [OR REPLACE] MODEL [IF NOT EXISTS] name [PREDICT column] USING algorithm [WITH (k = v, ...)] AS query
+//! RETRAIN MODEL name [WITH (k = v, ...)] [AS query] [WITH (k = v, ...)]
+//! DROP MODEL [IF EXISTS] name [, ...]
+//! SHOW MODELS | SHOW MODEL VERSIONS name | DESCRIBE MODEL name
+//! ALTER MODEL name SET ACTIVE VERSION n | ROLLBACK | SET SHADOW VERSION n | RESET SHADOW
 //! ```
 //!
 //! Before any of that, [`rewrite_sql`] turns the ANSI window table functions
-//! (`TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), ...))`) into the short form and
-//! `t FOR SYSTEM_TIME AS OF s.ts` into `eddy_temporal(t, 'ts')`.
+//! (`TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), ...))`) into the short form,
+//! `t FOR SYSTEM_TIME AS OF s.ts` into `eddy_temporal(t, 'ts')`, and the model named first in
+//! `PREDICT(m, ...)`, `PREDICT_PROBA`, `PREDICT_DISTANCE`, `DRIFT_PSI`, `DRIFT_KS` and
+//! `EVALUATE(m)` into the string `'m'` (a bare name would be read as a column).
 //!
 //! The query string is tokenized once with sqlparser's tokenizer and cut at top-level
 //! semicolons. Only when some statement starts with one of these forms does the string take
@@ -55,6 +62,40 @@ pub struct Watermark {
     pub column: String,
     /// The expression as written, for planning against the stream's columns.
     pub expr: String,
+}
+
+/// A parsed `CREATE MODEL`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateModel {
+    pub name: ast::ObjectName,
+    pub or_replace: bool,
+    pub if_not_exists: bool,
+    /// `PREDICT column`, normalized.
+    pub target: Option<String>,
+    pub algorithm: String,
+    /// `WITH (...)`, names lower-cased.
+    pub options: Vec<(String, String)>,
+    /// The training query, as written.
+    pub query: String,
+}
+
+/// A parsed `RETRAIN MODEL`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrainModel {
+    pub name: ast::ObjectName,
+    /// A new training query; None keeps the model's.
+    pub query: Option<String>,
+    /// Options overriding the model's.
+    pub options: Vec<(String, String)>,
+}
+
+/// What `ALTER MODEL` changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlterModel {
+    Activate(u32),
+    Rollback,
+    /// `SET SHADOW VERSION n`, or None for `RESET SHADOW`.
+    Shadow(Option<u32>),
 }
 
 /// A parsed `CREATE MATERIALIZED VIEW`.
@@ -148,6 +189,7 @@ fn mentions_extension(sql: &str) -> bool {
         "fetch",
         "close",
         "checkpoint",
+        "model",
     ]
     .iter()
     .any(|w| lower.contains(w))
@@ -170,6 +212,13 @@ enum Form {
     Fetch,
     Close,
     Checkpoint,
+    CreateModel,
+    RetrainModel,
+    DropModel,
+    ShowModels,
+    ShowModelVersions,
+    DescribeModel,
+    AlterModel,
 }
 
 fn word(t: &Tok) -> Option<String> {
@@ -222,6 +271,20 @@ fn form(tokens: &[Tok]) -> Option<Form> {
         Some(Form::Close)
     } else if starts(&["CHECKPOINT"]) {
         Some(Form::Checkpoint)
+    } else if starts(&["CREATE", "MODEL"]) || starts(&["CREATE", "OR", "REPLACE", "MODEL"]) {
+        Some(Form::CreateModel)
+    } else if starts(&["RETRAIN", "MODEL"]) {
+        Some(Form::RetrainModel)
+    } else if starts(&["DROP", "MODEL"]) {
+        Some(Form::DropModel)
+    } else if starts(&["SHOW", "MODELS"]) {
+        Some(Form::ShowModels)
+    } else if starts(&["SHOW", "MODEL", "VERSIONS"]) {
+        Some(Form::ShowModelVersions)
+    } else if starts(&["DESCRIBE", "MODEL"]) {
+        Some(Form::DescribeModel)
+    } else if starts(&["ALTER", "MODEL"]) {
+        Some(Form::AlterModel)
     } else {
         None
     }
@@ -452,6 +515,165 @@ fn parse_names(sql: &str, rest: &[Tok]) -> Result<(Vec<ast::ObjectName>, bool)> 
     Ok((names, if_exists))
 }
 
+fn parse_one_name(sql: &str, rest: &[Tok], form: &str) -> Result<ast::ObjectName> {
+    let (mut names, if_exists) = parse_names(sql, rest)?;
+    match (names.pop(), names.is_empty(), if_exists) {
+        (Some(name), true, false) => Ok(name),
+        _ => Err(syntax(format!("expected {form}"))),
+    }
+}
+
+/// The index of the first top-level `wanted` word in `tokens`.
+fn top_level_word(tokens: &[Tok], wanted: &str) -> Option<usize> {
+    let mut depth = 0i32;
+    for (i, t) in tokens.iter().enumerate() {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ if depth == 0 && word(t).as_deref() == Some(wanted) => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `WITH (k = v, ...)` options, after the WITH.
+fn parse_with_options(parser: &mut Parser<'_>) -> Result<Vec<(String, String)>> {
+    parser.expect_token(&Token::LParen)?;
+    let options = parser.parse_comma_separated(|p| p.parse_sql_option())?;
+    parser.expect_token(&Token::RParen)?;
+    options_text(&options)
+}
+
+/// A query after AS: checked to parse, kept as written.
+fn model_query(sql: &str, tokens: &[Tok]) -> Result<String> {
+    if tokens.is_empty() {
+        return Err(syntax("expected a query after AS"));
+    }
+    let query = text_of(sql, tokens).to_string();
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&query)?
+        .parse_query()?;
+    Ok(query)
+}
+
+fn parse_create_model(sql: &str, tokens: &[Tok]) -> Result<Statement> {
+    let or_replace = tokens.get(1).and_then(word).as_deref() == Some("OR");
+    let rest = &tokens[if or_replace { 4 } else { 2 }..];
+    let as_at = top_level_word(rest, "AS")
+        .ok_or_else(|| syntax("expected CREATE MODEL name ... AS query"))?;
+    let mut parser =
+        Parser::new(&PostgreSqlDialect {}).try_with_sql(text_of(sql, &rest[..as_at]))?;
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = parser.parse_object_name(false)?;
+    let mut target = None;
+    if let Token::Word(w) = parser.peek_token().token
+        && w.quote_style.is_none()
+        && w.value.eq_ignore_ascii_case("predict")
+    {
+        parser.next_token();
+        target = Some(normalize_ident(&parser.parse_identifier()?));
+    }
+    if !parser.parse_keyword(Keyword::USING) {
+        return Err(syntax(
+            "expected CREATE MODEL name [PREDICT column] USING algorithm [WITH (...)] AS query",
+        ));
+    }
+    let algorithm = parser.parse_identifier()?.value.to_ascii_lowercase();
+    let options = if parser.parse_keyword(Keyword::WITH) {
+        parse_with_options(&mut parser)?
+    } else {
+        Vec::new()
+    };
+    parser.expect_token(&Token::EOF)?;
+    Ok(Statement::CreateModel(CreateModel {
+        name,
+        or_replace,
+        if_not_exists,
+        target,
+        algorithm,
+        options,
+        query: model_query(sql, &rest[as_at + 1..])?,
+    }))
+}
+
+fn parse_retrain_model(sql: &str, rest: &[Tok]) -> Result<Statement> {
+    // A WITH (...) closing the statement belongs to RETRAIN, not to the query.
+    let mut end = rest.len();
+    let mut options = Vec::new();
+    if let Some(close) = rest.len().checked_sub(1)
+        && matches!(rest[close].token, Token::RParen)
+        && let Some(with) = (0..close).rev().find(|i| {
+            word(&rest[*i]).as_deref() == Some("WITH")
+                && matches!(rest.get(i + 1).map(|t| &t.token), Some(Token::LParen))
+                && matching_paren(rest, i + 1) == Some(close)
+        })
+    {
+        let mut parser =
+            Parser::new(&PostgreSqlDialect {}).try_with_sql(text_of(sql, &rest[with + 1..]))?;
+        options = parse_with_options(&mut parser)?;
+        end = with;
+    }
+    let rest = &rest[..end];
+    let as_at = top_level_word(rest, "AS").unwrap_or(rest.len());
+    let mut parser =
+        Parser::new(&PostgreSqlDialect {}).try_with_sql(text_of(sql, &rest[..as_at]))?;
+    let name = parser.parse_object_name(false)?;
+    if parser.parse_keyword(Keyword::WITH) {
+        let before = parse_with_options(&mut parser)?;
+        options.splice(0..0, before);
+    }
+    parser.expect_token(&Token::EOF)?;
+    let query = if as_at < rest.len() {
+        Some(model_query(sql, &rest[as_at + 1..])?)
+    } else {
+        None
+    };
+    Ok(Statement::RetrainModel(RetrainModel {
+        name,
+        query,
+        options,
+    }))
+}
+
+fn parse_alter_model(sql: &str, rest: &[Tok]) -> Result<Statement> {
+    let mut parser = Parser::new(&PostgreSqlDialect {}).try_with_sql(text_of(sql, rest))?;
+    let name = parser.parse_object_name(false)?;
+    let wrong = || {
+        syntax(
+            "expected ALTER MODEL name SET ACTIVE VERSION n | ROLLBACK | SET SHADOW VERSION n \
+             | RESET SHADOW",
+        )
+    };
+    fn next_word(parser: &mut Parser<'_>) -> String {
+        match parser.next_token().token {
+            Token::Word(w) => w.value.to_ascii_uppercase(),
+            _ => String::new(),
+        }
+    }
+    fn version(parser: &mut Parser<'_>) -> Result<u32> {
+        let value = parser.parse_number_value()?.to_string();
+        value
+            .parse::<u32>()
+            .map_err(|_| syntax(format!("a model version is a positive number, got {value}")))
+    }
+    let action = match next_word(&mut parser).as_str() {
+        "ROLLBACK" => AlterModel::Rollback,
+        "SET" => match (
+            next_word(&mut parser).as_str(),
+            next_word(&mut parser).as_str(),
+        ) {
+            ("ACTIVE", "VERSION") => AlterModel::Activate(version(&mut parser)?),
+            ("SHADOW", "VERSION") => AlterModel::Shadow(Some(version(&mut parser)?)),
+            _ => return Err(wrong()),
+        },
+        "RESET" if next_word(&mut parser) == "SHADOW" => AlterModel::Shadow(None),
+        _ => return Err(wrong()),
+    };
+    parser.expect_token(&Token::EOF)?;
+    Ok(Statement::AlterModel { name, action })
+}
+
 fn syntax(message: impl Into<String>) -> Error {
     Error::Parse(ParserError::ParserError(message.into()))
 }
@@ -542,6 +764,29 @@ fn parse_form(sql: &str, form: Form, tokens: &[Tok]) -> Result<Statement> {
             }
             Ok(Statement::Checkpoint)
         }
+        Form::CreateModel => parse_create_model(sql, tokens),
+        Form::RetrainModel => parse_retrain_model(sql, &tokens[2..]),
+        Form::DropModel => {
+            let (names, if_exists) = parse_names(sql, &tokens[2..])?;
+            Ok(Statement::DropModel { names, if_exists })
+        }
+        Form::ShowModels => {
+            if tokens.len() > 2 {
+                return Err(syntax("SHOW MODELS takes no arguments"));
+            }
+            Ok(Statement::ShowModels)
+        }
+        Form::ShowModelVersions => Ok(Statement::ShowModelVersions(parse_one_name(
+            sql,
+            &tokens[3..],
+            "SHOW MODEL VERSIONS name",
+        )?)),
+        Form::DescribeModel => Ok(Statement::DescribeModel(parse_one_name(
+            sql,
+            &tokens[2..],
+            "DESCRIBE MODEL name",
+        )?)),
+        Form::AlterModel => parse_alter_model(sql, &tokens[2..]),
     }
 }
 
@@ -723,9 +968,16 @@ fn parse_watermark(sql: &str, element: &[Tok]) -> Result<Watermark> {
 /// `eddy_temporal(t, 'c')`. None when nothing needs rewriting (the common case).
 pub fn rewrite_sql(sql: &str) -> Result<Option<String>> {
     let lower = sql.to_ascii_lowercase();
-    if !["descriptor", "system_time", "session"]
-        .iter()
-        .any(|w| lower.contains(w))
+    if ![
+        "descriptor",
+        "system_time",
+        "session",
+        "predict",
+        "evaluate",
+        "drift_",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
     {
         return Ok(None);
     }
@@ -808,6 +1060,48 @@ pub fn rewrite_sql(sql: &str) -> Result<Option<String>> {
             }
             i += 2;
             continue;
+        }
+        // PREDICT ( model , ... ) -> PREDICT ( 'model' , ... )
+        if matches!(
+            word(&tokens[i]).as_deref(),
+            Some(
+                "PREDICT"
+                    | "PREDICT_PROBA"
+                    | "PREDICT_DISTANCE"
+                    | "EVALUATE"
+                    | "DRIFT_PSI"
+                    | "DRIFT_KS"
+            )
+        ) && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::LParen))
+            && matches!(tokens.get(i + 2).map(|t| &t.token), Some(Token::Word(_)))
+        {
+            let mut end = i + 2;
+            while end + 2 < tokens.len()
+                && matches!(tokens[end + 1].token, Token::Period)
+                && matches!(tokens[end + 2].token, Token::Word(_))
+            {
+                end += 2;
+            }
+            if matches!(
+                tokens.get(end + 1).map(|t| &t.token),
+                Some(Token::Comma | Token::RParen)
+            ) {
+                let name: Vec<String> = tokens[i + 2..=end]
+                    .iter()
+                    .filter_map(|t| match &t.token {
+                        Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
+                        Token::Word(w) => Some(w.value.to_lowercase()),
+                        _ => None,
+                    })
+                    .collect();
+                edits.push((
+                    tokens[i + 2].start,
+                    tokens[end].end,
+                    format!("'{}'", name.join(".").replace('\'', "''")),
+                ));
+                i = end + 1;
+                continue;
+            }
         }
         // name FOR SYSTEM_TIME AS OF x.col
         if word(&tokens[i]).as_deref() == Some("FOR")

@@ -112,6 +112,26 @@ pub enum Statement {
     CloseCursor(String),
     /// `CHECKPOINT`: checkpoint every materialized view now.
     Checkpoint,
+    /// `CREATE [OR REPLACE] MODEL ...`.
+    CreateModel(extensions::CreateModel),
+    /// `RETRAIN MODEL name [AS query] [WITH (...)]`.
+    RetrainModel(extensions::RetrainModel),
+    /// `DROP MODEL [IF EXISTS] name, ...`.
+    DropModel {
+        names: Vec<ObjectName>,
+        if_exists: bool,
+    },
+    /// `SHOW MODELS`.
+    ShowModels,
+    /// `SHOW MODEL VERSIONS name`.
+    ShowModelVersions(ObjectName),
+    /// `DESCRIBE MODEL name`.
+    DescribeModel(ObjectName),
+    /// `ALTER MODEL name ...`.
+    AlterModel {
+        name: ObjectName,
+        action: extensions::AlterModel,
+    },
     /// Accepted and ignored, answered with `tag` (`SET TRANSACTION ...`, `DISCARD ALL`,
     /// `CLOSE ALL`, `DEALLOCATE ALL`, `SET SESSION CHARACTERISTICS ...`).
     NoOp { tag: &'static str },

@@ -46,6 +46,7 @@ use crate::parser::{normalize_ident, read_as_bytea, text_backed_type_name};
 use crate::server::settings::SharedSettings;
 use crate::storage::{Relation, RelationKind, Storage};
 
+pub mod models;
 mod relations;
 pub mod views;
 
@@ -111,6 +112,9 @@ impl Engine {
         information_schema::register_information_schema(&ctx, DATABASE_NAME)?;
         pg_functions::register_pg_functions(&ctx);
         crate::streaming::windows::register(&ctx);
+        crate::ml::functions::register(&ctx, catalog.models());
+        crate::ml::aggregates::register(&ctx);
+        crate::ml::drift::register(&ctx, catalog.models());
         Ok(Arc::new(Engine {
             ctx,
             catalog,

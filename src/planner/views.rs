@@ -183,6 +183,8 @@ impl Engine {
 
     /// Start every stored view (at server start), in creation order.
     pub async fn start_stored_views(&self) {
+        // Views may PREDICT with them.
+        self.models().load().await;
         let state = self.ctx.state();
         for def in self.catalog.storage().views() {
             let name = def.name.clone();

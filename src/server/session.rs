@@ -289,6 +289,18 @@ impl Session {
                 Output::Rows { schema, .. } => (Vec::new(), Some(schema)),
                 _ => (Vec::new(), None),
             },
+            Statement::ShowModels => (
+                Vec::new(),
+                Some(crate::planner::models::system_schema("models")),
+            ),
+            Statement::ShowModelVersions(_) => (
+                Vec::new(),
+                Some(crate::planner::models::system_schema("model_versions")),
+            ),
+            Statement::DescribeModel(name) => match self.engine.describe_model(name)? {
+                Output::Rows { schema, .. } => (Vec::new(), Some(schema)),
+                _ => (Vec::new(), None),
+            },
             Statement::CopyTo { query, .. } => {
                 // Rows go out as COPY data, not DataRows: no row description, but the query
                 // is checked now.
@@ -436,6 +448,31 @@ impl Session {
                 })
             }
             Statement::Checkpoint => Executed::of(self.engine.checkpoint().await?),
+            Statement::CreateModel(create) => {
+                let (output, notices) = self.engine.create_model(&self.state(), create).await?;
+                Executed {
+                    notices,
+                    ..Executed::of(output)
+                }
+            }
+            Statement::RetrainModel(retrain) => {
+                let (output, notices) = self.engine.retrain_model(&self.state(), retrain).await?;
+                Executed {
+                    notices,
+                    ..Executed::of(output)
+                }
+            }
+            Statement::DropModel { names, if_exists } => {
+                Executed::of(self.engine.drop_models(names, *if_exists).await?)
+            }
+            Statement::AlterModel { name, action } => {
+                Executed::of(self.engine.alter_model(name, action)?)
+            }
+            Statement::ShowModels => Executed::of(self.engine.show_models()?),
+            Statement::ShowModelVersions(name) => {
+                Executed::of(self.engine.show_model_versions(name)?)
+            }
+            Statement::DescribeModel(name) => Executed::of(self.engine.describe_model(name)?),
             Statement::CloseCursor(cursor) => {
                 if self.cursors.lock().await.remove(cursor).is_none() {
                     return Err(Error::NotFound {

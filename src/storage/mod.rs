@@ -381,6 +381,9 @@ struct CatalogFile {
     /// Materialized views, in creation order (a view only depends on older objects).
     #[serde(default)]
     views: Vec<ViewDef>,
+    /// Models with their versions' records (the fitted models are blobs on the object store).
+    #[serde(default)]
+    models: Vec<ModelDef>,
 }
 
 impl CatalogFile {
@@ -408,6 +411,54 @@ pub struct ViewDef {
     pub emit_on_close: bool,
     /// Relations and views the query reads, as `schema.name`.
     pub depends_on: Vec<String>,
+}
+
+/// A model as stored: how it is trained and the record of every version.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelDef {
+    pub id: u64,
+    pub schema_name: String,
+    pub name: String,
+    pub algorithm: String,
+    /// The column it learns (`PREDICT col`); None for k-means.
+    pub target: Option<String>,
+    /// `WITH` options as given.
+    pub options: Vec<(String, String)>,
+    /// The training query, as written.
+    pub query: String,
+    pub versions: Vec<ModelVersion>,
+    /// The version `PREDICT(m, ...)` uses.
+    pub active: Option<u32>,
+    /// Versions active before, most recent last (`ALTER MODEL ... ROLLBACK`).
+    pub previously_active: Vec<u32>,
+    /// A version scored beside the active one, for metrics only.
+    pub shadow: Option<u32>,
+}
+
+/// The record of one trained version; its fitted model is the blob [`ModelDef::blob_path`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelVersion {
+    pub version: u32,
+    pub created_at: String,
+    /// The query it was trained on.
+    pub query: String,
+    /// Hyperparameters and options used, defaults filled in.
+    pub options: Vec<(String, String)>,
+    pub training_rows: u64,
+    pub holdout_rows: u64,
+    /// Holdout metrics (name, value).
+    pub metrics: Vec<(String, f64)>,
+    /// Its features, as `name (kind)`.
+    pub features: String,
+    pub blob_bytes: u64,
+    pub training_ms: f64,
+}
+
+impl ModelDef {
+    /// Where version `version`'s fitted model is on the object store.
+    pub fn blob_path(&self, version: u32) -> String {
+        format!("models/{}/{version:06}.model", self.id)
+    }
 }
 
 /// All durable relations and the catalog that lists them.
@@ -446,6 +497,7 @@ impl Storage {
                 next_id: 1,
                 relations: Vec::new(),
                 views: Vec::new(),
+                models: Vec::new(),
             },
             Err(e) => {
                 return Err(Error::Storage(format!(
@@ -668,6 +720,61 @@ impl Storage {
         catalog.views.retain(|v| v.id != id);
         if let Err(e) = self.commit_catalog(&catalog) {
             catalog.views = before;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Every model, in creation order.
+    pub fn models(&self) -> Vec<ModelDef> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .models
+            .clone()
+    }
+
+    /// Record a model (new: id 0, assigned here) or its new state (same id), durably.
+    pub fn put_model(&self, mut def: ModelDef) -> Result<ModelDef> {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let before = (catalog.next_id, catalog.models.clone());
+        if def.id == 0 {
+            if catalog
+                .models
+                .iter()
+                .any(|m| m.schema_name == def.schema_name && m.name == def.name)
+            {
+                return Err(Error::AlreadyExists {
+                    kind: "model",
+                    name: def.name,
+                });
+            }
+            def.id = catalog.next_id;
+            catalog.next_id += 1;
+            catalog.models.push(def.clone());
+        } else {
+            let Some(slot) = catalog.models.iter_mut().find(|m| m.id == def.id) else {
+                return Err(Error::NotFound {
+                    kind: "model",
+                    name: def.name,
+                });
+            };
+            *slot = def.clone();
+        }
+        if let Err(e) = self.commit_catalog(&catalog) {
+            (catalog.next_id, catalog.models) = before;
+            return Err(e);
+        }
+        Ok(def)
+    }
+
+    /// Forget a model durably.
+    pub fn drop_model(&self, id: u64) -> Result<()> {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let before = catalog.models.clone();
+        catalog.models.retain(|m| m.id != id);
+        if let Err(e) = self.commit_catalog(&catalog) {
+            catalog.models = before;
             return Err(e);
         }
         Ok(())

@@ -1,0 +1,210 @@
+//! The SQL functions of models: `PREDICT`, `PREDICT_PROBA`, `PREDICT_DISTANCE` (scalar, in any
+//! query or materialized view) and `EVALUATE` (a table function).
+//!
+//! The first argument names the model: `PREDICT(fraud, ...)` (the parser turns the bare name
+//! into the string `'fraud'`), `PREDICT('fraud', ...)`, or a pinned version `fraud$3`. At
+//! planning the model's active (or pinned) version gives the result type and checks the
+//! features; at every batch the version is looked up again, so promotion and rollback reach
+//! running views between two batches.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::{MemTable, TableProvider};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
+};
+use datafusion::prelude::SessionContext;
+
+use super::registry::Models;
+use crate::error::{Error, Result};
+
+/// Which function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Predict,
+    Proba,
+    Distance,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Predict => "predict",
+            Kind::Proba => "predict_proba",
+            Kind::Distance => "predict_distance",
+        }
+    }
+}
+
+/// `PREDICT`, `PREDICT_PROBA` or `PREDICT_DISTANCE`.
+#[derive(Debug)]
+struct PredictFunction {
+    kind: Kind,
+    models: Arc<Models>,
+    signature: Signature,
+}
+
+impl PartialEq for PredictFunction {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+    }
+}
+
+impl Eq for PredictFunction {}
+
+impl Hash for PredictFunction {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.kind.hash(state);
+    }
+}
+
+/// The model reference in the first argument.
+fn model_reference(kind: Kind, value: Option<&ScalarValue>) -> Result<String> {
+    match value {
+        Some(ScalarValue::Utf8(Some(name)))
+        | Some(ScalarValue::LargeUtf8(Some(name)))
+        | Some(ScalarValue::Utf8View(Some(name))) => Ok(name.clone()),
+        _ => Err(Error::InvalidValue(format!(
+            "the first argument of {} names a model: {}(model, feature, ...)",
+            kind.name().to_uppercase(),
+            kind.name().to_uppercase()
+        ))),
+    }
+}
+
+impl ScalarUDFImpl for PredictFunction {
+    fn name(&self) -> &str {
+        self.kind.name()
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Err(Error::Internal("PREDICT's type comes from its model".into()).into())
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> datafusion::error::Result<FieldRef> {
+        let reference =
+            model_reference(self.kind, args.scalar_arguments.first().copied().flatten())?;
+        let (model, pinned) = self.models.resolve(&reference)?;
+        let (_, trained) = model.trained(pinned)?;
+        let types: Vec<DataType> = args
+            .arg_fields
+            .iter()
+            .skip(1)
+            .map(|f| f.data_type().clone())
+            .collect();
+        trained.featurizer.check_types(&reference, &types)?;
+        let data_type = match self.kind {
+            Kind::Predict => trained.output_type(),
+            Kind::Proba | Kind::Distance => DataType::Float64,
+        };
+        Ok(Arc::new(Field::new(self.name(), data_type, true)))
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let reference = match args.args.first() {
+            Some(ColumnarValue::Scalar(value)) => model_reference(self.kind, Some(value))?,
+            _ => model_reference(self.kind, None)?,
+        };
+        let (model, pinned) = self.models.resolve(&reference)?;
+        let (version, trained) = model.trained(pinned)?;
+        let rows = args.number_rows;
+        let features = args.args[1..]
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+        let out = match self.kind {
+            Kind::Predict => trained.predict(&features)?,
+            Kind::Proba => trained.predict_proba(&features)?,
+            Kind::Distance => trained.distance(&features)?,
+        };
+        if out.data_type() != args.return_field.data_type() {
+            return Err(Error::NotInPrerequisiteState(format!(
+                "version {version} of model \"{reference}\" predicts {}, but this query was \
+                 planned for {}; plan it again (recreate the view)",
+                out.data_type(),
+                args.return_field.data_type()
+            ))
+            .into());
+        }
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// `EVALUATE(model)`: the stored holdout metrics of the active (or pinned) version.
+#[derive(Debug)]
+struct Evaluate {
+    models: Arc<Models>,
+}
+
+impl TableFunctionImpl for Evaluate {
+    fn call_with_args(
+        &self,
+        args: TableFunctionArgs,
+    ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+        let reference = match args.exprs() {
+            [Expr::Literal(value, _)] => model_reference(Kind::Predict, Some(value)),
+            _ => Err(Error::InvalidValue(
+                "EVALUATE takes one model: SELECT * FROM EVALUATE(model)".into(),
+            )),
+        }?;
+        let (model, pinned) = self.models.resolve(&reference)?;
+        let (version, _) = model.trained(pinned)?;
+        let def = model.def();
+        let record = def
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| Error::Internal("version record vanished".into()))?;
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("model", DataType::Utf8, false),
+            Field::new("version", DataType::UInt32, false),
+            Field::new("metric", DataType::Utf8, false),
+            Field::new("value", DataType::Float64, false),
+        ]));
+        let n = record.metrics.len();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec![def.name.as_str(); n])),
+                Arc::new(UInt32Array::from(vec![version; n])),
+                Arc::new(StringArray::from_iter_values(
+                    record.metrics.iter().map(|(m, _)| m.as_str()),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    record.metrics.iter().map(|(_, v)| *v),
+                )),
+            ],
+        )?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+}
+
+/// Register the model functions on `ctx`.
+pub fn register(ctx: &SessionContext, models: &Arc<Models>) {
+    for kind in [Kind::Predict, Kind::Proba, Kind::Distance] {
+        ctx.register_udf(ScalarUDF::new_from_impl(PredictFunction {
+            kind,
+            models: Arc::clone(models),
+            signature: Signature::variadic_any(Volatility::Stable),
+        }));
+    }
+    ctx.register_udtf(
+        "evaluate",
+        Arc::new(Evaluate {
+            models: Arc::clone(models),
+        }),
+    );
+}

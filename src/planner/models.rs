@@ -1,0 +1,427 @@
+//! Model statements: `CREATE MODEL`, `RETRAIN MODEL`, `DROP MODEL`, `SHOW MODELS`,
+//! `SHOW MODEL VERSIONS`, `DESCRIBE MODEL`, `ALTER MODEL`, and the system tables
+//! `eddy_catalog.models` and `eddy_catalog.model_versions`.
+//!
+//! Training runs the query as any `SELECT` (in the caller's session), fits on a blocking
+//! thread so the server keeps serving, and records the version ([`crate::ml::registry`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array, UInt64Array,
+};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::execution::SessionState;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::planner::object_name_to_table_reference;
+use datafusion::sql::sqlparser::ast::ObjectName;
+
+use super::{Engine, Output, qualified};
+use crate::catalog::QualifiedName;
+use crate::error::{Error, Result};
+use crate::ml::algorithms::Algorithm;
+use crate::ml::model::{self, Outcome};
+use crate::ml::registry::{Model, Models};
+use crate::parser::extensions::{AlterModel, CreateModel, RetrainModel};
+use crate::storage::ModelDef;
+
+fn name_of(name: &ObjectName) -> Result<QualifiedName> {
+    qualified(&object_name_to_table_reference(name.clone(), true)?)
+}
+
+fn command(tag: &str) -> Output {
+    Output::Command {
+        tag: tag.to_string(),
+    }
+}
+
+fn rows(batch: RecordBatch) -> Output {
+    Output::Rows {
+        schema: batch.schema(),
+        batches: vec![batch],
+        verb: "SELECT",
+    }
+}
+
+impl Engine {
+    /// The registry of models.
+    pub fn models(&self) -> &Arc<Models> {
+        self.catalog.models()
+    }
+
+    fn model(&self, name: &ObjectName) -> Result<Arc<Model>> {
+        let name = name_of(name)?;
+        self.models().get(&name.to_string()).ok_or(Error::NotFound {
+            kind: "model",
+            name: name.name,
+        })
+    }
+
+    /// Run a training query to one batch, columns named as PostgreSQL names them.
+    async fn training_rows(&self, state: &SessionState, query: &str) -> Result<RecordBatch> {
+        let statements = crate::parser::parse(query)?;
+        let [crate::parser::Statement::DataFusion(statement)] = statements.as_slice() else {
+            return Err(Error::Unsupported(
+                "a model trained on anything but one SELECT".to_string(),
+            ));
+        };
+        let plan = self.plan(state, statement, &[]).await?;
+        let planned: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let ctx = SessionContext::new_with_state(state.clone());
+        let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+        let produced = batches.first().map_or(planned, |b| b.schema());
+        let batch = concat_batches(&produced, &batches)?;
+        let named = super::with_postgres_column_names(statement, produced);
+        Ok(RecordBatch::try_new(named, batch.columns().to_vec())?)
+    }
+
+    /// Train on `query` and record the outcome as the model's next, active version; returns
+    /// a summary for the client (rows, time, the main holdout metric).
+    async fn train_version(
+        &self,
+        state: &SessionState,
+        model: &Model,
+        query: &str,
+        options: &[(String, String)],
+    ) -> Result<String> {
+        let def = model.def();
+        let algorithm = Algorithm::parse(&def.algorithm)?;
+        let rows = self.training_rows(state, query).await?;
+        let started = Instant::now();
+        let target = def.target.clone();
+        let options = options.to_vec();
+        let outcome: Outcome = tokio::task::spawn_blocking(move || {
+            model::train(algorithm, target.as_deref(), &options, &rows)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("training stopped: {e}")))??;
+        let training_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let rows = (outcome.training_rows, outcome.holdout_rows);
+        let headline = outcome
+            .metrics
+            .iter()
+            .find(|(name, _)| ["accuracy", "r2", "inertia"].contains(&name.as_str()))
+            .map(|(name, value)| format!("; {name} {value:.4}"))
+            .unwrap_or_default();
+        let version = self
+            .models()
+            .add_version(model, query, outcome, training_ms)
+            .await?;
+        Ok(format!(
+            "model \"{}\" version {version}: trained on {} rows in {training_ms:.0} ms, \
+             evaluated on {} rows{headline}",
+            def.name,
+            rows.0,
+            if rows.1 > 0 { rows.1 } else { rows.0 }
+        ))
+    }
+
+    /// `CREATE MODEL`; returns the training summary as a notice. Cancelled, the statement
+    /// returns at once and the model is not created (the fit finishes in the background and
+    /// is discarded).
+    pub async fn create_model(
+        &self,
+        state: &SessionState,
+        create: &CreateModel,
+    ) -> Result<(Output, Vec<String>)> {
+        let name = name_of(&create.name)?;
+        let algorithm = Algorithm::parse(&create.algorithm)?;
+        model::check_options(algorithm, &create.options)?;
+        if let Some(existing) = self.models().get(&name.to_string()) {
+            if create.if_not_exists {
+                let notice = format!("model \"{}\" already exists, skipping", name.name);
+                return Ok((command("CREATE MODEL"), vec![notice]));
+            }
+            if !create.or_replace {
+                return Err(Error::AlreadyExists {
+                    kind: "model",
+                    name: name.name,
+                });
+            }
+            self.models().drop_model(&existing).await?;
+        }
+        let model = self.models().create(ModelDef {
+            id: 0,
+            schema_name: name.schema.clone(),
+            name: name.name.clone(),
+            algorithm: algorithm.name().to_string(),
+            target: create.target.clone(),
+            options: create.options.clone(),
+            query: create.query.clone(),
+            versions: Vec::new(),
+            active: None,
+            previously_active: Vec::new(),
+            shadow: None,
+        })?;
+        let _turn = model.changing.lock().await;
+        // A model that never trained is not left behind, also when the statement is cancelled.
+        let untrained = Untrained {
+            models: self.models(),
+            model: Some(Arc::clone(&model)),
+        };
+        let summary = self
+            .train_version(state, &model, &create.query, &create.options)
+            .await?;
+        untrained.trained();
+        Ok((command("CREATE MODEL"), vec![summary]))
+    }
+
+    /// `RETRAIN MODEL`; returns the training summary as a notice.
+    pub async fn retrain_model(
+        &self,
+        state: &SessionState,
+        retrain: &RetrainModel,
+    ) -> Result<(Output, Vec<String>)> {
+        let model = self.model(&retrain.name)?;
+        let _turn = model.changing.lock().await;
+        let def = model.def();
+        let query = retrain.query.clone().unwrap_or(def.query.clone());
+        let mut options = def.options.clone();
+        options.extend(retrain.options.iter().cloned());
+        let algorithm = Algorithm::parse(&def.algorithm)?;
+        model::check_options(algorithm, &options)?;
+        let summary = self.train_version(state, &model, &query, &options).await?;
+        Ok((command("RETRAIN MODEL"), vec![summary]))
+    }
+
+    pub async fn drop_models(&self, names: &[ObjectName], if_exists: bool) -> Result<Output> {
+        for name in names {
+            match self.model(name) {
+                Ok(model) => {
+                    let _turn = model.changing.lock().await;
+                    self.models().drop_model(&model).await?;
+                }
+                Err(Error::NotFound { .. }) if if_exists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(command("DROP MODEL"))
+    }
+
+    pub fn alter_model(&self, name: &ObjectName, action: &AlterModel) -> Result<Output> {
+        let model = self.model(name)?;
+        match action {
+            AlterModel::Activate(version) => self.models().activate(&model, *version)?,
+            AlterModel::Rollback => {
+                self.models().rollback(&model)?;
+            }
+            AlterModel::Shadow(version) => self.models().set_shadow(&model, *version)?,
+        }
+        Ok(command("ALTER MODEL"))
+    }
+
+    pub fn show_models(&self) -> Result<Output> {
+        Ok(rows(models_table(&self.models().all())?))
+    }
+
+    pub fn show_model_versions(&self, name: &ObjectName) -> Result<Output> {
+        let model = self.model(name)?;
+        Ok(rows(model_versions_table(&[model])?))
+    }
+
+    /// `DESCRIBE MODEL`: one row per property.
+    pub fn describe_model(&self, name: &ObjectName) -> Result<Output> {
+        let model = self.model(name)?;
+        let def = model.def();
+        let mut properties: Vec<(String, String)> = vec![
+            ("name".into(), format!("{}.{}", def.schema_name, def.name)),
+            ("algorithm".into(), def.algorithm.clone()),
+            ("target".into(), def.target.clone().unwrap_or_default()),
+            (
+                "active_version".into(),
+                def.active.map(|v| v.to_string()).unwrap_or_default(),
+            ),
+            (
+                "shadow_version".into(),
+                def.shadow.map(|v| v.to_string()).unwrap_or_default(),
+            ),
+            ("query".into(), def.query.clone()),
+        ];
+        if let Some(record) = def.versions.iter().find(|v| Some(v.version) == def.active) {
+            properties.push(("features".into(), record.features.clone()));
+            for (k, v) in &record.options {
+                properties.push((format!("option.{k}"), v.clone()));
+            }
+            for (k, v) in &record.metrics {
+                properties.push((format!("metric.{k}"), v.to_string()));
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("property", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    properties.iter().map(|(k, _)| k.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    properties.iter().map(|(_, v)| v.as_str()),
+                )),
+            ],
+        )?;
+        Ok(rows(batch))
+    }
+}
+
+/// Forgets a model created by a `CREATE MODEL` that did not finish training.
+struct Untrained<'a> {
+    models: &'a Models,
+    model: Option<Arc<Model>>,
+}
+
+impl Untrained<'_> {
+    fn trained(mut self) {
+        self.model = None;
+    }
+}
+
+impl Drop for Untrained<'_> {
+    fn drop(&mut self) {
+        if let Some(model) = self.model.take()
+            && let Err(e) = self.models.forget_untrained(&model)
+        {
+            tracing::error!(model = %model.qualified(), error = %e, "untrained model not removed");
+        }
+    }
+}
+
+fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Schemas of `eddy_catalog.models` and `eddy_catalog.model_versions`.
+pub fn system_schema(table: &str) -> SchemaRef {
+    Arc::new(Schema::new(match table {
+        "models" => vec![
+            Field::new("schema", DataType::Utf8, false),
+            Field::new("name", DataType::Utf8, false),
+            Field::new("algorithm", DataType::Utf8, false),
+            Field::new("target", DataType::Utf8, true),
+            Field::new("active_version", DataType::UInt32, true),
+            Field::new("shadow_version", DataType::UInt32, true),
+            Field::new("versions", DataType::UInt32, false),
+            Field::new("query", DataType::Utf8, false),
+        ],
+        _ => vec![
+            Field::new("schema", DataType::Utf8, false),
+            Field::new("model", DataType::Utf8, false),
+            Field::new("version", DataType::UInt32, false),
+            Field::new("active", DataType::Boolean, false),
+            Field::new("created_at", timestamp_type(), false),
+            Field::new("training_rows", DataType::UInt64, false),
+            Field::new("holdout_rows", DataType::UInt64, false),
+            Field::new("training_ms", DataType::Float64, false),
+            Field::new("blob_bytes", DataType::UInt64, false),
+            Field::new("features", DataType::Utf8, false),
+            Field::new("metrics", DataType::Utf8, false),
+            Field::new("options", DataType::Utf8, false),
+        ],
+    }))
+}
+
+/// `eddy_catalog.models` / `SHOW MODELS`.
+pub fn models_table(models: &[Arc<Model>]) -> Result<RecordBatch> {
+    let defs: Vec<ModelDef> = models.iter().map(|m| m.def()).collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            defs.iter().map(|d| d.schema_name.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            defs.iter().map(|d| d.name.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            defs.iter().map(|d| d.algorithm.as_str()),
+        )),
+        Arc::new(StringArray::from_iter(
+            defs.iter().map(|d| d.target.as_deref()),
+        )),
+        Arc::new(UInt32Array::from_iter(defs.iter().map(|d| d.active))),
+        Arc::new(UInt32Array::from_iter(defs.iter().map(|d| d.shadow))),
+        Arc::new(UInt32Array::from_iter_values(
+            defs.iter().map(|d| d.versions.len() as u32),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            defs.iter().map(|d| d.query.as_str()),
+        )),
+    ];
+    Ok(RecordBatch::try_new(system_schema("models"), columns)?)
+}
+
+/// `eddy_catalog.model_versions` / `SHOW MODEL VERSIONS`.
+pub fn model_versions_table(models: &[Arc<Model>]) -> Result<RecordBatch> {
+    let defs: Vec<ModelDef> = models.iter().map(|m| m.def()).collect();
+    let versions: Vec<(&ModelDef, &crate::storage::ModelVersion)> = defs
+        .iter()
+        .flat_map(|d| d.versions.iter().map(move |v| (d, v)))
+        .collect();
+    let pairs = |items: &[(String, String)]| {
+        items
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let created = versions
+        .iter()
+        .map(|(_, v)| {
+            chrono::DateTime::parse_from_rfc3339(&v.created_at)
+                .map(|t| t.timestamp_micros())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            versions.iter().map(|(d, _)| d.schema_name.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            versions.iter().map(|(d, _)| d.name.as_str()),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            versions.iter().map(|(_, v)| v.version),
+        )),
+        Arc::new(BooleanArray::from(
+            versions
+                .iter()
+                .map(|(d, v)| d.active == Some(v.version))
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(TimestampMicrosecondArray::from(created).with_timezone("UTC")),
+        Arc::new(UInt64Array::from_iter_values(
+            versions.iter().map(|(_, v)| v.training_rows),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            versions.iter().map(|(_, v)| v.holdout_rows),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            versions.iter().map(|(_, v)| v.training_ms),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            versions.iter().map(|(_, v)| v.blob_bytes),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            versions.iter().map(|(_, v)| v.features.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(versions.iter().map(
+            |(_, v)| {
+                pairs(
+                    &v.metrics
+                        .iter()
+                        .map(|(k, x)| (k.clone(), format!("{x:.6}")))
+                        .collect::<Vec<_>>(),
+                )
+            },
+        ))),
+        Arc::new(StringArray::from_iter_values(
+            versions.iter().map(|(_, v)| pairs(&v.options)),
+        )),
+    ];
+    Ok(RecordBatch::try_new(
+        system_schema("model_versions"),
+        columns,
+    )?)
+}

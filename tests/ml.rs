@@ -1,0 +1,333 @@
+//! Models over the wire, checked against linfa itself: every algorithm trained through
+//! `CREATE MODEL` predicts, on points it never saw, what the same linfa algorithm fitted
+//! directly here on the same rows predicts (identical classes and clusters, values and
+//! probabilities within 1e-9; the decision tree, whose ties linfa breaks in hash order, on at
+//! least 98% of the points). Then versions and the active model survive a SIGKILL and restart,
+//! and a live view scores new events with whatever version is active.
+
+mod common;
+
+use common::process::EddyProcess;
+use linfa::prelude::*;
+use ndarray::{Array1, Array2};
+
+/// Transactions with a known rule (the same as `sql/ml/models.slt`).
+const DATA: &str = "
+CREATE TABLE tx AS
+SELECT value AS id,
+       CAST((value * 7919) % 1000 AS DOUBLE PRECISION) AS amount,
+       CAST((value * 104729) % 10 AS DOUBLE PRECISION) AS velocity,
+       CAST((value * 31) % 100 AS DOUBLE PRECISION) / 100.0 AS merchant_risk,
+       (value * 7919) % 1000 + ((value * 104729) % 10) * 50 + ((value * 31) % 100) * 2 > 1000 AS is_fraud
+FROM generate_series(1, 600);
+CREATE TABLE points AS
+SELECT value AS id,
+       CAST((value * 397) % 1000 AS DOUBLE PRECISION) AS amount,
+       CAST((value * 13) % 10 AS DOUBLE PRECISION) AS velocity,
+       CAST((value * 59) % 100 AS DOUBLE PRECISION) / 100.0 AS merchant_risk
+FROM generate_series(1, 50);";
+
+async fn matrix(client: &tokio_postgres::Client, sql: &str) -> Array2<f64> {
+    let rows = client.query(sql, &[]).await.expect(sql);
+    let width = rows.first().map_or(0, |r| r.len());
+    let values: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| (0..width).map(move |i| r.get::<_, f64>(i)))
+        .collect();
+    Array2::from_shape_vec((rows.len(), width), values).expect("shape")
+}
+
+async fn column<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Vec<T> {
+    let rows = client.query(sql, &[]).await.expect(sql);
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+fn assert_close(what: &str, sql: &[f64], direct: &[f64]) {
+    assert_eq!(sql.len(), direct.len(), "{what}");
+    for (i, (a, b)) in sql.iter().zip(direct).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+            "{what}, point {i}: SQL {a}, linfa {b}"
+        );
+    }
+}
+
+const FEATURES: &str = "amount, velocity, merchant_risk";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_predict_what_linfa_predicts_and_survive_a_restart() {
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    client.batch_execute(DATA).await.expect("data");
+    let x = matrix(&client, &format!("SELECT {FEATURES} FROM tx ORDER BY id")).await;
+    let fraud: Array1<usize> = column::<bool>(&client, "SELECT is_fraud FROM tx ORDER BY id")
+        .await
+        .into_iter()
+        .map(usize::from)
+        .collect();
+    let points = matrix(
+        &client,
+        &format!("SELECT {FEATURES} FROM points ORDER BY id"),
+    )
+    .await;
+    let on_points = |function: &str, model: &str| {
+        format!("SELECT {function}({model}, {FEATURES}) FROM points ORDER BY id")
+    };
+    let create = |model: &str, target: &str, algorithm: &str, options: &str, columns: &str| {
+        format!(
+            "CREATE MODEL {model} {target} USING {algorithm} WITH (test_fraction = 0{options}) \
+             AS SELECT {columns} FROM tx ORDER BY id"
+        )
+    };
+
+    // Logistic regression.
+    let all = format!("{FEATURES}, is_fraud");
+    client
+        .batch_execute(&create(
+            "logistic",
+            "PREDICT is_fraud",
+            "logistic_regression",
+            "",
+            &all,
+        ))
+        .await
+        .expect("logistic");
+    let direct = linfa_logistic::LogisticRegression::default()
+        .fit(&Dataset::new(x.clone(), fraud.clone()))
+        .expect("linfa logistic");
+    let expected: Vec<bool> = direct.predict(&points).iter().map(|c| *c == 1).collect();
+    assert_eq!(
+        column::<bool>(&client, &on_points("PREDICT", "logistic")).await,
+        expected
+    );
+    // linfa gives the probability of its "positive" class, the more frequent label.
+    let positive = direct.labels().pos.class;
+    let p: Vec<f64> = direct
+        .predict_probabilities(&points)
+        .iter()
+        .map(|p| if positive == 1 { *p } else { 1.0 - p })
+        .collect();
+    assert_close(
+        "logistic PREDICT_PROBA",
+        &column::<f64>(&client, &on_points("PREDICT_PROBA", "logistic")).await,
+        &p,
+    );
+
+    // Gaussian naive Bayes.
+    client
+        .batch_execute(&create(
+            "bayes",
+            "PREDICT is_fraud",
+            "naive_bayes",
+            "",
+            &all,
+        ))
+        .await
+        .expect("bayes");
+    let direct = linfa_bayes::GaussianNb::params()
+        .fit(&Dataset::new(x.clone(), fraud.clone()))
+        .expect("linfa bayes");
+    let expected: Vec<bool> = direct.predict(&points).iter().map(|c| *c == 1).collect();
+    assert_eq!(
+        column::<bool>(&client, &on_points("PREDICT", "bayes")).await,
+        expected
+    );
+    let (p, classes) = linfa_bayes::NaiveBayes::predict_proba(&direct, points.view());
+    let one = classes.iter().position(|c| **c == 1).expect("class 1");
+    assert_close(
+        "bayes PREDICT_PROBA",
+        &column::<f64>(&client, &on_points("PREDICT_PROBA", "bayes")).await,
+        &p.column(one).to_vec(),
+    );
+
+    // Decision tree (EddyDB's default depth is 10).
+    client
+        .batch_execute(&create(
+            "tree",
+            "PREDICT is_fraud",
+            "decision_tree",
+            "",
+            &all,
+        ))
+        .await
+        .expect("tree");
+    let direct = linfa_trees::DecisionTree::params()
+        .max_depth(Some(10))
+        .fit(&Dataset::new(x.clone(), fraud.clone()))
+        .expect("linfa tree");
+    let expected: Vec<bool> = direct.predict(&points).iter().map(|c| *c == 1).collect();
+    let got = column::<bool>(&client, &on_points("PREDICT", "tree")).await;
+    let agree = got.iter().zip(&expected).filter(|(a, b)| a == b).count();
+    assert!(
+        agree * 100 >= expected.len() * 98,
+        "tree: {agree} of {} agree",
+        expected.len()
+    );
+
+    // Linear regression: amount from the other two features.
+    let amount: Array1<f64> = x.column(0).to_owned();
+    let rest = x.slice(ndarray::s![.., 1..]).to_owned();
+    client
+        .batch_execute(&create(
+            "linear",
+            "PREDICT amount",
+            "linear_regression",
+            "",
+            "velocity, merchant_risk, amount",
+        ))
+        .await
+        .expect("linear");
+    let direct = linfa_linear::LinearRegression::new()
+        .fit(&Dataset::new(rest, amount))
+        .expect("linfa linear");
+    let expected = direct.predict(&points.slice(ndarray::s![.., 1..]).to_owned());
+    assert_close(
+        "linear PREDICT",
+        &column::<f64>(
+            &client,
+            "SELECT PREDICT(linear, velocity, merchant_risk) FROM points ORDER BY id",
+        )
+        .await,
+        &expected.to_vec(),
+    );
+
+    // k-means: linfa's default generator is seeded, so both runs find the same centroids.
+    client
+        .batch_execute(&create("clusters", "", "kmeans", ", k = 3", FEATURES))
+        .await
+        .expect("kmeans");
+    let direct = linfa_clustering::KMeans::params(3)
+        .fit(&DatasetBase::from(x.clone()))
+        .expect("linfa kmeans");
+    let expected: Vec<i64> = direct.predict(&points).iter().map(|c| *c as i64).collect();
+    assert_eq!(
+        column::<i64>(&client, &on_points("PREDICT", "clusters")).await,
+        expected
+    );
+    let distances: Vec<f64> = direct.transform(&points).iter().map(|d| d.sqrt()).collect();
+    assert_close(
+        "kmeans PREDICT_DISTANCE",
+        &column::<f64>(&client, &on_points("PREDICT_DISTANCE", "clusters")).await,
+        &distances,
+    );
+
+    // A live view scores each event with the version active when it arrives.
+    client
+        .batch_execute(
+            "CREATE STREAM tx_live (id BIGINT, amount DOUBLE PRECISION, velocity DOUBLE PRECISION, \
+                                    merchant_risk DOUBLE PRECISION);
+             CREATE MATERIALIZED VIEW scored AS
+             SELECT id, PREDICT_PROBA(logistic, amount, velocity, merchant_risk) AS p FROM tx_live;
+             INSERT INTO tx_live SELECT id, amount, velocity, merchant_risk FROM points WHERE id <= 25;",
+        )
+        .await
+        .expect("live view");
+    let scored_as = |version: &str, range: &str| {
+        format!(
+            "SELECT count(*) FROM scored s JOIN points p ON s.id = p.id WHERE p.id {range} \
+             AND s.p = PREDICT_PROBA(logistic${version}, p.amount, p.velocity, p.merchant_risk)"
+        )
+    };
+    wait_for(&client, &scored_as("1", "<= 25"), 25).await;
+    client
+        .batch_execute(&format!(
+            "RETRAIN MODEL logistic AS SELECT {FEATURES}, is_fraud FROM tx WHERE id <= 150 ORDER BY id"
+        ))
+        .await
+        .expect("retrain");
+    client
+        .batch_execute("INSERT INTO tx_live SELECT id, amount, velocity, merchant_risk FROM points WHERE id > 25")
+        .await
+        .expect("insert");
+    wait_for(&client, &scored_as("2", "> 25"), 25).await;
+    // The two versions differ, so the check above could fail.
+    let differ = common::scalar(
+        &client,
+        &format!(
+            "SELECT count(*) FROM points WHERE PREDICT_PROBA(logistic$1, {FEATURES}) <> \
+             PREDICT_PROBA(logistic$2, {FEATURES})"
+        ),
+    )
+    .await;
+    assert!(differ > 0, "versions 1 and 2 predict the same");
+    client
+        .batch_execute("ALTER MODEL logistic SET ACTIVE VERSION 1")
+        .await
+        .expect("activate");
+
+    // SHOW and DESCRIBE over the wire.
+    let shown = client
+        .simple_query("SHOW MODELS")
+        .await
+        .expect("SHOW MODELS");
+    let models = shown
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(models, 5);
+    let versions = client
+        .query("SHOW MODEL VERSIONS logistic", &[])
+        .await
+        .expect("SHOW MODEL VERSIONS");
+    assert_eq!(versions.len(), 2);
+    let described = client
+        .query("DESCRIBE MODEL logistic", &[])
+        .await
+        .expect("DESCRIBE MODEL");
+    let active: Vec<String> = described
+        .iter()
+        .filter(|r| r.get::<_, String>(0) == "active_version")
+        .map(|r| r.get(1))
+        .collect();
+    assert_eq!(active, ["1"]);
+
+    // Killed and restarted: the same models, versions and predictions.
+    let before: Vec<f64> = column(&client, &on_points("PREDICT_PROBA", "logistic")).await;
+    let clusters_before: Vec<i64> = column(&client, &on_points("PREDICT", "clusters")).await;
+    process.kill();
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    assert_eq!(
+        column::<f64>(&client, &on_points("PREDICT_PROBA", "logistic")).await,
+        before
+    );
+    assert_eq!(
+        column::<i64>(&client, &on_points("PREDICT", "clusters")).await,
+        clusters_before
+    );
+    assert_eq!(
+        common::scalar(
+            &client,
+            "SELECT count(*) FROM eddy_catalog.model_versions WHERE model = 'logistic' AND \
+             (version = 1) = active"
+        )
+        .await,
+        2
+    );
+    wait_for(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.materialized_views WHERE name = 'scored' AND status = 'running'",
+        1,
+    )
+    .await;
+}
+
+/// Wait until `sql` counts `expected`.
+async fn wait_for(client: &tokio_postgres::Client, sql: &str, expected: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = common::scalar(client, sql).await;
+        if got == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql}: {got}, expected {expected}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
