@@ -3,13 +3,14 @@
 //! usable in windows.
 //!
 //! The baseline is what the version recorded at training ([`super::features::Baseline`]): the
-//! minimum, the nine deciles and the maximum of the feature's training values. PSI compares
-//! the share of observed values in each of the ten decile bins with the 10% the training rows
-//! had there: Σ (observed − expected) · ln(observed / expected), shares floored at 0.0001 so an
-//! empty bin counts as a large but finite shift (below 0.1 is commonly read as stable, above
-//! 0.25 as drift). KS is the largest distance between the observed values' empirical
-//! distribution function and the baseline's, which is interpolated linearly between the
-//! recorded quantiles.
+//! deciles of the feature's training values with the share of training values in each of the
+//! ten bins they split (10% each unless values repeat), and the percentiles. PSI compares the
+//! share of observed values per bin with the training share: Σ (observed − expected) ·
+//! ln(observed / expected), shares floored at 0.0001 so an empty bin counts as a large but
+//! finite shift (below 0.1 is commonly read as stable, above 0.25 as drift). KS is the largest
+//! distance between the observed values' distribution function and the baseline's, which is
+//! interpolated linearly between percentiles and jumps where training values repeat; both are
+//! compared just below and at every observed value.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -165,10 +166,19 @@ struct DriftAccumulator {
     values: Vec<f64>,
 }
 
-/// The baseline's distribution function at `x`: 0 below the minimum, 1 above the maximum,
-/// linear between the recorded quantiles (min = 0, deciles = 0.1 ... 0.9, max = 1).
-fn baseline_cdf(baseline: &Baseline, x: f64) -> f64 {
-    let mut points: Vec<(f64, f64)> = vec![(baseline.min, 0.0)];
+/// The baseline's quantile points (x, share of training values at or below), from its
+/// percentiles (or, in a baseline without them, min, deciles and max).
+fn quantile_points(baseline: &Baseline) -> Vec<(f64, f64)> {
+    if baseline.percentiles.len() > 1 {
+        let last = (baseline.percentiles.len() - 1) as f64;
+        return baseline
+            .percentiles
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (*x, i as f64 / last))
+            .collect();
+    }
+    let mut points = vec![(baseline.min, 0.0)];
     points.extend(
         baseline
             .deciles
@@ -177,39 +187,59 @@ fn baseline_cdf(baseline: &Baseline, x: f64) -> f64 {
             .map(|(i, d)| (*d, (i + 1) as f64 / 10.0)),
     );
     points.push((baseline.max, 1.0));
-    if x < baseline.min {
+    points
+}
+
+/// The baseline distribution function at `x` (`left`: just below `x`), linear between
+/// quantile points; repeated values make it jump.
+fn baseline_cdf(points: &[(f64, f64)], x: f64, left: bool) -> f64 {
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        return 0.0;
+    };
+    if x < first.0 || (left && x <= first.0) {
         return 0.0;
     }
-    if x >= baseline.max {
+    if x > last.0 || (!left && x >= last.0) {
         return 1.0;
     }
-    for pair in points.windows(2) {
-        let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
-        if x < x1 {
-            return if x1 > x0 {
+    let upper = if left {
+        points.iter().position(|p| p.0 >= x)
+    } else {
+        points.iter().position(|p| p.0 > x)
+    };
+    match upper {
+        Some(j) if j > 0 => {
+            let ((x0, y0), (x1, y1)) = (points[j - 1], points[j]);
+            if x1 > x0 {
                 y0 + (y1 - y0) * (x - x0) / (x1 - x0)
             } else {
-                y1
-            };
+                y0
+            }
         }
+        _ => 1.0,
     }
-    1.0
 }
 
 impl DriftAccumulator {
     fn psi(&self) -> f64 {
-        // Bins split at the deciles: (-inf, d1], (d1, d2], ..., (d9, inf).
         let mut counts = [0usize; 10];
         for v in &self.values {
-            let bin = self.baseline.deciles.iter().filter(|d| v > *d).count();
-            counts[bin] += 1;
+            counts[self.baseline.bin(*v).min(9)] += 1;
         }
         let n = self.values.len() as f64;
         counts
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(bin, c)| {
                 let observed = (*c as f64 / n).max(MIN_SHARE);
-                let expected = 0.1;
+                // Training shares as recorded (about 10% each, unless values repeat).
+                let expected = self
+                    .baseline
+                    .shares
+                    .get(bin)
+                    .copied()
+                    .unwrap_or(0.1)
+                    .max(MIN_SHARE);
                 (observed - expected) * (observed / expected).ln()
             })
             .sum()
@@ -218,18 +248,23 @@ impl DriftAccumulator {
     fn ks(&self) -> f64 {
         let mut sorted = self.values.clone();
         sorted.sort_by(f64::total_cmp);
+        let points = quantile_points(&self.baseline);
         let n = sorted.len() as f64;
-        sorted
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let base = baseline_cdf(&self.baseline, *v);
-                // The empirical function jumps at v: compare both sides of the step.
-                (base - i as f64 / n)
-                    .abs()
-                    .max(((i + 1) as f64 / n - base).abs())
-            })
-            .fold(0.0, f64::max)
+        let mut gap: f64 = 0.0;
+        let mut start = 0;
+        // Compare both distribution functions just below and at each distinct value.
+        while start < sorted.len() {
+            let v = sorted[start];
+            let mut end = start;
+            while end < sorted.len() && sorted[end] == v {
+                end += 1;
+            }
+            let below = (start as f64 / n - baseline_cdf(&points, v, true)).abs();
+            let at = (end as f64 / n - baseline_cdf(&points, v, false)).abs();
+            gap = gap.max(below).max(at);
+            start = end;
+        }
+        gap
     }
 }
 
@@ -316,15 +351,40 @@ pub fn register(ctx: &SessionContext, models: &Arc<Models>) {
 mod tests {
     use super::*;
 
+    fn baseline_of(values: &[f64]) -> Baseline {
+        use datafusion::arrow::array::Float64Array;
+        let column: ArrayRef = Arc::new(Float64Array::from(values.to_vec()));
+        let featurizer = super::super::features::Featurizer::fit(
+            &[("x".to_string(), ArrayRef::clone(&column))],
+            false,
+        )
+        .expect("fit");
+        featurizer.baselines(&[column]).expect("baseline").remove(0)
+    }
+
     fn uniform_baseline() -> Baseline {
-        Baseline {
-            name: "x".into(),
-            mean: 50.0,
-            std: 28.0,
-            min: 0.0,
-            max: 100.0,
-            deciles: (1..10).map(|d| d as f64 * 10.0).collect(),
-        }
+        baseline_of(&(0..1000).map(|i| i as f64 / 10.0).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn a_discrete_feature_does_not_drift_from_itself() {
+        let values: Vec<f64> = (0..1000)
+            .map(|i| if i % 10 < 7 { 0.0 } else { 1.0 })
+            .collect();
+        let same = DriftAccumulator {
+            measure: Measure::Psi,
+            baseline: baseline_of(&values),
+            values: values.clone(),
+        };
+        assert!(same.psi() < 0.01, "{}", same.psi());
+        assert!(same.ks() < 0.02, "{}", same.ks());
+        let flipped = DriftAccumulator {
+            measure: Measure::Psi,
+            baseline: baseline_of(&values),
+            values: values.iter().map(|v| 1.0 - v).collect(),
+        };
+        assert!(flipped.psi() > 0.25, "{}", flipped.psi());
+        assert!(flipped.ks() > 0.3, "{}", flipped.ks());
     }
 
     #[test]

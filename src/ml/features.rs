@@ -43,6 +43,20 @@ pub struct Baseline {
     pub max: f64,
     /// Deciles (the 10%, 20%, ..., 90% quantiles) of the training values.
     pub deciles: Vec<f64>,
+    /// Share of the training values in each of the ten bins the deciles split (about 10%
+    /// each, unless values repeat), see [`Baseline::bin`].
+    #[serde(default)]
+    pub shares: Vec<f64>,
+    /// The 0%, 1%, ..., 100% quantiles, for the distribution function.
+    #[serde(default)]
+    pub percentiles: Vec<f64>,
+}
+
+impl Baseline {
+    /// The bin of `value`: how many deciles lie below it (0 to 9).
+    pub fn bin(&self, value: f64) -> usize {
+        self.deciles.iter().filter(|d| value > **d).count()
+    }
 }
 
 /// The input columns of a model and how they are encoded.
@@ -66,7 +80,7 @@ fn is_text(data_type: &DataType) -> bool {
 
 /// The values of a numeric column as floats; NULLs refused.
 fn numeric_values(name: &str, column: &ArrayRef) -> Result<Vec<f64>> {
-    if column.null_count() > 0 {
+    if column.logical_null_count() > 0 {
         return Err(null_feature(name));
     }
     let floats = cast(column, &DataType::Float64)?;
@@ -75,7 +89,7 @@ fn numeric_values(name: &str, column: &ArrayRef) -> Result<Vec<f64>> {
 
 /// The values of a text column; NULLs refused.
 fn text_values(name: &str, column: &ArrayRef) -> Result<Vec<String>> {
-    if column.null_count() > 0 {
+    if column.logical_null_count() > 0 {
         return Err(null_feature(name));
     }
     let text = cast(column, &DataType::Utf8)?;
@@ -202,6 +216,32 @@ impl Featurizer {
         Ok(())
     }
 
+    /// Per row, whether every feature has a value a model can take (not NULL; finite when
+    /// numeric). `PREDICT` gives NULL for the other rows.
+    pub fn usable_rows(&self, columns: &[ArrayRef]) -> Result<Vec<bool>> {
+        let rows = columns.first().map_or(0, |c| c.len());
+        let mut usable = vec![true; rows];
+        for (feature, column) in self.features.iter().zip(columns) {
+            if let Some(nulls) = column.logical_nulls() {
+                for (row, ok) in usable.iter_mut().enumerate() {
+                    *ok &= nulls.is_valid(row);
+                }
+            }
+            if feature.kind == FeatureKind::Numeric && is_numeric(column.data_type()) {
+                let floats = cast(column, &DataType::Float64)?;
+                for (row, v) in floats
+                    .as_primitive::<Float64Type>()
+                    .values()
+                    .iter()
+                    .enumerate()
+                {
+                    usable[row] &= v.is_finite();
+                }
+            }
+        }
+        Ok(usable)
+    }
+
     /// The encoded (and scaled) matrix of `columns`, one per feature, all of one length.
     pub fn encode(&self, columns: &[ArrayRef]) -> Result<Array2<f64>> {
         if columns.len() != self.features.len() {
@@ -279,17 +319,23 @@ impl Featurizer {
             }
             let mean = values.iter().sum::<f64>() / n as f64;
             let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
-            let deciles = (1..10)
-                .map(|d| values[((n - 1) * d) / 10])
-                .collect::<Vec<_>>();
-            baselines.push(Baseline {
+            let quantile = |q: usize, of: usize| values[((n - 1) * q) / of];
+            let mut baseline = Baseline {
                 name: feature.name.clone(),
                 mean,
                 std,
                 min: values[0],
                 max: values[n - 1],
-                deciles,
-            });
+                deciles: (1..10).map(|d| quantile(d, 10)).collect(),
+                shares: Vec::new(),
+                percentiles: (0..=100).map(|p| quantile(p, 100)).collect(),
+            };
+            let mut counts = [0usize; 10];
+            for v in &values {
+                counts[baseline.bin(*v)] += 1;
+            }
+            baseline.shares = counts.iter().map(|c| *c as f64 / n as f64).collect();
+            baselines.push(baseline);
         }
         Ok(baselines)
     }

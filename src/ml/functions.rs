@@ -14,7 +14,9 @@ use datafusion::arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray,
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::{MemTable, TableProvider};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     Volatility,
@@ -190,6 +192,27 @@ impl TableFunctionImpl for Evaluate {
         )?;
         Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
     }
+}
+
+/// Models `plan` scores with whatever version is active (a `PREDICT` not pinned to `m$n`).
+pub fn unpinned_models(plan: &LogicalPlan) -> Vec<String> {
+    let mut found = Vec::new();
+    let _ = plan.apply(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|inner| {
+                if let Expr::ScalarFunction(f) = inner
+                    && matches!(f.name(), "predict" | "predict_proba" | "predict_distance")
+                    && let Some(Expr::Literal(value, _)) = f.args.first()
+                    && let Ok(reference) = model_reference(Kind::Predict, Some(value))
+                    && !reference.contains('$')
+                {
+                    found.push(reference);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    found
 }
 
 /// Register the model functions on `ctx`.

@@ -19,7 +19,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
     UInt32Array,
 };
-use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::compute::{cast, filter, take};
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use ndarray::Array1;
 use serde::{Deserialize, Serialize};
@@ -116,8 +116,46 @@ impl Trained {
         })
     }
 
+    /// Score the rows whose features are all usable; the others get NULL (as a strict SQL
+    /// function does: one bad event must not stop a view).
+    fn strict(
+        &self,
+        features: &[ArrayRef],
+        score: impl FnOnce(&[ArrayRef]) -> Result<ArrayRef>,
+    ) -> Result<ArrayRef> {
+        if features.len() != self.featurizer.features.len() {
+            // encode reports the count.
+            return score(features);
+        }
+        let usable = self.featurizer.usable_rows(features)?;
+        if usable.iter().all(|u| *u) {
+            return score(features);
+        }
+        let mask = BooleanArray::from(usable.clone());
+        let kept = features
+            .iter()
+            .map(|c| Ok(filter(c, &mask)?))
+            .collect::<Result<Vec<_>>>()?;
+        let scored = score(&kept)?;
+        let mut next = 0u32;
+        let indices: UInt32Array = usable
+            .iter()
+            .map(|u| {
+                u.then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        Ok(take(&scored, &indices, None)?)
+    }
+
     /// `PREDICT`: the label, value or cluster per row.
     pub fn predict(&self, features: &[ArrayRef]) -> Result<ArrayRef> {
+        self.strict(features, |features| self.predict_usable(features))
+    }
+
+    fn predict_usable(&self, features: &[ArrayRef]) -> Result<ArrayRef> {
         let x = self.featurizer.encode(features)?;
         let predictions = self.guarded(|| Ok(self.fitted.predict(&x)))?;
         match (predictions, &self.target) {
@@ -138,6 +176,10 @@ impl Trained {
     /// `PREDICT_PROBA`: with two classes the probability of the positive (greater) one, with
     /// more the probability of the predicted class.
     pub fn predict_proba(&self, features: &[ArrayRef]) -> Result<ArrayRef> {
+        self.strict(features, |features| self.predict_proba_usable(features))
+    }
+
+    fn predict_proba_usable(&self, features: &[ArrayRef]) -> Result<ArrayRef> {
         let Target::Classes { labels, .. } = &self.target else {
             return Err(Error::Unsupported(format!(
                 "PREDICT_PROBA needs a classifier; this model is {}",
@@ -159,9 +201,11 @@ impl Trained {
 
     /// `PREDICT_DISTANCE`: distance to the nearest centroid (k-means), an anomaly score.
     pub fn distance(&self, features: &[ArrayRef]) -> Result<ArrayRef> {
-        let x = self.featurizer.encode(features)?;
-        let d = self.guarded(|| self.fitted.distances(&x))?;
-        Ok(Arc::new(Float64Array::from(d.to_vec())))
+        self.strict(features, |features| {
+            let x = self.featurizer.encode(features)?;
+            let d = self.guarded(|| self.fitted.distances(&x))?;
+            Ok(Arc::new(Float64Array::from(d.to_vec())) as ArrayRef)
+        })
     }
 }
 
@@ -357,6 +401,28 @@ pub fn train(
         return Err(Error::InvalidValue(
             "the training query returns no feature columns besides the target".into(),
         ));
+    }
+    if let Some(t) = target_index {
+        let column = rows.column(t);
+        let name = schema.field(t).name();
+        if column.logical_null_count() > 0 {
+            return Err(Error::NullValueNotAllowed(format!(
+                "the target \"{name}\" is NULL in some rows; filter them out"
+            )));
+        }
+        if algorithm.task() == Task::Regression && column.data_type().is_floating() {
+            let values = cast(column, &DataType::Float64)?;
+            if values
+                .as_primitive::<Float64Type>()
+                .values()
+                .iter()
+                .any(|v| !v.is_finite())
+            {
+                return Err(Error::InvalidValue(format!(
+                    "the target \"{name}\" has NaN or infinite values"
+                )));
+            }
+        }
     }
     // Split: the first (1 - test_fraction) of a seeded shuffle trains; without holdout rows
     // every row trains, in the query's order.

@@ -191,6 +191,7 @@ impl Models {
     }
 
     /// Store `outcome` as the model's next version and make it active; returns its number.
+    /// Callers hold the model's `changing` lock, so version numbers are taken in turn.
     pub async fn add_version(
         &self,
         model: &Model,
@@ -198,7 +199,7 @@ impl Models {
         outcome: Outcome,
         training_ms: f64,
     ) -> Result<u32> {
-        let mut def = model.def();
+        let def = model.def();
         let version = def.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
         let blob = outcome.trained.encode()?;
         let blob_bytes = blob.len() as u64;
@@ -206,7 +207,7 @@ impl Models {
             .cold_store()
             .put_durably(&def.blob_path(version), blob)
             .await?;
-        def.versions.push(ModelVersion {
+        let record = ModelVersion {
             version,
             created_at: chrono::Utc::now().to_rfc3339(),
             query: query.to_string(),
@@ -217,28 +218,41 @@ impl Models {
             features: outcome.trained.featurizer.signature(),
             blob_bytes,
             training_ms,
-        });
-        if let Some(active) = def.active {
-            def.previously_active.push(active);
-        }
-        def.active = Some(version);
-        self.commit(model, def, |versions| {
-            versions.insert(version, Arc::new(outcome.trained));
-        })?;
+        };
+        let trained = Arc::new(outcome.trained);
+        // Applied to the record as it is now: an ALTER during the upload is kept.
+        self.change(
+            model,
+            |def| {
+                def.versions.push(record);
+                if let Some(active) = def.active {
+                    def.previously_active.push(active);
+                }
+                def.active = Some(version);
+                Ok(())
+            },
+            |versions| {
+                versions.insert(version, trained);
+            },
+        )?;
         Ok(version)
     }
 
-    /// Record `def` as the model's state, then apply `change` to the loaded versions.
-    fn commit(
+    /// Read, edit and record the model's state in one step (under its record's lock), then
+    /// publish it with `loaded` applied to the in-memory versions.
+    fn change<R>(
         &self,
         model: &Model,
-        def: ModelDef,
-        change: impl FnOnce(&mut BTreeMap<u32, Arc<Trained>>),
-    ) -> Result<()> {
+        edit: impl FnOnce(&mut ModelDef) -> Result<R>,
+        loaded: impl FnOnce(&mut BTreeMap<u32, Arc<Trained>>),
+    ) -> Result<R> {
+        let mut current = model.def.lock().unwrap_or_else(|e| e.into_inner());
+        let mut def = current.clone();
+        let result = edit(&mut def)?;
         let def = self.storage.put_model(def)?;
-        change(&mut model.versions.write().unwrap_or_else(|e| e.into_inner()));
-        *model.def.lock().unwrap_or_else(|e| e.into_inner()) = def;
-        Ok(())
+        loaded(&mut model.versions.write().unwrap_or_else(|e| e.into_inner()));
+        *current = def;
+        Ok(result)
     }
 
     fn check_version(def: &ModelDef, version: u32) -> Result<()> {
@@ -254,41 +268,54 @@ impl Models {
 
     /// `ALTER MODEL m SET ACTIVE VERSION n`.
     pub fn activate(&self, model: &Model, version: u32) -> Result<()> {
-        let mut def = model.def();
-        Self::check_version(&def, version)?;
         model.trained(Some(version))?;
-        if def.active == Some(version) {
-            return Ok(());
-        }
-        if let Some(active) = def.active {
-            def.previously_active.push(active);
-        }
-        def.active = Some(version);
-        self.commit(model, def, |_| {})
+        self.change(
+            model,
+            |def| {
+                Self::check_version(def, version)?;
+                if def.active != Some(version) {
+                    if let Some(active) = def.active {
+                        def.previously_active.push(active);
+                    }
+                    def.active = Some(version);
+                }
+                Ok(())
+            },
+            |_| {},
+        )
     }
 
     /// `ALTER MODEL m ROLLBACK`: the version active before the current one; returns it.
     pub fn rollback(&self, model: &Model) -> Result<u32> {
-        let mut def = model.def();
-        let Some(previous) = def.previously_active.pop() else {
-            return Err(Error::NotInPrerequisiteState(format!(
-                "model \"{}\" has no earlier active version to roll back to",
-                def.name
-            )));
-        };
-        def.active = Some(previous);
-        self.commit(model, def, |_| {})?;
-        Ok(previous)
+        self.change(
+            model,
+            |def| {
+                let Some(previous) = def.previously_active.pop() else {
+                    return Err(Error::NotInPrerequisiteState(format!(
+                        "model \"{}\" has no earlier active version to roll back to",
+                        def.name
+                    )));
+                };
+                def.active = Some(previous);
+                Ok(previous)
+            },
+            |_| {},
+        )
     }
 
     /// `ALTER MODEL m SET SHADOW VERSION n` (None: `RESET SHADOW`).
     pub fn set_shadow(&self, model: &Model, version: Option<u32>) -> Result<()> {
-        let mut def = model.def();
-        if let Some(version) = version {
-            Self::check_version(&def, version)?;
-        }
-        def.shadow = version;
-        self.commit(model, def, |_| {})
+        self.change(
+            model,
+            |def| {
+                if let Some(version) = version {
+                    Self::check_version(def, version)?;
+                }
+                def.shadow = version;
+                Ok(())
+            },
+            |_| {},
+        )
     }
 
     /// Remove a model that has no versions (its `CREATE MODEL` failed or was cancelled).

@@ -23,6 +23,7 @@ use super::{Engine, Output, qualified};
 use crate::catalog::QualifiedName;
 use crate::error::{Error, Result};
 use crate::ml::algorithms::Algorithm;
+use crate::ml::features::FeatureKind;
 use crate::ml::model::{self, Outcome};
 use crate::ml::registry::{Model, Models};
 use crate::parser::extensions::{AlterModel, CreateModel, RetrainModel};
@@ -78,27 +79,35 @@ impl Engine {
         Ok(RecordBatch::try_new(named, batch.columns().to_vec())?)
     }
 
-    /// Train on `query` and record the outcome as the model's next, active version; returns
-    /// a summary for the client (rows, time, the main holdout metric).
-    async fn train_version(
+    /// Run `query` and fit on its rows, on a blocking thread; returns the outcome and the
+    /// fit's time in milliseconds.
+    async fn fit(
         &self,
         state: &SessionState,
-        model: &Model,
+        algorithm: Algorithm,
+        target: Option<String>,
         query: &str,
         options: &[(String, String)],
-    ) -> Result<String> {
-        let def = model.def();
-        let algorithm = Algorithm::parse(&def.algorithm)?;
+    ) -> Result<(Outcome, f64)> {
         let rows = self.training_rows(state, query).await?;
         let started = Instant::now();
-        let target = def.target.clone();
         let options = options.to_vec();
-        let outcome: Outcome = tokio::task::spawn_blocking(move || {
+        let outcome = tokio::task::spawn_blocking(move || {
             model::train(algorithm, target.as_deref(), &options, &rows)
         })
         .await
         .map_err(|e| Error::Internal(format!("training stopped: {e}")))??;
-        let training_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok((outcome, started.elapsed().as_secs_f64() * 1000.0))
+    }
+
+    /// Record a fit as the model's next, active version; returns a summary for the client
+    /// (rows, time, the main holdout metric).
+    async fn record(
+        &self,
+        model: &Model,
+        query: &str,
+        (outcome, training_ms): (Outcome, f64),
+    ) -> Result<String> {
         let rows = (outcome.training_rows, outcome.holdout_rows);
         let headline = outcome
             .metrics
@@ -113,15 +122,16 @@ impl Engine {
         Ok(format!(
             "model \"{}\" version {version}: trained on {} rows in {training_ms:.0} ms, \
              evaluated on {} rows{headline}",
-            def.name,
+            model.def().name,
             rows.0,
             if rows.1 > 0 { rows.1 } else { rows.0 }
         ))
     }
 
-    /// `CREATE MODEL`; returns the training summary as a notice. Cancelled, the statement
-    /// returns at once and the model is not created (the fit finishes in the background and
-    /// is discarded).
+    /// `CREATE MODEL`; returns the training summary as a notice. The model is trained before
+    /// anything is recorded: `OR REPLACE` keeps the old model serving until the new one is
+    /// trained, and a failed or cancelled statement (the fit then finishes in the background
+    /// and is discarded) changes nothing.
     pub async fn create_model(
         &self,
         state: &SessionState,
@@ -130,7 +140,7 @@ impl Engine {
         let name = name_of(&create.name)?;
         let algorithm = Algorithm::parse(&create.algorithm)?;
         model::check_options(algorithm, &create.options)?;
-        if let Some(existing) = self.models().get(&name.to_string()) {
+        if self.models().get(&name.to_string()).is_some() {
             if create.if_not_exists {
                 let notice = format!("model \"{}\" already exists, skipping", name.name);
                 return Ok((command("CREATE MODEL"), vec![notice]));
@@ -141,6 +151,25 @@ impl Engine {
                     name: name.name,
                 });
             }
+        }
+        let fitted = self
+            .fit(
+                state,
+                algorithm,
+                create.target.clone(),
+                &create.query,
+                &create.options,
+            )
+            .await?;
+        if let Some(existing) = self.models().get(&name.to_string()) {
+            if !create.or_replace {
+                // Created by another session meanwhile.
+                return Err(Error::AlreadyExists {
+                    kind: "model",
+                    name: name.name,
+                });
+            }
+            let _turn = existing.changing.lock().await;
             self.models().drop_model(&existing).await?;
         }
         let model = self.models().create(ModelDef {
@@ -157,14 +186,12 @@ impl Engine {
             shadow: None,
         })?;
         let _turn = model.changing.lock().await;
-        // A model that never trained is not left behind, also when the statement is cancelled.
+        // A model whose first version was not recorded is not left behind.
         let untrained = Untrained {
             models: self.models(),
             model: Some(Arc::clone(&model)),
         };
-        let summary = self
-            .train_version(state, &model, &create.query, &create.options)
-            .await?;
+        let summary = self.record(&model, &create.query, fitted).await?;
         untrained.trained();
         Ok((command("CREATE MODEL"), vec![summary]))
     }
@@ -183,7 +210,30 @@ impl Engine {
         options.extend(retrain.options.iter().cloned());
         let algorithm = Algorithm::parse(&def.algorithm)?;
         model::check_options(algorithm, &options)?;
-        let summary = self.train_version(state, &model, &query, &options).await?;
+        let fitted = self
+            .fit(state, algorithm, def.target.clone(), &query, &options)
+            .await?;
+        // Queries and views planned against the model keep working only if its inputs and
+        // output stay the same.
+        if let Ok((active, trained)) = model.trained(None) {
+            let inputs = |t: &crate::ml::model::Trained| -> Vec<(String, bool)> {
+                t.featurizer
+                    .features
+                    .iter()
+                    .map(|f| (f.name.clone(), f.kind == FeatureKind::Numeric))
+                    .collect()
+            };
+            let new = &fitted.0.trained;
+            if inputs(new) != inputs(&trained) || new.output_type() != trained.output_type() {
+                return Err(Error::DatatypeMismatch(format!(
+                    "RETRAIN must keep the features and the prediction type of version {active} \
+                     ({}); this query gives {}. CREATE OR REPLACE MODEL changes them",
+                    trained.featurizer.signature(),
+                    new.featurizer.signature()
+                )));
+            }
+        }
+        let summary = self.record(&model, &query, fitted).await?;
         Ok((command("RETRAIN MODEL"), vec![summary]))
     }
 

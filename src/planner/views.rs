@@ -25,7 +25,7 @@ use crate::parser::extensions::{CreateView, Subscribe, SubscribeTarget};
 use crate::storage::ViewDef;
 use crate::streaming::checkpoint::Checkpoints;
 use crate::streaming::operators::LateRows;
-use crate::streaming::plan::{Compiled, check_deterministic, compile};
+use crate::streaming::plan::{Compiled, Feed, check_deterministic, compile};
 use crate::streaming::runtime;
 use crate::streaming::subscribe::{SubscribeOptions, Subscription};
 use crate::streaming::view::{Status, View};
@@ -51,8 +51,20 @@ impl Engine {
         };
         let plan = self.plan(state, statement, &[]).await?;
         check_deterministic(&plan)?;
+        let unpinned = crate::ml::functions::unpinned_models(&plan);
         let plan = state.optimize(&plan)?;
         let mut compiled = compile(state, &plan, emit_on_close, late).await?;
+        // Rows retracted later must be scored as they were when added: over inputs that
+        // change, a model switch under the view would retract rows it never emitted.
+        if let Some(model) = unpinned.first()
+            && compiled.feeds.iter().any(|f| !matches!(f, Feed::Stream(_)))
+        {
+            return Err(Error::Unsupported(format!(
+                "PREDICT with the active version of \"{model}\" in a view that reads a table or \
+                 another view: pin the version (PREDICT({model}$n, ...)), since rows such a view \
+                 retracts must be scored by the version that scored them"
+            )));
+        }
         // Result columns are named as PostgreSQL names them (count, sum, ...).
         compiled.schema = super::with_postgres_column_names(statement, compiled.schema);
         let mut seen = std::collections::HashSet::new();

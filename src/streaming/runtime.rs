@@ -108,6 +108,8 @@ pub fn spawn(view: Arc<View>, dataflow: Dataflow, feeds: Vec<Feed>, options: Run
                 stream.hold_log_after((view.def.id, index), 0);
             }
         }
+        // A CHECKPOINT meanwhile waits for the restore and is then served.
+        view.set_checkpointing(true);
     }
     tokio::spawn(start(view, dataflow, feeds, options));
 }
@@ -125,8 +127,16 @@ async fn start(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>, option
     // the difference this view's checkpoint is compared against is theirs to give.
     for feed in &feeds {
         if let Feed::View(upstream) = feed {
-            upstream.resumed().await;
+            tokio::select! {
+                _ = upstream.resumed() => {}
+                _ = view.stopping() => {}
+            }
         }
+    }
+    if view.is_stopped() {
+        view.set_checkpointing(false);
+        release_log_holds(&view, &feeds);
+        return;
     }
     // Subscribe first: what each subscription holds is what the checkpoint is checked against.
     let subscriptions: Vec<Option<Subscription>> = feeds
@@ -150,12 +160,18 @@ async fn start(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>, option
         }
         Err(e) => {
             release_log_holds(&view, &feeds);
+            view.set_checkpointing(false);
             view.set_status(Status::Failed(e));
             view.set_resumed();
             return;
         }
     };
     view.set_resumed();
+    if view.is_stopped() {
+        view.set_checkpointing(false);
+        release_log_holds(&view, &feeds);
+        return;
+    }
     let restored = resumed.is_some();
     let (positions, mirrors) = match resumed {
         Some(Resumed { positions, mirrors }) => (positions, mirrors),
@@ -170,6 +186,7 @@ async fn start(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>, option
             match mirrors {
                 Ok(mirrors) => (vec![None; feeds.len()], mirrors),
                 Err(e) => {
+                    view.set_checkpointing(false);
                     view.set_status(Status::Failed(e.to_string()));
                     return;
                 }
@@ -184,6 +201,8 @@ async fn start(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>, option
             Some(Some(mirror)) if restored => match mirror.contents() {
                 Ok(rows) => Some(rows),
                 Err(e) => {
+                    view.set_checkpointing(false);
+                    release_log_holds(&view, &feeds);
                     view.set_status(Status::Failed(e.to_string()));
                     return;
                 }
@@ -388,7 +407,7 @@ fn feed_view(
     upstream: &Arc<View>,
     applied: Option<RecordBatch>,
     sender: Sender,
-    view: &View,
+    view: &Arc<View>,
 ) {
     let reader = match upstream.read(None) {
         Ok(reader) => reader,
@@ -414,12 +433,12 @@ fn feed_view(
     }
     let _ = sender.send((index, FeedMessage::CaughtUp));
     let mut events = reader.events;
-    let mut stop = view.stopped();
+    let view = Arc::clone(view);
     let upstream = Arc::clone(upstream);
     tokio::spawn(async move {
         loop {
             let event = tokio::select! {
-                _ = stop.changed() => return,
+                _ = view.stopping() => return,
                 event = events.recv() => event,
             };
             let Some(ViewEvent::Changes { batch, .. }) = event else {
@@ -446,10 +465,9 @@ fn spawn_stream_feeder(
     view: &Arc<View>,
 ) {
     let view = Arc::clone(view);
-    let mut stop = view.stopped();
     tokio::spawn(async move {
         let result = tokio::select! {
-            _ = stop.changed() => Ok(()),
+            _ = view.stopping() => Ok(()),
             result = run_stream(index, &stream, subscription, from, &sender, &view) => result,
         };
         if let Err(e) = result {
@@ -479,7 +497,6 @@ async fn drive(
     options: RunOptions,
     mut checkpointing: Option<Checkpointing>,
 ) {
-    let mut stop = view.stopped();
     if !restored {
         let started = dataflow
             .start()
@@ -517,7 +534,7 @@ async fn drive(
     let mut last_epoch = 0u64;
     loop {
         let message = tokio::select! {
-            _ = stop.changed() => return,
+            _ = view.stopping() => return,
             _ = ticker.tick(), if checkpointing.is_some() => {
                 wanted |= changed_since_checkpoint;
                 None
@@ -531,7 +548,7 @@ async fn drive(
             message = receiver.recv() => match message {
                 Some(message) => Some(message),
                 None => {
-                    if !matches!(view.status(), Status::Failed(_)) && !*stop.borrow() {
+                    if !matches!(view.status(), Status::Failed(_)) && !view.is_stopped() {
                         view.set_status(Status::Failed("an input was dropped".to_string()));
                     }
                     return;
@@ -648,10 +665,13 @@ fn checkpoint(
         };
         let answer = match saved {
             Ok(bytes) => {
-                // The log after these positions is what a restart replays.
-                for (index, (stream, position)) in streams.iter().zip(&positions).enumerate() {
-                    if let Some(stream) = stream {
-                        stream.hold_log_after((view.def.id, index), *position);
+                // The log after these positions is what a restart replays (a view dropped
+                // meanwhile has released its holds for good).
+                if !view.is_stopped() && !matches!(view.status(), Status::Failed(_)) {
+                    for (index, (stream, position)) in streams.iter().zip(&positions).enumerate() {
+                        if let Some(stream) = stream {
+                            stream.hold_log_after((view.def.id, index), *position);
+                        }
                     }
                 }
                 view.set_checkpointed(epoch as i64, bytes, started.elapsed());

@@ -383,18 +383,13 @@ impl View {
         let _ = resumed.wait_for(|r| *r).await;
     }
 
-    /// Mark whether the view's task takes checkpoints; when it stops doing so, callers still
-    /// waiting are told.
+    /// Mark whether the view's task takes checkpoints; when it stops doing so (the view was
+    /// dropped or failed), callers still waiting are let go: there is nothing to checkpoint.
     pub fn set_checkpointing(&self, on: bool) {
         self.checkpointing
             .store(on, std::sync::atomic::Ordering::SeqCst);
         if !on {
-            for waiter in self.take_checkpoint_waiters() {
-                let _ = waiter.send(Err(format!(
-                    "materialized view \"{}\" stopped before its checkpoint",
-                    self.def.name
-                )));
-            }
+            drop(self.take_checkpoint_waiters());
         }
     }
 
@@ -472,13 +467,20 @@ impl View {
     }
 
     /// Stop the view's task (DROP).
+    /// Stop the view's task and feeders; kept even when none of them listens yet.
     pub fn stop(&self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         self.lock().readers.clear();
     }
 
-    pub fn stopped(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.stop.subscribe()
+    pub fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves once the view is stopped (at once if it already is).
+    pub async fn stopping(&self) {
+        let mut stop = self.stop.subscribe();
+        let _ = stop.wait_for(|stopped| *stopped).await;
     }
 }
 
