@@ -339,10 +339,11 @@ impl Fitted {
                 Ok(out)
             }
             Fitted::Tree(_) => Err(Error::Unsupported(
-                "decision_tree gives no class probabilities; use PREDICT".into(),
+                "PREDICT_PROBA of a decision_tree (it gives no class probabilities; use PREDICT)"
+                    .into(),
             )),
             Fitted::Linear(_) | Fitted::KMeans(_) => Err(Error::Unsupported(
-                "PREDICT_PROBA needs a classifier".into(),
+                "PREDICT_PROBA of a model that is not a classifier".into(),
             )),
         }
     }
@@ -353,7 +354,7 @@ impl Fitted {
             // transform gives squared distances.
             Fitted::KMeans(m) => Ok(m.transform(x).mapv(f64::sqrt)),
             _ => Err(Error::Unsupported(
-                "PREDICT_DISTANCE needs a kmeans model".into(),
+                "PREDICT_DISTANCE of a model other than kmeans".into(),
             )),
         }
     }

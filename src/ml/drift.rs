@@ -78,12 +78,7 @@ impl Drift {
         feature: Option<&ScalarValue>,
     ) -> Result<Baseline> {
         let name = self.measure.name().to_uppercase();
-        let text = |v: Option<&ScalarValue>| match v {
-            Some(ScalarValue::Utf8(Some(s)))
-            | Some(ScalarValue::LargeUtf8(Some(s)))
-            | Some(ScalarValue::Utf8View(Some(s))) => Some(s.clone()),
-            _ => None,
-        };
+        let text = super::functions::constant_text;
         let (Some(model), Some(feature)) = (text(model), text(feature)) else {
             return Err(Error::InvalidValue(format!(
                 "{name} takes (model, 'feature', value) with the model and feature named by \

@@ -66,13 +66,21 @@ impl Hash for PredictFunction {
     }
 }
 
+/// A constant string argument.
+pub(super) fn constant_text(value: Option<&ScalarValue>) -> Option<String> {
+    match value {
+        Some(ScalarValue::Utf8(Some(text)))
+        | Some(ScalarValue::LargeUtf8(Some(text)))
+        | Some(ScalarValue::Utf8View(Some(text))) => Some(text.clone()),
+        _ => None,
+    }
+}
+
 /// The model reference in the first argument.
 fn model_reference(kind: Kind, value: Option<&ScalarValue>) -> Result<String> {
-    match value {
-        Some(ScalarValue::Utf8(Some(name)))
-        | Some(ScalarValue::LargeUtf8(Some(name)))
-        | Some(ScalarValue::Utf8View(Some(name))) => Ok(name.clone()),
-        _ => Err(Error::InvalidValue(format!(
+    match constant_text(value) {
+        Some(name) => Ok(name),
+        None => Err(Error::InvalidValue(format!(
             "the first argument of {} names a model: {}(model, feature, ...)",
             kind.name().to_uppercase(),
             kind.name().to_uppercase()
@@ -221,7 +229,8 @@ pub fn register(ctx: &SessionContext, models: &Arc<Models>) {
         ctx.register_udf(ScalarUDF::new_from_impl(PredictFunction {
             kind,
             models: Arc::clone(models),
-            signature: Signature::variadic_any(Volatility::Stable),
+            // Volatile: never folded at planning, so each batch uses the version active then.
+            signature: Signature::variadic_any(Volatility::Volatile),
         }));
     }
     ctx.register_udtf(

@@ -182,7 +182,7 @@ impl Trained {
     fn predict_proba_usable(&self, features: &[ArrayRef]) -> Result<ArrayRef> {
         let Target::Classes { labels, .. } = &self.target else {
             return Err(Error::Unsupported(format!(
-                "PREDICT_PROBA needs a classifier; this model is {}",
+                "PREDICT_PROBA of a {} model (it is not a classifier)",
                 self.algorithm.name()
             )));
         };

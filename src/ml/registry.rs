@@ -296,8 +296,19 @@ impl Models {
                         def.name
                     )));
                 };
-                def.active = Some(previous);
-                Ok(previous)
+            if !model
+                .versions
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&previous)
+            {
+                return Err(Error::Storage(format!(
+                    "version {previous} of model \"{}\" could not be loaded (see the server log)",
+                    def.name
+                )));
+            }
+            def.active = Some(previous);
+            Ok(previous)
             },
             |_| {},
         )

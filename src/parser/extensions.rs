@@ -1074,6 +1074,13 @@ pub fn rewrite_sql(sql: &str) -> Result<Option<String>> {
             )
         ) && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::LParen))
             && matches!(tokens.get(i + 2).map(|t| &t.token), Some(Token::Word(_)))
+            // A table or alias of that name (INSERT INTO predict (a, b)) is no call.
+            && !i.checked_sub(1).and_then(|p| word(&tokens[p])).is_some_and(|w| {
+                matches!(
+                    w.as_str(),
+                    "INTO" | "TABLE" | "COPY" | "AS" | "WITH" | "UPDATE"
+                )
+            })
         {
             let mut end = i + 2;
             while end + 2 < tokens.len()

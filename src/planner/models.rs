@@ -13,14 +13,13 @@ use datafusion::arrow::array::{
     UInt32Array, UInt64Array,
 };
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SessionState;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::planner::object_name_to_table_reference;
 use datafusion::sql::sqlparser::ast::ObjectName;
 
-use super::{Engine, Output, qualified};
-use crate::catalog::QualifiedName;
+use super::views::{name_of, timestamp_type};
+use super::{Engine, Output};
 use crate::error::{Error, Result};
 use crate::ml::algorithms::Algorithm;
 use crate::ml::features::FeatureKind;
@@ -28,10 +27,6 @@ use crate::ml::model::{self, Outcome};
 use crate::ml::registry::{Model, Models};
 use crate::parser::extensions::{AlterModel, CreateModel, RetrainModel};
 use crate::storage::ModelDef;
-
-fn name_of(name: &ObjectName) -> Result<QualifiedName> {
-    qualified(&object_name_to_table_reference(name.clone(), true)?)
-}
 
 fn command(tag: &str) -> Output {
     Output::Command {
@@ -338,10 +333,6 @@ impl Drop for Untrained<'_> {
             tracing::error!(model = %model.qualified(), error = %e, "untrained model not removed");
         }
     }
-}
-
-fn timestamp_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
 /// Schemas of `eddy_catalog.models` and `eddy_catalog.model_versions`.

@@ -30,7 +30,7 @@ use crate::streaming::runtime;
 use crate::streaming::subscribe::{SubscribeOptions, Subscription};
 use crate::streaming::view::{Status, View};
 
-fn name_of(name: &ObjectName) -> Result<QualifiedName> {
+pub(super) fn name_of(name: &ObjectName) -> Result<QualifiedName> {
     qualified(&object_name_to_table_reference(name.clone(), true)?)
 }
 
@@ -61,8 +61,8 @@ impl Engine {
         {
             return Err(Error::Unsupported(format!(
                 "PREDICT with the active version of \"{model}\" in a view that reads a table or \
-                 another view: pin the version (PREDICT({model}$n, ...)), since rows such a view \
-                 retracts must be scored by the version that scored them"
+                 another view (pin the version, PREDICT({model}$n, ...): rows such a view \
+                 retracts must be scored by the version that scored them)"
             )));
         }
         // Result columns are named as PostgreSQL names them (count, sum, ...).
@@ -320,7 +320,7 @@ fn plan_rows(lines: Vec<String>) -> Output {
     }
 }
 
-fn timestamp_type() -> DataType {
+pub(super) fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
