@@ -48,24 +48,12 @@ const RETRACTABLE: &[&str] = &[
     "variance_samp",
 ];
 
-/// Aggregates whose accumulator's `state()` leaves it intact (read in DataFusion 55's sources;
-/// median, percentile_cont, string_agg and distinct counts of strings move their values out).
+/// Aggregates besides [`RETRACTABLE`] whose accumulator's `state()` leaves it intact (read in
+/// DataFusion 55's sources; median, percentile_cont, string_agg and distinct counts of strings
+/// move their values out).
 const STATE_KEEPING: &[&str] = &[
-    "count",
-    "sum",
-    "avg",
-    "mean",
     "min",
     "max",
-    "stddev",
-    "stddev_pop",
-    "stddev_samp",
-    "var",
-    "var_pop",
-    "var_samp",
-    "variance",
-    "variance_pop",
-    "variance_samp",
     "bool_and",
     "bool_or",
     "approx_percentile_cont",
@@ -73,7 +61,8 @@ const STATE_KEEPING: &[&str] = &[
 
 fn state_survives_snapshot(spec: &AggregateSpec) -> bool {
     let name = spec.function.fun().name().to_ascii_lowercase();
-    !spec.function.is_distinct() && STATE_KEEPING.contains(&name.as_str())
+    !spec.function.is_distinct()
+        && (RETRACTABLE.contains(&name.as_str()) || STATE_KEEPING.contains(&name.as_str()))
 }
 
 fn retracts_in_any_order(spec: &AggregateSpec) -> bool {

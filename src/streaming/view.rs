@@ -100,6 +100,17 @@ pub struct ViewStats {
     pub checkpoint: CheckpointStats,
 }
 
+/// Send the changes applied at `time` to every reader still listening.
+fn publish(inner: &mut Inner, time: i64, batch: &ChangeBatch) {
+    inner.readers.retain(|r| {
+        r.send(ViewEvent::Changes {
+            time,
+            batch: batch.clone(),
+        })
+        .is_ok()
+    });
+}
+
 /// One materialized view, shared by its runtime task, the catalog and readers.
 #[derive(Debug)]
 pub struct View {
@@ -218,13 +229,7 @@ impl View {
                 inner.history_from = t;
             }
         }
-        inner.readers.retain(|r| {
-            r.send(ViewEvent::Changes {
-                time,
-                batch: batch.clone(),
-            })
-            .is_ok()
-        });
+        publish(&mut inner, time, &batch);
         Ok(())
     }
 
@@ -361,13 +366,7 @@ impl View {
         if let Some(before) = before {
             let batch = ChangeBatch::difference(&before, &inner.rows.contents()?)?;
             let time = inner.time;
-            inner.readers.retain(|r| {
-                r.send(ViewEvent::Changes {
-                    time,
-                    batch: batch.clone(),
-                })
-                .is_ok()
-            });
+            publish(&mut inner, time, &batch);
         }
         Ok(())
     }
