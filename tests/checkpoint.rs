@@ -509,6 +509,9 @@ async fn checkpoint_statement_checkpoints_every_view_and_restarts_resume_from_it
         let recovery =
             common::http::sample(&metrics, &format!("eddy_view_recovery_seconds{labels}"));
         assert!(recovery.is_some_and(|r| r >= 0.0), "{name}: {metrics}");
+        // The restored checkpoint is the view's newest, with its size.
+        let bytes = common::http::sample(&metrics, &format!("eddy_view_checkpoint_bytes{labels}"));
+        assert!(bytes.is_some_and(|b| b > 0.0), "{name}: {metrics}");
     }
     check_views(&client, &views, "after the restart").await;
     process.kill();

@@ -62,6 +62,8 @@ pub struct Loaded {
     /// Per input, the last stream record applied (0 for tables and views).
     pub positions: Vec<u64>,
     pub parts: Parts,
+    /// Size of the stored state.
+    pub bytes: u64,
 }
 
 /// The checkpoints of all views, on one object store.
@@ -197,6 +199,7 @@ impl Checkpoints {
         Ok(Loaded {
             epoch: manifest.epoch,
             positions: manifest.positions,
+            bytes: manifest.bytes,
             parts: Parts {
                 dataflow: dataflow.to_vec(),
                 view: view.to_vec(),

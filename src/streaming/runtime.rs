@@ -315,7 +315,7 @@ async fn restore(
             stream.hold_log_after((view.def.id, index), *position);
         }
     }
-    view.set_restored(loaded.epoch as i64, started.elapsed());
+    view.set_restored(loaded.epoch as i64, loaded.bytes, started.elapsed());
     tracing::info!(view = %view.def.name, epoch = loaded.epoch, ms = started.elapsed().as_millis() as u64, "view restored from checkpoint");
     Ok(Some(Resumed {
         positions: feeds
@@ -531,7 +531,8 @@ async fn drive(
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry = tokio::time::interval(Duration::from_millis(20));
-    let mut last_epoch = 0u64;
+    // Epochs only grow, also after a restore and a step back of the wall clock.
+    let mut last_epoch = view.stats().checkpoint.last.unwrap_or(0).max(0) as u64;
     loop {
         let message = tokio::select! {
             _ = view.stopping() => return,

@@ -327,10 +327,11 @@ impl View {
     }
 
     /// The view was restored from checkpoint `epoch`.
-    pub fn set_restored(&self, epoch: i64, took: std::time::Duration) {
+    pub fn set_restored(&self, epoch: i64, bytes: u64, took: std::time::Duration) {
         let mut inner = self.lock();
         inner.checkpoint.restored_from = Some(epoch);
         inner.checkpoint.last = Some(epoch);
+        inner.checkpoint.bytes = bytes;
         inner.checkpoint.recovery_ms = Some(took.as_secs_f64() * 1000.0);
     }
 
