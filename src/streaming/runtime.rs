@@ -136,6 +136,7 @@ async fn start(view: Arc<View>, mut dataflow: Dataflow, feeds: Vec<Feed>, option
     if view.is_stopped() {
         view.set_checkpointing(false);
         release_log_holds(&view, &feeds);
+        view.set_resumed();
         return;
     }
     // Subscribe first: what each subscription holds is what the checkpoint is checked against.
