@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::nexmark::{Query, queries, streams_sql};
 use common::process::EddyProcess;
-use common::scalar;
+use common::{scalar, wait_sources_finished};
 
 /// Events of all types per stream definition (debug builds generate a few thousand per second).
 const EVENTS: u64 = 60_000;
@@ -22,35 +22,6 @@ const EVENTS: u64 = 60_000;
 /// Events per second of event time, released in real time: the generator takes
 /// `EVENTS / RATE` seconds, long enough to crash it midway.
 const RATE: u64 = 4_000;
-
-/// Wait until every source has generated all its events.
-async fn wait_generated(client: &tokio_postgres::Client) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let unfinished = scalar(
-            client,
-            "SELECT count(*) FROM eddy_catalog.sources WHERE status <> 'finished'",
-        )
-        .await;
-        let failed = client
-            .query(
-                "SELECT source, error FROM eddy_catalog.sources WHERE status = 'failed'",
-                &[],
-            )
-            .await
-            .expect("sources");
-        assert!(
-            failed.is_empty(),
-            "a source failed: {:?}",
-            failed[0].get::<_, Option<String>>(1)
-        );
-        if unfinished == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the generator did not finish");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// Every view equals its batch query (retrying while the view catches up).
 async fn check_views(client: &tokio_postgres::Client, queries: &[Query]) {
@@ -133,7 +104,7 @@ async fn nexmark_views_equal_the_batch_oracle_across_a_crash() {
     }
     let process = EddyProcess::start(data_dir.path(), &[]);
     let client = process.connect().await;
-    wait_generated(&client).await;
+    wait_sources_finished(&client).await;
     // Exactly the generated events, each once.
     let expected = [
         ("person", EVENTS / 50),

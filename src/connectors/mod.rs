@@ -6,9 +6,11 @@
 //! writes (INSERT, COPY, HTTP) into such a stream are refused, so the stream's log is the
 //! source's own record of how far it got and a restart resumes there.
 //!
-//! Connectors today: [`nexmark`] (the built-in Nexmark event generator).
-//! `eddy_catalog.sources` shows every source's state, position and error.
+//! Connectors today: [`nexmark`] (the built-in Nexmark event generator) and [`datagen`]
+//! (random rows for the stream's own columns). `eddy_catalog.sources` shows every source's
+//! state, position and error.
 
+pub mod datagen;
 pub mod nexmark;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +27,17 @@ use crate::storage::StreamStore;
 pub const CONNECTOR: &str = "connector";
 
 /// Connector names and the options each accepts besides `connector`.
-const CONNECTORS: &[(&str, &[&str])] = &[("nexmark", nexmark::OPTIONS)];
+/// An option ending in `.*` stands for every option with that prefix.
+const CONNECTORS: &[(&str, &[&str])] =
+    &[("nexmark", nexmark::OPTIONS), ("datagen", datagen::OPTIONS)];
+
+/// Whether option `name` is one of `options` (entries ending in `.*` match a prefix).
+pub fn option_listed(options: &[&str], name: &str) -> bool {
+    options.iter().any(|option| match option.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix) && name.len() > prefix.len(),
+        None => *option == name,
+    })
+}
 
 /// The options a stream with connector `name` accepts besides `connector`.
 pub fn connector_options(name: &str) -> Result<&'static [&'static str]> {
@@ -50,7 +62,7 @@ pub fn is_connector_option(name: &str) -> bool {
     name == CONNECTOR
         || CONNECTORS
             .iter()
-            .any(|(_, options)| options.contains(&name))
+            .any(|(_, options)| option_listed(options, name))
 }
 
 /// Check a new stream's connector options and fill in the defaults that must stay fixed for
@@ -63,16 +75,26 @@ pub fn prepare(options: &mut BTreeMap<String, String>) -> Result<Option<&'static
     options.insert(CONNECTOR.to_string(), connector.clone());
     // Misspelled options are reported as such before the connector reads the others.
     crate::storage::check_stream_option_names(options)?;
-    if connector == "nexmark" {
+    if connector == "nexmark" || connector == "datagen" {
         options.entry("start_time".to_string()).or_insert_with(|| {
             chrono::Utc::now()
                 .format("%Y-%m-%d %H:%M:%S%.3f+00")
                 .to_string()
         });
+    }
+    if connector == "nexmark" {
         let source = nexmark::NexmarkSource::from_options(options)?;
         return Ok(Some(nexmark::NexmarkSource::columns_sql(source.event_type)));
     }
     Ok(None)
+}
+
+/// Check a new stream's connector options against its columns (once the columns are known).
+pub fn check(options: &BTreeMap<String, String>, schema: &SchemaRef) -> Result<()> {
+    if options.get(CONNECTOR).map(String::as_str) == Some("datagen") {
+        datagen::DatagenSource::new(options, schema)?;
+    }
+    Ok(())
 }
 
 /// Where a source is.
@@ -140,6 +162,7 @@ impl Sources {
                 let run = async {
                     match connector.as_str() {
                         "nexmark" => run_nexmark(&stream, &status).await,
+                        "datagen" => run_datagen(&stream, &status).await,
                         other => Err(Error::InvalidValue(format!(
                             "unknown connector \"{other}\""
                         ))),
@@ -253,6 +276,29 @@ async fn run_nexmark(stream: &StreamStore, status: &SourceStatus) -> Result<()> 
         }
         tokio::time::sleep(source.delay_before(chunk)).await;
         let batch = source.chunk(chunk, &schema)?;
+        stream.append(vec![batch]).await?;
+        chunk += 1;
+        report(chunk);
+    }
+}
+
+/// Generate random rows into `stream` from where its log says the generator got to.
+async fn run_datagen(stream: &StreamStore, status: &SourceStatus) -> Result<()> {
+    let source = datagen::DatagenSource::new(&stream.def().options, &stream.schema())?;
+    // One record per chunk, and only this source writes the stream.
+    let mut chunk = stream.appended_records();
+    let report = |chunk: u64| {
+        let rows = source.rows_within(chunk);
+        status.position.store(rows, Ordering::Relaxed);
+        status.rows.store(rows, Ordering::Relaxed);
+    };
+    report(chunk);
+    loop {
+        if source.chunks().is_some_and(|total| chunk >= total) {
+            return Ok(());
+        }
+        tokio::time::sleep(source.delay_before(chunk)).await;
+        let batch = source.chunk(chunk)?;
         stream.append(vec![batch]).await?;
         chunk += 1;
         report(chunk);

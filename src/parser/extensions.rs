@@ -903,13 +903,46 @@ fn parse_create_stream(sql: &str, tokens: &[Tok]) -> Result<Statement> {
         cuts.push((cut_start, cut_end));
         i = end + 1;
     }
+    // Dotted option names (`fields.amount.kind = ...`, the connector spelling) become one
+    // quoted name, which sqlparser takes as an option key.
+    let mut edits: Vec<(usize, usize, String)> = cuts
+        .into_iter()
+        .map(|(start, end)| (start, end, String::new()))
+        .collect();
+    if let Some(with) = top_level_word(tokens, "WITH") {
+        let mut i = with + 1;
+        while i < tokens.len() {
+            let starts_option = matches!(tokens[i - 1].token, Token::LParen | Token::Comma)
+                && matches!(tokens[i].token, Token::Word(_));
+            let mut end = i;
+            while starts_option
+                && matches!(tokens.get(end + 1).map(|t| &t.token), Some(Token::Period))
+                && matches!(tokens.get(end + 2).map(|t| &t.token), Some(Token::Word(_)))
+            {
+                end += 2;
+            }
+            if end > i {
+                let name: String = tokens[i..=end]
+                    .iter()
+                    .map(|t| match &t.token {
+                        Token::Word(w) => w.value.clone(),
+                        _ => ".".to_string(),
+                    })
+                    .collect();
+                edits.push((tokens[i].start, tokens[end].end, format!("\"{name}\"")));
+            }
+            i = end + 1;
+        }
+    }
+    edits.sort_by_key(|(start, _, _)| *start);
     let statement_end = tokens[tokens.len() - 1].end;
     let mut text = String::with_capacity(statement_end - tokens[0].start);
     text.push_str(&sql[tokens[0].start..stream_keyword.start]);
     text.push_str("TABLE");
     let mut at = stream_keyword.end;
-    for (start, end) in cuts {
+    for (start, end, replacement) in edits {
         text.push_str(&sql[at..start]);
+        text.push_str(&replacement);
         at = end;
     }
     text.push_str(&sql[at..statement_end]);

@@ -77,6 +77,7 @@ impl Engine {
         }
         let name = qualified(&table.name)?;
         let schema: SchemaRef = Arc::new(table.input.schema().as_arrow().clone());
+        crate::connectors::check(&options, &schema)?;
         let mut def = RelationDef::new(RelationKind::Stream, &name.schema, &name.name, &schema);
         def.options = options;
         if let Some(watermark) = &create.watermark {

@@ -194,7 +194,7 @@ pub fn check_stream_option_names(options: &BTreeMap<String, String>) -> Result<(
     for name in options.keys() {
         let known = STREAM_OPTIONS.contains(&name.as_str())
             || name == crate::connectors::CONNECTOR
-            || connector_options.contains(&name.as_str());
+            || crate::connectors::option_listed(connector_options, name);
         if !known {
             return Err(Error::InvalidValue(format!(
                 "unrecognized parameter \"{name}\" (a stream accepts: {})",

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Once;
+use std::time::{Duration, Instant};
 
 pub mod http;
 pub mod nexmark;
@@ -126,4 +127,33 @@ pub async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .get(0)
+}
+
+/// Wait until every connector source has written all it will (panics if one failed).
+pub async fn wait_sources_finished(client: &tokio_postgres::Client) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let unfinished = scalar(
+            client,
+            "SELECT count(*) FROM eddy_catalog.sources WHERE status <> 'finished'",
+        )
+        .await;
+        let failed = client
+            .query(
+                "SELECT source, error FROM eddy_catalog.sources WHERE status = 'failed'",
+                &[],
+            )
+            .await
+            .expect("sources");
+        assert!(
+            failed.is_empty(),
+            "a source failed: {:?}",
+            failed[0].get::<_, Option<String>>(1)
+        );
+        if unfinished == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the generator did not finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
