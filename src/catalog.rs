@@ -64,6 +64,8 @@ impl TableProvider for SystemTable {
             "late_rows" => crate::planner::views::late_rows(&self.views.all())?,
             "models" => crate::planner::models::models_table(&self.models.all())?,
             "model_versions" => crate::planner::models::model_versions_table(&self.models.all())?,
+            "model_monitors" => crate::planner::monitors::monitors_table(&self.models.all())?,
+            "drift_events" => crate::planner::monitors::drift_events_table(&self.models.all())?,
             _ => self.sources.system_batch()?,
         };
         Ok(
@@ -130,10 +132,13 @@ impl Catalog {
             "sources",
             "models",
             "model_versions",
+            "model_monitors",
+            "drift_events",
         ] {
             let schema = match table {
                 "sources" => Sources::system_schema(),
                 "models" | "model_versions" => crate::planner::models::system_schema(table),
+                "model_monitors" | "drift_events" => crate::planner::monitors::system_schema(table),
                 _ => crate::planner::views::system_schema(table)?,
             };
             system.register_table(

@@ -151,8 +151,10 @@ async fn frontend_schema_browser() {
         simple_rows(&client, listing).await,
         strings(&[
             &["games"],
+            &["eddy_catalog.drift_events"],
             &["eddy_catalog.late_rows"],
             &["eddy_catalog.materialized_views"],
+            &["eddy_catalog.model_monitors"],
             &["eddy_catalog.model_versions"],
             &["eddy_catalog.models"],
             &["eddy_catalog.sources"]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::model::{Outcome, Trained};
 use crate::catalog::DEFAULT_SCHEMA;
 use crate::error::{Error, Result};
-use crate::storage::{ModelDef, ModelVersion, Storage};
+use crate::storage::{DRIFT_EVENTS_KEPT, DriftEvent, ModelDef, ModelVersion, MonitorDef, Storage};
 
 /// One model.
 #[derive(Debug)]
@@ -327,6 +327,56 @@ impl Models {
             },
             |_| {},
         )
+    }
+
+    /// Record a new monitor of `model`.
+    pub fn add_monitor(&self, model: &Model, monitor: MonitorDef) -> Result<()> {
+        self.change(
+            model,
+            |def| {
+                def.monitors.push(monitor);
+                Ok(())
+            },
+            |_| {},
+        )
+    }
+
+    /// Forget monitor `name` of `model` (its drift events stay).
+    pub fn remove_monitor(&self, model: &Model, name: &str) -> Result<()> {
+        self.change(
+            model,
+            |def| {
+                def.monitors.retain(|m| m.name != name);
+                Ok(())
+            },
+            |_| {},
+        )
+    }
+
+    /// Append drift events, keeping the newest [`DRIFT_EVENTS_KEPT`].
+    pub fn record_drift(&self, model: &Model, events: Vec<DriftEvent>) -> Result<()> {
+        self.change(
+            model,
+            |def| {
+                def.drift_events.extend(events);
+                let excess = def.drift_events.len().saturating_sub(DRIFT_EVENTS_KEPT);
+                def.drift_events.drain(..excess);
+                Ok(())
+            },
+            |_| {},
+        )
+    }
+
+    /// The model with monitor `name` (`schema.name`), and the monitor.
+    pub fn monitor(&self, schema: &str, name: &str) -> Option<(Arc<Model>, MonitorDef)> {
+        self.all().into_iter().find_map(|model| {
+            let def = model.def();
+            if def.schema_name != schema {
+                return None;
+            }
+            let monitor = def.monitors.into_iter().find(|m| m.name == name)?;
+            Some((model, monitor))
+        })
     }
 
     /// Remove a model that has no versions (its `CREATE MODEL` failed or was cancelled).

@@ -20,6 +20,9 @@
 //! DROP MODEL [IF EXISTS] name [, ...]
 //! SHOW MODELS | SHOW MODEL VERSIONS name | DESCRIBE MODEL name
 //! ALTER MODEL name SET ACTIVE VERSION n | ROLLBACK | SET SHADOW VERSION n | RESET SHADOW
+//! CREATE MODEL MONITOR [IF NOT EXISTS] name ON MODEL m FROM relation [WITH (k = v, ...)]
+//! DROP MODEL MONITOR [IF EXISTS] name [, ...]
+//! SHOW MODEL MONITORS
 //! ```
 //!
 //! Before any of that, [`rewrite_sql`] turns the ANSI window table functions
@@ -77,6 +80,18 @@ pub struct CreateModel {
     pub options: Vec<(String, String)>,
     /// The training query, as written.
     pub query: String,
+}
+
+/// A parsed `CREATE MODEL MONITOR`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateMonitor {
+    pub name: ast::ObjectName,
+    pub if_not_exists: bool,
+    pub model: ast::ObjectName,
+    /// The relation whose rows are watched.
+    pub source: ast::ObjectName,
+    /// `WITH (...)`, names lower-cased.
+    pub options: Vec<(String, String)>,
 }
 
 /// A parsed `RETRAIN MODEL`.
@@ -219,6 +234,9 @@ enum Form {
     ShowModelVersions,
     DescribeModel,
     AlterModel,
+    CreateMonitor,
+    DropMonitor,
+    ShowMonitors,
 }
 
 fn word(t: &Tok) -> Option<String> {
@@ -271,6 +289,21 @@ fn form(tokens: &[Tok]) -> Option<Form> {
         Some(Form::Close)
     } else if starts(&["CHECKPOINT"]) {
         Some(Form::Checkpoint)
+    } else if starts(&["CREATE", "MODEL", "MONITOR"])
+        && top_level_word(tokens, "ON")
+            .is_some_and(|on| tokens.get(on + 1).and_then(word).as_deref() == Some("MODEL"))
+    {
+        // `CREATE MODEL monitor USING ...` is a model named monitor.
+        Some(Form::CreateMonitor)
+    } else if starts(&["DROP", "MODEL", "MONITOR"])
+        && tokens
+            .get(3)
+            .is_some_and(|t| !matches!(t.token, Token::Comma | Token::SemiColon))
+    {
+        // `DROP MODEL monitor` drops a model named monitor.
+        Some(Form::DropMonitor)
+    } else if starts(&["SHOW", "MODEL", "MONITORS"]) {
+        Some(Form::ShowMonitors)
     } else if starts(&["CREATE", "MODEL"]) || starts(&["CREATE", "OR", "REPLACE", "MODEL"]) {
         Some(Form::CreateModel)
     } else if starts(&["RETRAIN", "MODEL"]) {
@@ -557,6 +590,48 @@ fn model_query(sql: &str, tokens: &[Tok]) -> Result<String> {
     Ok(query)
 }
 
+/// `[IF NOT EXISTS] name ON MODEL m FROM relation [WITH (...)]`, after CREATE MODEL MONITOR.
+fn parse_create_monitor(sql: &str, rest: &[Tok]) -> Result<Statement> {
+    let shape = || {
+        syntax(
+            "expected CREATE MODEL MONITOR name ON MODEL model FROM relation [WITH (option = value, ...)]",
+        )
+    };
+    let text = rest
+        .first()
+        .map_or("", |first| &sql[first.start..rest[rest.len() - 1].end]);
+    let mut parser = Parser::new(&PostgreSqlDialect {}).try_with_sql(text)?;
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = parser.parse_object_name(false)?;
+    if !parser.parse_keyword(Keyword::ON) {
+        return Err(shape());
+    }
+    match parser.next_token().token {
+        Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("model") => {}
+        _ => return Err(shape()),
+    }
+    let model = parser.parse_object_name(false)?;
+    if !parser.parse_keyword(Keyword::FROM) {
+        return Err(shape());
+    }
+    let source = parser.parse_object_name(false)?;
+    let options = if parser.parse_keyword(Keyword::WITH) {
+        parse_with_options(&mut parser)?
+    } else {
+        Vec::new()
+    };
+    if parser.peek_token().token != Token::EOF {
+        return Err(shape());
+    }
+    Ok(Statement::CreateMonitor(CreateMonitor {
+        name,
+        if_not_exists,
+        model,
+        source,
+        options,
+    }))
+}
+
 fn parse_create_model(sql: &str, tokens: &[Tok]) -> Result<Statement> {
     let or_replace = tokens.get(1).and_then(word).as_deref() == Some("OR");
     let rest = &tokens[if or_replace { 4 } else { 2 }..];
@@ -787,6 +862,17 @@ fn parse_form(sql: &str, form: Form, tokens: &[Tok]) -> Result<Statement> {
             "DESCRIBE MODEL name",
         )?)),
         Form::AlterModel => parse_alter_model(sql, &tokens[2..]),
+        Form::CreateMonitor => parse_create_monitor(sql, &tokens[3..]),
+        Form::DropMonitor => {
+            let (names, if_exists) = parse_names(sql, &tokens[3..])?;
+            Ok(Statement::DropMonitor { names, if_exists })
+        }
+        Form::ShowMonitors => {
+            if tokens.len() > 3 {
+                return Err(syntax("SHOW MODEL MONITORS takes no arguments"));
+            }
+            Ok(Statement::ShowMonitors)
+        }
     }
 }
 

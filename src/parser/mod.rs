@@ -132,6 +132,15 @@ pub enum Statement {
         name: ObjectName,
         action: extensions::AlterModel,
     },
+    /// `CREATE MODEL MONITOR ...`.
+    CreateMonitor(extensions::CreateMonitor),
+    /// `DROP MODEL MONITOR [IF EXISTS] name, ...`.
+    DropMonitor {
+        names: Vec<ObjectName>,
+        if_exists: bool,
+    },
+    /// `SHOW MODEL MONITORS`.
+    ShowMonitors,
     /// Accepted and ignored, answered with `tag` (`SET TRANSACTION ...`, `DISCARD ALL`,
     /// `CLOSE ALL`, `DEALLOCATE ALL`, `SET SESSION CHARACTERISTICS ...`).
     NoOp { tag: &'static str },

@@ -47,6 +47,7 @@ use crate::server::settings::SharedSettings;
 use crate::storage::{Relation, RelationKind, Storage};
 
 pub mod models;
+pub mod monitors;
 mod relations;
 pub mod views;
 
@@ -83,6 +84,8 @@ pub struct Engine {
     ctx: SessionContext,
     catalog: Arc<Catalog>,
     streaming: crate::config::StreamingConfig,
+    /// The judging task of each model monitor, by `schema.name`.
+    monitors: std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -119,6 +122,7 @@ impl Engine {
             ctx,
             catalog,
             streaming,
+            monitors: Default::default(),
         }))
     }
 
@@ -776,6 +780,20 @@ fn alias_repeated_expressions(statement: &mut ast::Statement) {
                 expr: expr.clone(),
                 alias: Ident::with_quote('"', format!("{expr} #{}", position + 1)),
             };
+        }
+    }
+    // `SELECT ts::text ... ORDER BY ts`: DataFusion names the cast `ts` and then adds `ts` again
+    // to sort by. PostgreSQL names the output column `ts` and sorts by it; the alias says so.
+    if query.order_by.is_some() {
+        for item in select.projection.iter_mut() {
+            if let ast::SelectItem::UnnamedExpr(expr @ ast::Expr::Cast { .. }) = item
+                && let Some(name) = postgres_column_name(expr)
+            {
+                *item = ast::SelectItem::ExprWithAlias {
+                    expr: expr.clone(),
+                    alias: Ident::with_quote('"', name),
+                };
+            }
         }
     }
 }

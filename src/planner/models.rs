@@ -48,7 +48,7 @@ impl Engine {
         self.catalog.models()
     }
 
-    fn model(&self, name: &ObjectName) -> Result<Arc<Model>> {
+    pub(super) fn model(&self, name: &ObjectName) -> Result<Arc<Model>> {
         let name = name_of(name)?;
         self.models().get(&name.to_string()).ok_or(Error::NotFound {
             kind: "model",
@@ -135,7 +135,11 @@ impl Engine {
         let name = name_of(&create.name)?;
         let algorithm = Algorithm::parse(&create.algorithm)?;
         model::check_options(algorithm, &create.options)?;
-        if self.models().get(&name.to_string()).is_some() {
+        if let Some(existing) = self.models().get(&name.to_string()) {
+            if !create.if_not_exists && create.or_replace {
+                // Before the fit, so the refusal is immediate.
+                refuse_if_monitored(&existing)?;
+            }
             if create.if_not_exists {
                 let notice = format!("model \"{}\" already exists, skipping", name.name);
                 return Ok((command("CREATE MODEL"), vec![notice]));
@@ -165,6 +169,7 @@ impl Engine {
                 });
             }
             let _turn = existing.changing.lock().await;
+            refuse_if_monitored(&existing)?;
             self.models().drop_model(&existing).await?;
         }
         let model = self.models().create(ModelDef {
@@ -179,6 +184,8 @@ impl Engine {
             active: None,
             previously_active: Vec::new(),
             shadow: None,
+            monitors: Vec::new(),
+            drift_events: Vec::new(),
         })?;
         let _turn = model.changing.lock().await;
         // A model whose first version was not recorded is not left behind.
@@ -236,6 +243,10 @@ impl Engine {
         for name in names {
             match self.model(name) {
                 Ok(model) => {
+                    // Its monitors go with it.
+                    for monitor in model.def().monitors {
+                        self.drop_monitor(&model, &monitor.name).await?;
+                    }
                     let _turn = model.changing.lock().await;
                     self.models().drop_model(&model).await?;
                 }
@@ -335,6 +346,18 @@ impl Drop for Untrained<'_> {
     }
 }
 
+/// `CREATE OR REPLACE MODEL` may change the features its monitors watch.
+fn refuse_if_monitored(model: &Model) -> Result<()> {
+    let def = model.def();
+    match def.monitors.first() {
+        Some(monitor) => Err(Error::DependentObjects(format!(
+            "cannot replace model \"{}\": model monitor \"{}\" watches it (DROP MODEL MONITOR {} first, or RETRAIN MODEL, which keeps the features)",
+            def.name, monitor.name, monitor.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Schemas of `eddy_catalog.models` and `eddy_catalog.model_versions`.
 pub fn system_schema(table: &str) -> SchemaRef {
     Arc::new(Schema::new(match table {
@@ -361,6 +384,7 @@ pub fn system_schema(table: &str) -> SchemaRef {
             Field::new("features", DataType::Utf8, false),
             Field::new("metrics", DataType::Utf8, false),
             Field::new("options", DataType::Utf8, false),
+            Field::new("query", DataType::Utf8, false),
         ],
     }))
 }
@@ -459,6 +483,9 @@ pub fn model_versions_table(models: &[Arc<Model>]) -> Result<RecordBatch> {
         ))),
         Arc::new(StringArray::from_iter_values(
             versions.iter().map(|(_, v)| pairs(&v.options)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            versions.iter().map(|(_, v)| v.query.as_str()),
         )),
     ];
     Ok(RecordBatch::try_new(

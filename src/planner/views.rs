@@ -209,6 +209,12 @@ impl Engine {
     pub async fn drop_views(&self, names: &[ObjectName], if_exists: bool) -> Result<Output> {
         for name in names {
             let name = name_of(name)?;
+            if let Some(monitor) = self.monitor_of_view(&name) {
+                return Err(Error::DependentObjects(format!(
+                    "materialized view \"{}\" is the view of model monitor \"{monitor}\" (DROP MODEL MONITOR {monitor} drops both)",
+                    name.name
+                )));
+            }
             self.catalog.drop_view(&name, if_exists).await?;
         }
         Ok(Output::Command {

@@ -297,6 +297,10 @@ impl Session {
                 Vec::new(),
                 Some(crate::planner::models::system_schema("model_versions")),
             ),
+            Statement::ShowMonitors => (
+                Vec::new(),
+                Some(crate::planner::monitors::system_schema("model_monitors")),
+            ),
             Statement::DescribeModel(name) => match self.engine.describe_model(name)? {
                 Output::Rows { schema, .. } => (Vec::new(), Some(schema)),
                 _ => (Vec::new(), None),
@@ -473,6 +477,17 @@ impl Session {
                 Executed::of(self.engine.show_model_versions(name)?)
             }
             Statement::DescribeModel(name) => Executed::of(self.engine.describe_model(name)?),
+            Statement::CreateMonitor(create) => {
+                let (output, notices) = self.engine.create_monitor(&self.state(), create).await?;
+                Executed {
+                    notices,
+                    ..Executed::of(output)
+                }
+            }
+            Statement::DropMonitor { names, if_exists } => {
+                Executed::of(self.engine.drop_monitors(names, *if_exists).await?)
+            }
+            Statement::ShowMonitors => Executed::of(self.engine.show_monitors()?),
             Statement::CloseCursor(cursor) => {
                 if self.cursors.lock().await.remove(cursor).is_none() {
                     return Err(Error::NotFound {

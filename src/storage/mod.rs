@@ -433,6 +433,60 @@ pub struct ModelDef {
     pub previously_active: Vec<u32>,
     /// A version scored beside the active one, for metrics only.
     pub shadow: Option<u32>,
+    /// `CREATE MODEL MONITOR`s watching it.
+    #[serde(default)]
+    pub monitors: Vec<MonitorDef>,
+    /// Drift its monitors found, oldest first (the newest [`DRIFT_EVENTS_KEPT`]).
+    #[serde(default)]
+    pub drift_events: Vec<DriftEvent>,
+}
+
+/// Drift events kept per model; older ones are forgotten.
+pub const DRIFT_EVENTS_KEPT: usize = 1000;
+
+/// A model monitor: a materialized view of per-window drift of the model's features over a
+/// relation, and what to do when a window drifts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MonitorDef {
+    /// Also the name of its view, in the model's schema.
+    pub name: String,
+    /// The relation watched, `schema.name`.
+    pub source: String,
+    pub time_column: String,
+    pub window_ms: u64,
+    /// `psi` or `ks`.
+    pub statistic: String,
+    pub threshold: f64,
+    /// Windows with fewer rows are not judged.
+    pub min_rows: u64,
+    /// `alert`, `retrain` or `rollback`.
+    pub on_drift: String,
+    /// After an action, drift in windows starting less than this after the acted-on window's
+    /// end is recorded without acting again.
+    pub cooldown_ms: u64,
+    /// The features watched (the model's numeric features).
+    pub features: Vec<String>,
+    pub options: Vec<(String, String)>,
+}
+
+/// A feature that drifted in one window of a monitor.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DriftEvent {
+    pub monitor: String,
+    /// Window bounds, microseconds since the epoch.
+    pub window_start: i64,
+    pub window_end: i64,
+    pub feature: String,
+    pub statistic: String,
+    pub value: f64,
+    pub threshold: f64,
+    pub rows: u64,
+    /// The active version the window was measured against.
+    pub version: Option<u32>,
+    /// What the monitor did (`alert`, `retrained: version 3`, `rolled back to version 1`,
+    /// `none (cooldown)`, or the error of a failed action).
+    pub action: String,
+    pub detected_at: String,
 }
 
 /// The record of one trained version; its fitted model is the blob [`ModelDef::blob_path`].
