@@ -331,3 +331,133 @@ async fn wait_for(client: &tokio_postgres::Client, sql: &str, expected: i64) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Sensor readings whose temperature shifts up by two standard deviations from row 3000
+/// (the same as `sql/ml/monitors.slt`).
+const SENSOR: &str = "
+CREATE STREAM sensor (
+    id BIGINT, ts TIMESTAMPTZ, temperature DOUBLE PRECISION, vibration DOUBLE PRECISION,
+    failing BOOLEAN, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+WITH (connector = 'datagen', rows = 6000, rows_per_second = 500, paced = false, seed = 11,
+      start_time = '2026-01-01 00:00:00+00',
+      fields.id.kind = 'sequence', fields.id.start = 0,
+      fields.temperature.kind = 'normal', fields.temperature.mean = 60, fields.temperature.stddev = 5,
+      fields.temperature.expression = 'CASE WHEN _row >= 3000 THEN temperature + 10 ELSE temperature END',
+      fields.vibration.min = 0, fields.vibration.max = 2,
+      fields.failing.expression = 'temperature > 65 AND vibration > 1');";
+
+/// Scoring, shadow scoring and drift show in `/metrics` (checked by promtool); a monitor, its
+/// view and its drift events survive a SIGKILL, and the restarted monitor records no window
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_shadow_scoring_and_model_metrics() {
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    client.batch_execute(SENSOR).await.expect("sensor");
+    common::wait_sources_finished(&client).await;
+    client
+        .batch_execute(
+            "CREATE MODEL health PREDICT failing USING logistic_regression WITH (standardize = true)
+               AS SELECT temperature, vibration, failing FROM sensor WHERE id < 3000;
+             RETRAIN MODEL health AS SELECT temperature, vibration, failing FROM sensor WHERE id < 2000;
+             ALTER MODEL health SET SHADOW VERSION 1;",
+        )
+        .await
+        .expect("model");
+    let scored = common::scalar(
+        &client,
+        "SELECT count(PREDICT(health, temperature, vibration)) FROM sensor",
+    )
+    .await;
+    assert_eq!(scored, 6000);
+    let metrics = common::http::metrics(process.http).await;
+    let sample = |metric: &str| common::http::sample(&metrics, metric);
+    assert_eq!(
+        sample("eddy_model_predictions_total{model=\"public.health\",version=\"2\"}"),
+        Some(6000.0)
+    );
+    assert_eq!(
+        sample("eddy_model_shadow_predictions_total{model=\"public.health\",version=\"1\"}"),
+        Some(6000.0)
+    );
+    let agreement =
+        sample("eddy_model_shadow_agreement_ratio{model=\"public.health\",version=\"1\"}")
+            .expect("shadow agreement");
+    // Two fits of the same rule on overlapping rows mostly agree, but not on every row.
+    assert!(
+        (0.8..=1.0).contains(&agreement),
+        "shadow agreement {agreement}"
+    );
+    assert_eq!(
+        sample("eddy_model_active_version{model=\"public.health\"}"),
+        Some(2.0)
+    );
+    assert!(
+        sample(
+            "eddy_model_holdout_metric{model=\"public.health\",version=\"1\",metric=\"accuracy\"}"
+        )
+        .is_some_and(|a| a > 0.8)
+    );
+
+    client
+        .batch_execute(
+            "CREATE MODEL MONITOR health_watch ON MODEL health FROM sensor
+             WITH (window = '1 second', min_rows = 100)",
+        )
+        .await
+        .expect("monitor");
+    let drift_events =
+        "SELECT count(*) FROM eddy_catalog.drift_events WHERE monitor = 'health_watch'";
+    wait_for(&client, drift_events, 4).await;
+    let metrics = common::http::metrics(process.http).await;
+    let drift = common::http::sample(
+        &metrics,
+        "eddy_model_drift{model=\"public.health\",monitor=\"health_watch\",feature=\"temperature\"}",
+    )
+    .expect("drift gauge");
+    assert!(drift > 0.25, "the newest window drifted: PSI {drift}");
+    assert_eq!(
+        common::http::sample(
+            &metrics,
+            "eddy_model_drift_events{model=\"public.health\",monitor=\"health_watch\"}"
+        ),
+        Some(4.0)
+    );
+
+    process.kill();
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    wait_for(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.materialized_views WHERE name = 'health_watch' AND status = 'running'",
+        1,
+    )
+    .await;
+    // The restarted monitor judges its view again (its gauge comes back with the newest
+    // window's figure) without recording a window twice.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let metrics = common::http::metrics(process.http).await;
+        let judged = common::http::sample(
+            &metrics,
+            "eddy_model_drift{model=\"public.health\",monitor=\"health_watch\",feature=\"temperature\"}",
+        );
+        // Windows are judged in event-time order: the newest window's figure means all were.
+        if judged == Some(drift) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted monitor did not judge its view"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // (The newest window's events are recorded just after its figure.)
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(common::scalar(&client, drift_events).await, 4);
+    assert_eq!(
+        common::scalar(&client, "SELECT count(*) FROM health_watch").await,
+        10
+    );
+}

@@ -23,6 +23,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
+use super::model::Trained;
 use super::registry::Models;
 use crate::error::{Error, Result};
 
@@ -135,11 +136,31 @@ impl ScalarUDFImpl for PredictFunction {
             .iter()
             .map(|a| a.to_array(rows))
             .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
-        let out = match self.kind {
-            Kind::Predict => trained.predict(&features)?,
-            Kind::Proba => trained.predict_proba(&features)?,
-            Kind::Distance => trained.distance(&features)?,
+        let score = |trained: &Trained| match self.kind {
+            Kind::Predict => trained.predict(&features),
+            Kind::Proba => trained.predict_proba(&features),
+            Kind::Distance => trained.distance(&features),
         };
+        let started = std::time::Instant::now();
+        let out = score(&trained)?;
+        model.record_scoring(version, rows, started.elapsed().as_secs_f64());
+        // The shadow version scores the same rows beside the active one, for metrics only; a
+        // shadow that fails to score is logged, never the query's error.
+        if pinned.is_none()
+            && let Some(shadow) = model.def().shadow.filter(|s| *s != version)
+        {
+            match model
+                .trained(Some(shadow))
+                .and_then(|(_, shadow_trained)| score(&shadow_trained))
+            {
+                Ok(shadow_out) => {
+                    model.record_shadow(shadow, rows, agreeing(&out, &shadow_out));
+                }
+                Err(e) => {
+                    tracing::warn!(model = %reference, version = shadow, error = %e, "shadow version failed to score");
+                }
+            }
+        }
         if out.data_type() != args.return_field.data_type() {
             return Err(Error::NotInPrerequisiteState(format!(
                 "version {version} of model \"{reference}\" predicts {}, but this query was \
@@ -151,6 +172,27 @@ impl ScalarUDFImpl for PredictFunction {
         }
         Ok(ColumnarValue::Array(out))
     }
+}
+
+/// Rows where two versions' outputs agree: the same class or cluster, or numbers within 1%.
+fn agreeing(a: &ArrayRef, b: &ArrayRef) -> usize {
+    use datafusion::arrow::array::{Array, AsArray};
+    if a.len() != b.len() {
+        return 0;
+    }
+    if let (Some(a), Some(b)) = (
+        a.as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>(),
+        b.as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>(),
+    ) {
+        return (0..a.len())
+            .filter(|&i| {
+                a.is_valid(i)
+                    && b.is_valid(i)
+                    && (a.value(i) - b.value(i)).abs() <= 1e-9 + 0.01 * a.value(i).abs()
+            })
+            .count();
+    }
+    datafusion::arrow::compute::kernels::cmp::eq(a, b).map_or(0, |same| same.true_count())
 }
 
 /// `EVALUATE(model)`: the stored holdout metrics of the active (or pinned) version.

@@ -23,9 +23,73 @@ pub struct Model {
     /// Held while training or changing the model, so versions are numbered and recorded in
     /// turn.
     pub changing: tokio::sync::Mutex<()>,
+    /// How it has been used since the server started (for `/metrics` and the system tables).
+    usage: Mutex<ModelUsage>,
+}
+
+/// What a version has scored since the server started.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct VersionUsage {
+    /// Rows scored by PREDICT, PREDICT_PROBA or PREDICT_DISTANCE.
+    pub rows: u64,
+    /// Calls (one per batch of rows).
+    pub batches: u64,
+    /// Time spent scoring.
+    pub seconds: f64,
+    /// Rows scored as the shadow version beside the active one.
+    pub shadow_rows: u64,
+    /// Of those, rows where the shadow's prediction agreed with the active version's.
+    pub shadow_agreeing: u64,
+}
+
+/// A model's use since the server started.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ModelUsage {
+    pub versions: BTreeMap<u32, VersionUsage>,
+    /// The latest drift measured per (monitor, feature).
+    pub drift: BTreeMap<(String, String), f64>,
 }
 
 impl Model {
+    fn new(def: ModelDef, versions: BTreeMap<u32, Arc<Trained>>) -> Model {
+        Model {
+            def: Mutex::new(def),
+            versions: RwLock::new(versions),
+            changing: tokio::sync::Mutex::new(()),
+            usage: Mutex::new(ModelUsage::default()),
+        }
+    }
+
+    pub fn usage(&self) -> ModelUsage {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Count `rows` scored by `version` in `seconds`.
+    pub fn record_scoring(&self, version: u32, rows: usize, seconds: f64) {
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = usage.versions.entry(version).or_default();
+        entry.rows += rows as u64;
+        entry.batches += 1;
+        entry.seconds += seconds;
+    }
+
+    /// Count `rows` scored by shadow `version`, `agreeing` of them like the active version.
+    pub fn record_shadow(&self, version: u32, rows: usize, agreeing: usize) {
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = usage.versions.entry(version).or_default();
+        entry.shadow_rows += rows as u64;
+        entry.shadow_agreeing += agreeing as u64;
+    }
+
+    /// Remember the drift a monitor measured last.
+    pub fn record_drift_measure(&self, monitor: &str, feature: &str, value: f64) {
+        self.usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drift
+            .insert((monitor.to_string(), feature.to_string()), value);
+    }
+
     pub fn def(&self) -> ModelDef {
         self.def.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -131,14 +195,7 @@ impl Models {
                 }
             }
             let qualified = format!("{}.{}", def.schema_name, def.name);
-            models.insert(
-                qualified,
-                Arc::new(Model {
-                    def: Mutex::new(def),
-                    versions: RwLock::new(versions),
-                    changing: tokio::sync::Mutex::new(()),
-                }),
-            );
+            models.insert(qualified, Arc::new(Model::new(def, versions)));
         }
         *self.models.write().unwrap_or_else(|e| e.into_inner()) = models;
     }
@@ -178,11 +235,7 @@ impl Models {
     pub fn create(&self, def: ModelDef) -> Result<Arc<Model>> {
         let def = self.storage.put_model(def)?;
         let qualified = format!("{}.{}", def.schema_name, def.name);
-        let model = Arc::new(Model {
-            def: Mutex::new(def),
-            versions: RwLock::new(BTreeMap::new()),
-            changing: tokio::sync::Mutex::new(()),
-        });
+        let model = Arc::new(Model::new(def, BTreeMap::new()));
         self.models
             .write()
             .unwrap_or_else(|e| e.into_inner())

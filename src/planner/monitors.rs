@@ -459,6 +459,11 @@ async fn judge_windows(
         let (Some(start), Some(end)) = (starts[i], ends[i]) else {
             continue;
         };
+        for (feature, values) in &measures {
+            if !values.is_null(i) {
+                model.record_drift_measure(name, feature, values.value(i));
+            }
+        }
         let count = if counts.is_null(i) {
             0
         } else {

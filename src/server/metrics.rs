@@ -5,11 +5,16 @@
 //! system tables show, read from the same places (a view's [`ViewStats`]), so `/metrics` and
 //! `eddy_catalog.materialized_views` never disagree. Each family is written once with its
 //! HELP and TYPE lines and one sample per view, labelled `view="schema.name"`; a view that has
-//! no value for a family (no checkpoint yet, not restored) has no sample in it.
+//! no value for a family (no checkpoint yet, not restored) has no sample in it. Model families
+//! are labelled `model="schema.name"` and `version`, and read the model's usage counters
+//! (rows scored, time, shadow agreement), its recorded holdout metrics, and per monitor the
+//! newest window's drift and the drift events recorded.
 
 use std::fmt::Write;
 
+use crate::ml::registry::{ModelUsage, VersionUsage};
 use crate::planner::Engine;
+use crate::storage::ModelDef;
 use crate::streaming::view::{Status, ViewStats};
 
 /// The metrics text for one scrape.
@@ -107,7 +112,136 @@ pub fn render(engine: &Engine) -> String {
         "Time the view took at start to load and restore its checkpoint.",
         &per_view(&|_, s| s.checkpoint.recovery_ms.map(|ms| ms / 1000.0)),
     );
+    model_families(engine, &mut out);
     out.0
+}
+
+/// Per model and version: scoring, shadow agreement, holdout metrics; per monitor: drift.
+fn model_families(engine: &Engine, out: &mut Exposition) {
+    let models: Vec<(String, ModelDef, ModelUsage)> = engine
+        .models()
+        .all()
+        .iter()
+        .map(|m| (m.qualified(), m.def(), m.usage()))
+        .collect();
+    type Samples<'a> = Vec<(Vec<(&'a str, String)>, f64)>;
+    let per_version = |f: &dyn Fn(&VersionUsage) -> Option<f64>| -> Samples<'_> {
+        models
+            .iter()
+            .flat_map(|(name, _, usage)| {
+                usage.versions.iter().filter_map(move |(version, used)| {
+                    Some((
+                        vec![("model", name.clone()), ("version", version.to_string())],
+                        f(used)?,
+                    ))
+                })
+            })
+            .collect()
+    };
+    out.labelled_family(
+        "eddy_model_active_version",
+        "gauge",
+        "The version PREDICT uses when none is pinned.",
+        &models
+            .iter()
+            .filter_map(|(name, def, _)| {
+                Some((vec![("model", name.clone())], f64::from(def.active?)))
+            })
+            .collect::<Vec<_>>(),
+    );
+    out.labelled_family(
+        "eddy_model_predictions_total",
+        "counter",
+        "Rows scored by PREDICT, PREDICT_PROBA and PREDICT_DISTANCE since the server started.",
+        &per_version(&|u| Some(u.rows as f64)),
+    );
+    out.labelled_family(
+        "eddy_model_prediction_batches_total",
+        "counter",
+        "Scoring calls (one per batch of rows) since the server started.",
+        &per_version(&|u| Some(u.batches as f64)),
+    );
+    out.labelled_family(
+        "eddy_model_prediction_seconds_total",
+        "counter",
+        "Time spent scoring since the server started; divided by the predictions, the latency per row.",
+        &per_version(&|u| Some(u.seconds)),
+    );
+    out.labelled_family(
+        "eddy_model_shadow_predictions_total",
+        "counter",
+        "Rows scored by the shadow version beside the active one since the server started.",
+        &per_version(&|u| (u.shadow_rows > 0).then_some(u.shadow_rows as f64)),
+    );
+    out.labelled_family(
+        "eddy_model_shadow_agreement_ratio",
+        "gauge",
+        "Share of shadow-scored rows where the shadow agreed with the active version (same class, or within 1%).",
+        &per_version(&|u| {
+            (u.shadow_rows > 0).then(|| u.shadow_agreeing as f64 / u.shadow_rows as f64)
+        }),
+    );
+    out.labelled_family(
+        "eddy_model_holdout_metric",
+        "gauge",
+        "A version's evaluation metric on its holdout rows, from training.",
+        &models
+            .iter()
+            .flat_map(|(name, def, _)| {
+                def.versions.iter().flat_map(move |v| {
+                    v.metrics.iter().map(move |(metric, value)| {
+                        (
+                            vec![
+                                ("model", name.clone()),
+                                ("version", v.version.to_string()),
+                                ("metric", metric.clone()),
+                            ],
+                            *value,
+                        )
+                    })
+                })
+            })
+            .collect::<Vec<_>>(),
+    );
+    out.labelled_family(
+        "eddy_model_drift",
+        "gauge",
+        "The drift (PSI or KS) of a feature in the monitor's newest closed window.",
+        &models
+            .iter()
+            .flat_map(|(name, _, usage)| {
+                usage.drift.iter().map(move |((monitor, feature), value)| {
+                    (
+                        vec![
+                            ("model", name.clone()),
+                            ("monitor", monitor.clone()),
+                            ("feature", feature.clone()),
+                        ],
+                        *value,
+                    )
+                })
+            })
+            .collect::<Vec<_>>(),
+    );
+    out.labelled_family(
+        "eddy_model_drift_events",
+        "gauge",
+        "Drift events the monitor has recorded (the newest 1000 per model are kept).",
+        &models
+            .iter()
+            .flat_map(|(name, def, _)| {
+                def.monitors.iter().map(move |monitor| {
+                    (
+                        vec![("model", name.clone()), ("monitor", monitor.name.clone())],
+                        def.drift_events
+                            .iter()
+                            .filter(|e| e.monitor == monitor.name)
+                            .count() as f64,
+                    )
+                })
+            })
+            .collect::<Vec<_>>(),
+    );
 }
 
 /// Text in the Prometheus exposition format.
@@ -117,15 +251,29 @@ struct Exposition(String);
 impl Exposition {
     /// One metric family: HELP, TYPE and a sample per view.
     fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
+        let labelled: Vec<(Vec<(&str, String)>, f64)> = samples
+            .iter()
+            .map(|(view, value)| (vec![("view", view.to_string())], *value))
+            .collect();
+        self.labelled_family(name, kind, help, &labelled);
+    }
+
+    /// One metric family whose samples carry any labels.
+    fn labelled_family(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: &[(Vec<(&str, String)>, f64)],
+    ) {
         let _ = writeln!(self.0, "# HELP {name} {help}");
         let _ = writeln!(self.0, "# TYPE {name} {kind}");
-        for (view, value) in samples {
-            let _ = writeln!(
-                self.0,
-                "{name}{{view=\"{}\"}} {}",
-                escape_label(view),
-                number(*value)
-            );
+        for (labels, value) in samples {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(label, v)| format!("{label}=\"{}\"", escape_label(v)))
+                .collect();
+            let _ = writeln!(self.0, "{name}{{{}}} {}", labels.join(","), number(*value));
         }
     }
 }
