@@ -1,5 +1,6 @@
 //! The SQL functions of models: `PREDICT`, `PREDICT_PROBA`, `PREDICT_DISTANCE` (scalar, in any
-//! query or materialized view) and `EVALUATE` (a table function).
+//! query or materialized view) and `EVALUATE` (a table function: the stored holdout metrics,
+//! or with a query, the metrics over its rows).
 //!
 //! The first argument names the model: `PREDICT(fraud, ...)` (the parser turns the bare name
 //! into the string `'fraud'`), `PREDICT('fraud', ...)`, or a pinned version `fraud$3`. At
@@ -206,41 +207,177 @@ impl TableFunctionImpl for Evaluate {
         &self,
         args: TableFunctionArgs,
     ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
-        let reference = match args.exprs() {
-            [Expr::Literal(value, _)] => model_reference(Kind::Predict, Some(value)),
-            _ => Err(Error::InvalidValue(
-                "EVALUATE takes one model: SELECT * FROM EVALUATE(model)".into(),
-            )),
-        }?;
+        let shape = || {
+            Error::InvalidValue(
+                "EVALUATE takes a model and optionally a query: SELECT * FROM EVALUATE(model) or EVALUATE(model, (SELECT features..., label FROM ...))".into(),
+            )
+        };
+        let (reference, query) = match args.exprs() {
+            [Expr::Literal(value, _)] => (model_reference(Kind::Predict, Some(value))?, None),
+            [Expr::Literal(value, _), Expr::Literal(query, _)] => (
+                model_reference(Kind::Predict, Some(value))?,
+                Some(constant_text(Some(query)).ok_or_else(shape)?),
+            ),
+            _ => return Err(shape().into()),
+        };
         let (model, pinned) = self.models.resolve(&reference)?;
-        let (version, _) = model.trained(pinned)?;
+        let (version, trained) = model.trained(pinned)?;
         let def = model.def();
+        if let Some(query) = query {
+            return Ok(Arc::new(EvaluateOn {
+                model: def.name.clone(),
+                version,
+                trained,
+                query,
+            }));
+        }
         let record = def
             .versions
             .iter()
             .find(|v| v.version == version)
             .ok_or_else(|| Error::Internal("version record vanished".into()))?;
-        let schema: SchemaRef = Arc::new(Schema::new(vec![
-            Field::new("model", DataType::Utf8, false),
-            Field::new("version", DataType::UInt32, false),
-            Field::new("metric", DataType::Utf8, false),
-            Field::new("value", DataType::Float64, false),
-        ]));
-        let n = record.metrics.len();
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![
-                Arc::new(StringArray::from(vec![def.name.as_str(); n])),
-                Arc::new(UInt32Array::from(vec![version; n])),
-                Arc::new(StringArray::from_iter_values(
-                    record.metrics.iter().map(|(m, _)| m.as_str()),
-                )),
-                Arc::new(Float64Array::from_iter_values(
-                    record.metrics.iter().map(|(_, v)| *v),
-                )),
-            ],
+        let batch = metrics_batch(&def.name, version, &record.metrics)?;
+        Ok(Arc::new(MemTable::try_new(
+            evaluate_schema(),
+            vec![vec![batch]],
+        )?))
+    }
+}
+
+/// The columns of `EVALUATE`.
+fn evaluate_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("model", DataType::Utf8, false),
+        Field::new("version", DataType::UInt32, false),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+    ]))
+}
+
+fn metrics_batch(model: &str, version: u32, metrics: &[(String, f64)]) -> Result<RecordBatch> {
+    let n = metrics.len();
+    Ok(RecordBatch::try_new(
+        evaluate_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![model; n])),
+            Arc::new(UInt32Array::from(vec![version; n])),
+            Arc::new(StringArray::from_iter_values(
+                metrics.iter().map(|(m, _)| m.as_str()),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                metrics.iter().map(|(_, v)| *v),
+            )),
+        ],
+    )?)
+}
+
+/// `EVALUATE(model, (query))`: the version's metrics over the query's rows, which name the
+/// model's features and its target as columns. The parser hands the query over as text; it
+/// runs when the result is scanned.
+#[derive(Debug)]
+struct EvaluateOn {
+    model: String,
+    version: u32,
+    trained: Arc<Trained>,
+    query: String,
+}
+
+impl EvaluateOn {
+    /// Metrics over `rows` (the query's result).
+    fn metrics(&self, rows: &RecordBatch) -> Result<Vec<(String, f64)>> {
+        let schema = rows.schema();
+        let index_of = |name: &str, what: &str| {
+            schema.index_of(name).map_err(|_| Error::NotFound {
+                kind: "column",
+                name: format!(
+                    "{name}\" ({what} of model \"{}\") in the EVALUATE query, whose columns are \"{}",
+                    self.model,
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join("\", \"")
+                ),
+            })
+        };
+        let features = self
+            .trained
+            .featurizer
+            .features
+            .iter()
+            .map(|f| index_of(&f.name, "a feature"))
+            .collect::<Result<Vec<_>>>()?;
+        let types: Vec<DataType> = features
+            .iter()
+            .map(|i| schema.field(*i).data_type().clone())
+            .collect();
+        self.trained.featurizer.check_types(&self.model, &types)?;
+        let target = match &self.trained.target {
+            super::model::Target::None => None,
+            super::model::Target::Value { name } | super::model::Target::Classes { name, .. } => {
+                Some(index_of(name, "the target")?)
+            }
+        };
+        // Rows with a NULL feature or label cannot be scored against a label.
+        let mut usable = self.trained.featurizer.usable_rows(
+            &features
+                .iter()
+                .map(|i| ArrayRef::clone(rows.column(*i)))
+                .collect::<Vec<_>>(),
         )?;
-        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+        if let Some(t) = target {
+            let labels = rows.column(t);
+            for (row, keep) in usable.iter_mut().enumerate() {
+                *keep &= labels.is_valid(row);
+            }
+        }
+        let rows = datafusion::arrow::compute::filter_record_batch(
+            rows,
+            &datafusion::arrow::array::BooleanArray::from(usable),
+        )?;
+        super::model::evaluate(&self.trained, &rows, target, &features)
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for EvaluateOn {
+    fn schema(&self) -> SchemaRef {
+        evaluate_schema()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let Some(state) = state
+            .as_any()
+            .downcast_ref::<datafusion::execution::SessionState>()
+        else {
+            return Err(Error::Internal("EVALUATE needs a session state".into()).into());
+        };
+        let frame = SessionContext::new_with_state(state.clone())
+            .sql(&self.query)
+            .await?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await?;
+        let rows = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
+        let metrics = self.metrics(&rows)?;
+        let batch = metrics_batch(&self.model, self.version, &metrics)?;
+        Ok(
+            datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+                &[vec![batch]],
+                evaluate_schema(),
+                projection.cloned(),
+            )?,
+        )
     }
 }
 

@@ -1225,6 +1225,24 @@ pub fn rewrite_sql(sql: &str) -> Result<Option<String>> {
                     tokens[end].end,
                     format!("'{}'", name.join(".").replace('\'', "''")),
                 ));
+                // EVALUATE(m, (query)): the query goes to the table function as its text (a
+                // subquery argument must give one column), run when the result is read.
+                if word(&tokens[i]).as_deref() == Some("EVALUATE")
+                    && matches!(tokens.get(end + 1).map(|t| &t.token), Some(Token::Comma))
+                    && matches!(tokens.get(end + 2).map(|t| &t.token), Some(Token::LParen))
+                    && let Some(close) = matching_paren(&tokens, end + 2)
+                    && close > end + 3
+                {
+                    let inner = &sql[tokens[end + 3].start..tokens[close - 1].end];
+                    let inner = rewrite_sql(inner)?.unwrap_or_else(|| inner.to_string());
+                    edits.push((
+                        tokens[end + 2].start,
+                        tokens[close].end,
+                        format!("'{}'", inner.replace('\'', "''")),
+                    ));
+                    i = close + 1;
+                    continue;
+                }
                 i = end + 1;
                 continue;
             }
