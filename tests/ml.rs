@@ -461,3 +461,148 @@ async fn monitors_shadow_scoring_and_model_metrics() {
         10
     );
 }
+
+/// The ```sql blocks of the README section headed `heading`, sped up tenfold: ten times the
+/// rows per second, windows of a tenth.
+fn readme_blocks(heading: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("\n### ")
+        .find(|s| s.starts_with(heading))
+        .unwrap_or_else(|| panic!("README has no section \"### {heading}\""));
+    section
+        .split("```sql\n")
+        .skip(1)
+        .map(|block| {
+            block
+                .split("```")
+                .next()
+                .unwrap_or_default()
+                .replace("rows_per_second = 200", "rows_per_second = 2000")
+                .replace("rows_per_second = 100", "rows_per_second = 1000")
+                .replace("INTERVAL '10' SECOND", "INTERVAL '1' SECOND")
+                .replace("window = '10 seconds'", "window = '1 second'")
+        })
+        .collect()
+}
+
+/// Wait until `sql` counts at least `expected`.
+async fn wait_at_least(client: &tokio_postgres::Client, sql: &str, expected: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let got = common::scalar(client, sql).await;
+        if got >= expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql}: {got}, expected at least {expected}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The README's two examples run as written (ten times faster): the fraud model scores live
+/// transactions well, and the maintenance monitor fires in the first window or two after the
+/// generator's temperature shift, never before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_examples_run() {
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+
+    let fraud = readme_blocks("Example: fraud detection");
+    assert_eq!(fraud.len(), 3, "stream, model and views, then queries");
+    client.batch_execute(&fraud[0]).await.expect("tx stream");
+    wait_at_least(&client, "SELECT count(*) FROM tx", 2000).await;
+    client
+        .batch_execute(&fraud[1])
+        .await
+        .expect("fraud model and views");
+    wait_at_least(
+        &client,
+        "SELECT count(*) FROM fraud_quality WHERE transactions >= 1000",
+        3,
+    )
+    .await;
+    let fraud_rate = common::scalar(
+        &client,
+        "SELECT (100 * avg(CASE WHEN is_fraud THEN 1 ELSE 0 END))::BIGINT FROM scored",
+    )
+    .await;
+    assert!(
+        (2..=30).contains(&fraud_rate),
+        "fraud is {fraud_rate}% of transactions; the example wants a minority class"
+    );
+    let good_windows = common::scalar(
+        &client,
+        "SELECT count(*) FROM fraud_quality WHERE transactions >= 1000 AND accuracy > 0.95 AND auc > 0.95",
+    )
+    .await;
+    let windows = common::scalar(
+        &client,
+        "SELECT count(*) FROM fraud_quality WHERE transactions >= 1000",
+    )
+    .await;
+    assert_eq!(
+        good_windows, windows,
+        "the rule is learnable: every full window scores well"
+    );
+    client
+        .batch_execute(&fraud[2])
+        .await
+        .expect("fraud queries");
+
+    let maintenance = readme_blocks("Example: predictive maintenance");
+    assert_eq!(
+        maintenance.len(),
+        3,
+        "stream, model views and monitor, then queries"
+    );
+    client
+        .batch_execute(&maintenance[0])
+        .await
+        .expect("readings stream");
+    wait_at_least(&client, "SELECT count(*) FROM machine_readings", 3000).await;
+    client
+        .batch_execute(&maintenance[1])
+        .await
+        .expect("failure model, view and monitor");
+    wait_at_least(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.drift_events WHERE monitor = 'failure_watch'",
+        2,
+    )
+    .await;
+    client
+        .batch_execute(&maintenance[2])
+        .await
+        .expect("maintenance queries");
+    // The shift starts at reading 6001.
+    let before_shift = common::scalar(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.drift_events
+         WHERE monitor = 'failure_watch'
+           AND window_end <= (SELECT min(ts) FROM machine_readings WHERE reading_id > 6000)",
+    )
+    .await;
+    assert_eq!(before_shift, 0, "no drift event before the shift");
+    let late_by = common::scalar(
+        &client,
+        "SELECT (extract(epoch FROM min(window_start)) * 1000 -
+                 extract(epoch FROM (SELECT min(ts) FROM machine_readings WHERE reading_id > 6000)) * 1000)::BIGINT
+         FROM eddy_catalog.drift_events WHERE monitor = 'failure_watch' AND feature = 'temperature'",
+    )
+    .await;
+    assert!(
+        late_by <= 1000,
+        "the monitor fired in the window starting {late_by} ms after the shift; it should fire within two windows of it"
+    );
+    let other_features = common::scalar(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.drift_events WHERE monitor = 'failure_watch' AND feature <> 'temperature'",
+    )
+    .await;
+    assert_eq!(other_features, 0, "only temperature shifted");
+}
