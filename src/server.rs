@@ -97,7 +97,7 @@ pub async fn start(
     .await?;
     let engine = Engine::new(Arc::clone(&storage), config.streaming.clone())?;
     engine.start_stored_views().await;
-    engine.start_monitors();
+    engine.start_model_tasks();
     engine.catalog().start_sources();
     let tls = auth::tls_acceptor(&config.tls)?;
     let connections = Arc::new(ConnectionManager::new());

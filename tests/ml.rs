@@ -606,3 +606,113 @@ async fn readme_examples_run() {
     .await;
     assert_eq!(other_features, 0, "only temperature shifted");
 }
+
+/// Concept drift: the rule behind the label flips mid-stream. A windowed model refit every
+/// second on the last two seconds of events, promoted only if better, ends up active with a
+/// version trained after the flip that scores the new concept well, where version 1 (trained
+/// before it) now scores badly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windowed_retraining_recovers_from_concept_drift() {
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    // 1000 events a second from now; from event 8000 on (8 s) the label is the opposite rule.
+    client
+        .batch_execute(
+            "CREATE STREAM events (id BIGINT, ts TIMESTAMPTZ, x DOUBLE PRECISION,
+                                   noise DOUBLE PRECISION, label BOOLEAN)
+             WITH (connector = 'datagen', rows = 16000, rows_per_second = 1000, seed = 5,
+                   fields.id.kind = 'sequence', fields.id.start = 0,
+                   fields.label.expression = 'CASE WHEN _row < 8000 THEN x > 0.5 ELSE x < 0.5 END')",
+        )
+        .await
+        .expect("events");
+    wait_at_least(&client, "SELECT count(*) FROM events", 1500).await;
+    client
+        .batch_execute(
+            "CREATE MODEL concept PREDICT label USING logistic_regression
+               WITH (mode = 'windowed', window = '2 seconds', retrain_every = '1 second',
+                     promote = 'if_better', metric = 'accuracy', time_column = 'ts')
+               AS SELECT x, noise, label, ts FROM events",
+        )
+        .await
+        .expect("windowed model");
+    // The same refits promoted by hand only.
+    client
+        .batch_execute(
+            "CREATE MODEL concept_manual PREDICT label USING logistic_regression
+               WITH (mode = 'windowed', window = '2 seconds', retrain_every = '1 second',
+                     promote = 'manual', time_column = 'ts')
+               AS SELECT x, noise, label, ts FROM events",
+        )
+        .await
+        .expect("manual model");
+    let first = common::scalar(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.model_versions WHERE model = 'concept' AND promoted
+           AND trained_to < (SELECT min(ts) + INTERVAL '8' SECOND FROM events)",
+    )
+    .await;
+    assert_eq!(
+        first, 1,
+        "version 1 trained before the flip (the test needs it created within 6 s)"
+    );
+    // Wait for the generator to finish and a promoted version trained only after the flip.
+    let recovered =
+        "SELECT count(*) FROM eddy_catalog.model_versions WHERE model = 'concept' AND promoted
+                       AND trained_from >= (SELECT min(ts) + INTERVAL '8' SECOND FROM events)";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while common::scalar(&client, recovered).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no version trained after the flip was promoted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let accuracy = |version: &str| {
+        format!(
+            "SELECT (1000 * value)::BIGINT FROM EVALUATE({version},
+               (SELECT x, noise, label FROM events WHERE id >= 9000))
+             WHERE metric = 'accuracy'"
+        )
+    };
+    let active = common::scalar(&client, &accuracy("concept")).await;
+    let original = common::scalar(&client, &accuracy("concept$1")).await;
+    assert!(
+        active >= 950,
+        "the active version scores the new concept at {active}/1000"
+    );
+    assert!(
+        original <= 200,
+        "version 1 learned the old concept and scores the new one at {original}/1000"
+    );
+    // Not every refit is promoted: some versions lost their comparison or came before it.
+    let versions = common::scalar(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.model_versions WHERE model = 'concept'",
+    )
+    .await;
+    assert!(versions >= 3, "{versions} versions");
+    assert_eq!(
+        common::scalar(
+            &client,
+            "SELECT count(*) FROM eddy_catalog.model_versions
+             WHERE model = 'concept_manual' AND version > 1 AND NOT promoted AND NOT active"
+        )
+        .await,
+        common::scalar(
+            &client,
+            "SELECT count(*) - 1 FROM eddy_catalog.model_versions WHERE model = 'concept_manual'"
+        )
+        .await,
+        "promote = 'manual' refits and records versions but never activates them"
+    );
+    assert!(
+        common::scalar(
+            &client,
+            "SELECT count(*) FROM eddy_catalog.model_versions WHERE model = 'concept_manual'"
+        )
+        .await
+            >= 3
+    );
+}

@@ -282,64 +282,6 @@ struct EvaluateOn {
     query: String,
 }
 
-impl EvaluateOn {
-    /// Metrics over `rows` (the query's result).
-    fn metrics(&self, rows: &RecordBatch) -> Result<Vec<(String, f64)>> {
-        let schema = rows.schema();
-        let index_of = |name: &str, what: &str| {
-            schema.index_of(name).map_err(|_| Error::NotFound {
-                kind: "column",
-                name: format!(
-                    "{name}\" ({what} of model \"{}\") in the EVALUATE query, whose columns are \"{}",
-                    self.model,
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join("\", \"")
-                ),
-            })
-        };
-        let features = self
-            .trained
-            .featurizer
-            .features
-            .iter()
-            .map(|f| index_of(&f.name, "a feature"))
-            .collect::<Result<Vec<_>>>()?;
-        let types: Vec<DataType> = features
-            .iter()
-            .map(|i| schema.field(*i).data_type().clone())
-            .collect();
-        self.trained.featurizer.check_types(&self.model, &types)?;
-        let target = match &self.trained.target {
-            super::model::Target::None => None,
-            super::model::Target::Value { name } | super::model::Target::Classes { name, .. } => {
-                Some(index_of(name, "the target")?)
-            }
-        };
-        // Rows with a NULL feature or label cannot be scored against a label.
-        let mut usable = self.trained.featurizer.usable_rows(
-            &features
-                .iter()
-                .map(|i| ArrayRef::clone(rows.column(*i)))
-                .collect::<Vec<_>>(),
-        )?;
-        if let Some(t) = target {
-            let labels = rows.column(t);
-            for (row, keep) in usable.iter_mut().enumerate() {
-                *keep &= labels.is_valid(row);
-            }
-        }
-        let rows = datafusion::arrow::compute::filter_record_batch(
-            rows,
-            &datafusion::arrow::array::BooleanArray::from(usable),
-        )?;
-        super::model::evaluate(&self.trained, &rows, target, &features)
-    }
-}
-
 #[async_trait::async_trait]
 impl TableProvider for EvaluateOn {
     fn schema(&self) -> SchemaRef {
@@ -369,7 +311,7 @@ impl TableProvider for EvaluateOn {
         let schema = Arc::new(frame.schema().as_arrow().clone());
         let batches = frame.collect().await?;
         let rows = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
-        let metrics = self.metrics(&rows)?;
+        let metrics = super::model::evaluate_by_name(&self.trained, &self.model, &rows)?;
         let batch = metrics_batch(&self.model, self.version, &metrics)?;
         Ok(
             datafusion::datasource::memory::MemorySourceConfig::try_new_exec(

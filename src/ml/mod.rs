@@ -15,7 +15,8 @@
 //! [`model`] trains a version from rows and stores it as a blob, [`metrics`] scores
 //! predictions (and [`aggregates`] the same as streaming `ML_*` aggregates), [`registry`]
 //! holds every model's versions in memory and in the catalog, [`functions`] are the SQL
-//! functions, and [`drift`] measures a feature's drift from a version's training baseline.
+//! functions, [`drift`] measures a feature's drift from a version's training baseline, and
+//! [`schedule`] is the windowed training mode (refit on recent rows, promote if better).
 
 pub mod aggregates;
 pub mod algorithms;
@@ -25,6 +26,7 @@ pub mod functions;
 pub mod metrics;
 pub mod model;
 pub mod registry;
+pub mod schedule;
 
 use crate::error::{Error, Result};
 

@@ -279,6 +279,11 @@ pub struct Outcome {
     pub metrics: Vec<(String, f64)>,
     /// Hyperparameters and common options, defaults filled in.
     pub options: Vec<(String, String)>,
+    /// The rows `metrics` were measured on (the holdout, or the training rows without one),
+    /// with the target: promotion measures the active version on them too.
+    pub evaluated_on: RecordBatch,
+    /// The event-time range a windowed fit saw (microseconds since the epoch).
+    pub time_range: Option<(i64, i64)>,
 }
 
 /// Options of a `CREATE MODEL` that are not hyperparameters.
@@ -331,9 +336,11 @@ fn common_options(options: &[(String, String)]) -> Result<Common> {
 pub fn check_options(algorithm: Algorithm, options: &[(String, String)]) -> Result<()> {
     for (name, _) in options {
         let known = algorithms::COMMON_OPTIONS.contains(&name.as_str())
+            || super::schedule::OPTIONS.contains(&name.as_str())
             || algorithm.hyperparameters().iter().any(|(h, _)| h == name);
         if !known {
             let mut all: Vec<&str> = algorithms::COMMON_OPTIONS.to_vec();
+            all.extend(super::schedule::OPTIONS);
             all.extend(algorithm.hyperparameters().iter().map(|(h, _)| *h));
             return Err(Error::InvalidValue(format!(
                 "unknown option \"{name}\" for {}; known: {}",
@@ -342,6 +349,7 @@ pub fn check_options(algorithm: Algorithm, options: &[(String, String)]) -> Resu
             )));
         }
     }
+    super::schedule::Schedule::from_options(options)?;
     common_options(options).map(|_| ())
 }
 
@@ -518,7 +526,67 @@ pub fn train(
         holdout_rows: holdout as u64,
         metrics,
         options: used,
+        evaluated_on: eval_rows.clone(),
+        time_range: None,
     })
+}
+
+/// Metrics of `trained` (of model `model`) over any `rows` whose columns name its features and
+/// its target; rows with a NULL feature or label are left out.
+pub fn evaluate_by_name(
+    trained: &Trained,
+    model: &str,
+    rows: &RecordBatch,
+) -> Result<Vec<(String, f64)>> {
+    let schema = rows.schema();
+    let index_of = |name: &str, what: &str| {
+        schema.index_of(name).map_err(|_| Error::NotFound {
+            kind: "column",
+            name: format!(
+                "{name}\" ({what} of model \"{model}\") in the EVALUATE query, whose columns are \"{}",
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join("\", \"")
+            ),
+        })
+    };
+    let features = trained
+        .featurizer
+        .features
+        .iter()
+        .map(|f| index_of(&f.name, "a feature"))
+        .collect::<Result<Vec<_>>>()?;
+    let types: Vec<DataType> = features
+        .iter()
+        .map(|i| schema.field(*i).data_type().clone())
+        .collect();
+    trained.featurizer.check_types(model, &types)?;
+    let target = match &trained.target {
+        Target::None => None,
+        Target::Value { name } | Target::Classes { name, .. } => {
+            Some(index_of(name, "the target")?)
+        }
+    };
+    let mut usable = trained.featurizer.usable_rows(
+        &features
+            .iter()
+            .map(|i| ArrayRef::clone(rows.column(*i)))
+            .collect::<Vec<_>>(),
+    )?;
+    if let Some(t) = target {
+        let labels = rows.column(t);
+        for (row, keep) in usable.iter_mut().enumerate() {
+            *keep &= labels.is_valid(row);
+        }
+    }
+    let rows = datafusion::arrow::compute::filter_record_batch(
+        rows,
+        &datafusion::arrow::array::BooleanArray::from(usable),
+    )?;
+    evaluate(trained, &rows, target, &features)
 }
 
 /// Metrics of `trained` over `rows` (holdout rows, or any rows with the target column).

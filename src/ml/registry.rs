@@ -243,14 +243,15 @@ impl Models {
         Ok(model)
     }
 
-    /// Store `outcome` as the model's next version and make it active; returns its number.
-    /// Callers hold the model's `changing` lock, so version numbers are taken in turn.
+    /// Store `outcome` as the model's next version, made active when `activate`; returns its
+    /// number. Callers hold the model's `changing` lock, so version numbers are taken in turn.
     pub async fn add_version(
         &self,
         model: &Model,
         query: &str,
         outcome: Outcome,
         training_ms: f64,
+        activate: bool,
     ) -> Result<u32> {
         let def = model.def();
         let version = def.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
@@ -271,6 +272,8 @@ impl Models {
             features: outcome.trained.featurizer.signature(),
             blob_bytes,
             training_ms,
+            time_range: outcome.time_range,
+            promoted: activate,
         };
         let trained = Arc::new(outcome.trained);
         // Applied to the record as it is now: an ALTER during the upload is kept.
@@ -278,10 +281,12 @@ impl Models {
             model,
             |def| {
                 def.versions.push(record);
-                if let Some(active) = def.active {
-                    def.previously_active.push(active);
+                if activate {
+                    if let Some(active) = def.active {
+                        def.previously_active.push(active);
+                    }
+                    def.active = Some(version);
                 }
-                def.active = Some(version);
                 Ok(())
             },
             |versions| {

@@ -84,8 +84,8 @@ pub struct Engine {
     ctx: SessionContext,
     catalog: Arc<Catalog>,
     streaming: crate::config::StreamingConfig,
-    /// The judging task of each model monitor, by `schema.name`.
-    monitors: std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Background work by name (`monitor:schema.name`, `retrain:schema.name`).
+    background: std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -122,8 +122,32 @@ impl Engine {
             ctx,
             catalog,
             streaming,
-            monitors: Default::default(),
+            background: Default::default(),
         }))
+    }
+
+    /// Run `task` as background work named `name`, replacing (aborting) any of that name.
+    fn start_background(&self, name: String, task: tokio::task::JoinHandle<()>) {
+        let old = self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, task);
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+
+    /// Stop the background work named `name`, if any.
+    fn stop_background(&self, name: &str) {
+        let task = self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if let Some(task) = task {
+            task.abort();
+        }
     }
 
     /// The catalog of user objects.

@@ -25,6 +25,7 @@ use crate::ml::algorithms::Algorithm;
 use crate::ml::features::FeatureKind;
 use crate::ml::model::{self, Outcome};
 use crate::ml::registry::{Model, Models};
+use crate::ml::schedule::{Promote, Schedule, headline_metric, higher_is_better, metric_value};
 use crate::parser::extensions::{AlterModel, CreateModel, RetrainModel};
 use crate::storage::ModelDef;
 
@@ -84,25 +85,33 @@ impl Engine {
         query: &str,
         options: &[(String, String)],
     ) -> Result<(Outcome, f64)> {
-        let rows = self.training_rows(state, query).await?;
+        let mut rows = self.training_rows(state, query).await?;
+        // A windowed model trains on the newest window of its query's rows.
+        let mut time_range = None;
+        if let Some(schedule) = Schedule::from_options(options)? {
+            (rows, time_range) = schedule.window_rows(&rows)?;
+        }
         let started = Instant::now();
         let options = options.to_vec();
-        let outcome = tokio::task::spawn_blocking(move || {
+        let mut outcome = tokio::task::spawn_blocking(move || {
             model::train(algorithm, target.as_deref(), &options, &rows)
         })
         .await
         .map_err(|e| Error::Internal(format!("training stopped: {e}")))??;
+        outcome.time_range = time_range;
         Ok((outcome, started.elapsed().as_secs_f64() * 1000.0))
     }
 
-    /// Record a fit as the model's next, active version; returns a summary for the client
-    /// (rows, time, the main holdout metric).
+    /// Record a fit as the model's next version, active unless `promote` says otherwise;
+    /// returns a summary for the client (rows, time, the main holdout metric, promotion).
     async fn record(
         &self,
         model: &Model,
         query: &str,
         (outcome, training_ms): (Outcome, f64),
+        promote: Promote,
     ) -> Result<String> {
+        let (activate, comparison) = promotion(model, &outcome, promote);
         let rows = (outcome.training_rows, outcome.holdout_rows);
         let headline = outcome
             .metrics
@@ -112,11 +121,11 @@ impl Engine {
             .unwrap_or_default();
         let version = self
             .models()
-            .add_version(model, query, outcome, training_ms)
+            .add_version(model, query, outcome, training_ms, activate)
             .await?;
         Ok(format!(
             "model \"{}\" version {version}: trained on {} rows in {training_ms:.0} ms, \
-             evaluated on {} rows{headline}",
+             evaluated on {} rows{headline}{comparison}",
             model.def().name,
             rows.0,
             if rows.1 > 0 { rows.1 } else { rows.0 }
@@ -128,7 +137,7 @@ impl Engine {
     /// trained, and a failed or cancelled statement (the fit then finishes in the background
     /// and is discarded) changes nothing.
     pub async fn create_model(
-        &self,
+        self: &Arc<Self>,
         state: &SessionState,
         create: &CreateModel,
     ) -> Result<(Output, Vec<String>)> {
@@ -170,6 +179,7 @@ impl Engine {
             }
             let _turn = existing.changing.lock().await;
             refuse_if_monitored(&existing)?;
+            self.stop_background(&format!("retrain:{}", existing.qualified()));
             self.models().drop_model(&existing).await?;
         }
         let model = self.models().create(ModelDef {
@@ -193,7 +203,10 @@ impl Engine {
             models: self.models(),
             model: Some(Arc::clone(&model)),
         };
-        let summary = self.record(&model, &create.query, fitted).await?;
+        let summary = self
+            .record(&model, &create.query, fitted, Promote::Always)
+            .await?;
+        self.start_schedule(&model);
         untrained.trained();
         Ok((command("CREATE MODEL"), vec![summary]))
     }
@@ -215,34 +228,69 @@ impl Engine {
         let fitted = self
             .fit(state, algorithm, def.target.clone(), &query, &options)
             .await?;
-        // Queries and views planned against the model keep working only if its inputs and
-        // output stay the same.
-        if let Ok((active, trained)) = model.trained(None) {
-            let inputs = |t: &crate::ml::model::Trained| -> Vec<(String, bool)> {
-                t.featurizer
-                    .features
-                    .iter()
-                    .map(|f| (f.name.clone(), f.kind == FeatureKind::Numeric))
-                    .collect()
-            };
-            let new = &fitted.0.trained;
-            if inputs(new) != inputs(&trained) || new.output_type() != trained.output_type() {
-                return Err(Error::DatatypeMismatch(format!(
-                    "RETRAIN must keep the features and the prediction type of version {active} \
-                     ({}); this query gives {}. CREATE OR REPLACE MODEL changes them",
-                    trained.featurizer.signature(),
-                    new.featurizer.signature()
-                )));
-            }
-        }
-        let summary = self.record(&model, &query, fitted).await?;
+        check_compatible(&model, &fitted.0)?;
+        // A RETRAIN statement is the user's choice: its version becomes active.
+        let summary = self.record(&model, &query, fitted, Promote::Always).await?;
         Ok((command("RETRAIN MODEL"), vec![summary]))
+    }
+
+    /// A windowed model's refit: its own query and options, promoted per its policy.
+    async fn scheduled_retrain(&self, model: &Model) -> Result<String> {
+        let _turn = model.changing.lock().await;
+        let def = model.def();
+        let schedule = Schedule::from_options(&def.options)?
+            .ok_or_else(|| Error::Internal("a batch model was scheduled".to_string()))?;
+        let algorithm = Algorithm::parse(&def.algorithm)?;
+        let fitted = self
+            .fit(
+                &self.ctx.state(),
+                algorithm,
+                def.target.clone(),
+                &def.query,
+                &def.options,
+            )
+            .await?;
+        check_compatible(model, &fitted.0)?;
+        self.record(model, &def.query, fitted, schedule.promote)
+            .await
+    }
+
+    /// Start refitting a windowed model every `retrain_every` (nothing for a batch model).
+    pub(super) fn start_schedule(self: &Arc<Self>, model: &Arc<Model>) {
+        let Ok(Some(schedule)) = Schedule::from_options(&model.def().options) else {
+            return;
+        };
+        let engine = Arc::clone(self);
+        let scheduled = Arc::clone(model);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + schedule.every,
+                schedule.every,
+            );
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Dropped or replaced: its schedule ends.
+                let current = engine.models().get(&scheduled.qualified());
+                if !current.is_some_and(|m| Arc::ptr_eq(&m, &scheduled)) {
+                    return;
+                }
+                match engine.scheduled_retrain(&scheduled).await {
+                    Ok(summary) => tracing::info!(%summary, "scheduled retrain"),
+                    Err(e) => {
+                        tracing::warn!(model = %scheduled.qualified(), error = %e, "scheduled retrain failed")
+                    }
+                }
+            }
+        });
+        self.start_background(format!("retrain:{}", model.qualified()), task);
     }
 
     pub async fn drop_models(&self, names: &[ObjectName], if_exists: bool) -> Result<Output> {
         for name in names {
             match self.model(name) {
                 Ok(model) => {
+                    self.stop_background(&format!("retrain:{}", model.qualified()));
                     // Its monitors go with it.
                     for monitor in model.def().monitors {
                         self.drop_monitor(&model, &monitor.name).await?;
@@ -346,6 +394,83 @@ impl Drop for Untrained<'_> {
     }
 }
 
+/// Queries and views planned against the model keep working only if a new version keeps
+/// its inputs and output.
+fn check_compatible(model: &Model, outcome: &Outcome) -> Result<()> {
+    let Ok((active, trained)) = model.trained(None) else {
+        return Ok(());
+    };
+    let inputs = |t: &crate::ml::model::Trained| -> Vec<(String, bool)> {
+        t.featurizer
+            .features
+            .iter()
+            .map(|f| (f.name.clone(), f.kind == FeatureKind::Numeric))
+            .collect()
+    };
+    let new = &outcome.trained;
+    if inputs(new) != inputs(&trained) || new.output_type() != trained.output_type() {
+        return Err(Error::DatatypeMismatch(format!(
+            "RETRAIN must keep the features and the prediction type of version {active} \
+             ({}); this query gives {}. CREATE OR REPLACE MODEL changes them",
+            trained.featurizer.signature(),
+            new.featurizer.signature()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a new version becomes active, and a note on the comparison for the summary.
+fn promotion(model: &Model, outcome: &Outcome, promote: Promote) -> (bool, String) {
+    match promote {
+        Promote::Always => (true, String::new()),
+        Promote::Manual => (
+            false,
+            "; not promoted (promote = 'manual': ALTER MODEL ... SET ACTIVE VERSION)".to_string(),
+        ),
+        Promote::IfBetter => {
+            let Ok((active, trained)) = model.trained(None) else {
+                return (true, "; promoted (no active version)".to_string());
+            };
+            let def = model.def();
+            let schedule = Schedule::from_options(&def.options).ok().flatten();
+            let Some(metric) = schedule
+                .and_then(|s| s.metric)
+                .or_else(|| headline_metric(&outcome.metrics).map(str::to_string))
+            else {
+                return (true, "; promoted (no metric to compare)".to_string());
+            };
+            let candidate = metric_value(&outcome.metrics, &metric);
+            let incumbent = model::evaluate_by_name(&trained, &def.name, &outcome.evaluated_on)
+                .ok()
+                .and_then(|m| metric_value(&m, &metric));
+            match (candidate, incumbent) {
+                (Some(new), Some(old)) => {
+                    let better = if higher_is_better(&metric) {
+                        new > old
+                    } else {
+                        new < old
+                    };
+                    let verdict = if better { "promoted" } else { "not promoted" };
+                    (
+                        better,
+                        format!(
+                            "; {verdict}: {metric} {new:.4} against {old:.4} for active version {active} on the same rows"
+                        ),
+                    )
+                }
+                (Some(_), None) => (
+                    true,
+                    format!("; promoted (active version {active} could not be measured)"),
+                ),
+                (None, _) => (
+                    false,
+                    format!("; not promoted (it has no {metric} to compare)"),
+                ),
+            }
+        }
+    }
+}
+
 /// `CREATE OR REPLACE MODEL` may change the features its monitors watch.
 fn refuse_if_monitored(model: &Model) -> Result<()> {
     let def = model.def();
@@ -385,6 +510,9 @@ pub fn system_schema(table: &str) -> SchemaRef {
             Field::new("metrics", DataType::Utf8, false),
             Field::new("options", DataType::Utf8, false),
             Field::new("query", DataType::Utf8, false),
+            Field::new("promoted", DataType::Boolean, false),
+            Field::new("trained_from", timestamp_type(), true),
+            Field::new("trained_to", timestamp_type(), true),
         ],
     }))
 }
@@ -487,6 +615,27 @@ pub fn model_versions_table(models: &[Arc<Model>]) -> Result<RecordBatch> {
         Arc::new(StringArray::from_iter_values(
             versions.iter().map(|(_, v)| v.query.as_str()),
         )),
+        Arc::new(BooleanArray::from(
+            versions.iter().map(|(_, v)| v.promoted).collect::<Vec<_>>(),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from(
+                versions
+                    .iter()
+                    .map(|(_, v)| v.time_range.map(|(from, _)| from))
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(
+            TimestampMicrosecondArray::from(
+                versions
+                    .iter()
+                    .map(|(_, v)| v.time_range.map(|(_, to)| to))
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        ),
     ];
     Ok(RecordBatch::try_new(
         system_schema("model_versions"),

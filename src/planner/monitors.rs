@@ -293,32 +293,25 @@ impl Engine {
         Ok((command("CREATE MODEL MONITOR"), Vec::new()))
     }
 
-    /// Start judging every recorded monitor (at server start, after the views).
-    pub fn start_monitors(self: &Arc<Self>) {
+    /// Start every model's background work (at server start, after the views): its monitors'
+    /// judging and a windowed model's refits.
+    pub fn start_model_tasks(self: &Arc<Self>) {
         for model in self.models().all() {
             for monitor in model.def().monitors {
                 self.start_monitor(&model, &monitor.name);
             }
+            self.start_schedule(&model);
         }
     }
 
     fn start_monitor(self: &Arc<Self>, model: &Arc<Model>, monitor: &str) {
-        let key = format!("{}.{monitor}", model.def().schema_name);
+        let key = format!("monitor:{}.{monitor}", model.def().schema_name);
         let task = tokio::spawn(judge(
             Arc::clone(self),
             Arc::clone(model),
             monitor.to_string(),
         ));
-        if let Some(old) = self.monitor_tasks().insert(key, task) {
-            old.abort();
-        }
-    }
-
-    fn monitor_tasks(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, tokio::task::JoinHandle<()>>>
-    {
-        self.monitors.lock().unwrap_or_else(|e| e.into_inner())
+        self.start_background(key, task);
     }
 
     /// `DROP MODEL MONITOR [IF EXISTS] a, b`.
@@ -345,9 +338,7 @@ impl Engine {
             schema: model.def().schema_name,
             name: monitor.to_string(),
         };
-        if let Some(task) = self.monitor_tasks().remove(&name.to_string()) {
-            task.abort();
-        }
+        self.stop_background(&format!("monitor:{name}"));
         self.models().remove_monitor(model, monitor)?;
         self.catalog.drop_view(&name, true).await?;
         Ok(())

@@ -506,6 +506,17 @@ pub struct ModelVersion {
     pub features: String,
     pub blob_bytes: u64,
     pub training_ms: f64,
+    /// The event-time range a windowed fit trained on (microseconds since the epoch).
+    #[serde(default)]
+    pub time_range: Option<(i64, i64)>,
+    /// Whether it became the active version when it was trained.
+    #[serde(default = "promoted_by_default")]
+    pub promoted: bool,
+}
+
+/// Versions recorded before promotion policies were always activated.
+fn promoted_by_default() -> bool {
+    true
 }
 
 impl ModelDef {
