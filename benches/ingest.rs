@@ -17,11 +17,15 @@
 #[allow(dead_code, unreachable_pub)]
 mod http;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::SinkExt;
+
+mod common;
+
+use common::{Server, connect, median};
 
 const WRITERS: [usize; 3] = [1, 4, 16];
 const CHUNK_ROWS: usize = 10_000;
@@ -65,16 +69,6 @@ fn values_rows(start: usize, n: usize, day_start: i64) -> String {
 
 const DDL_COLUMNS: &str =
     "auction BIGINT, bidder BIGINT, price DOUBLE PRECISION, channel TEXT, ts TIMESTAMPTZ";
-
-async fn connect(conn: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Path_ {
@@ -269,35 +263,6 @@ impl Drop for Postgres {
     }
 }
 
-fn start_eddy(
-    data_dir: &Path,
-    runtime: &tokio::runtime::Runtime,
-) -> (eddydb::server::BoundAddrs, tokio::sync::oneshot::Sender<()>) {
-    let config = eddydb::config::Config {
-        listen: "127.0.0.1:0".into(),
-        http_listen: "127.0.0.1:0".into(),
-        data_dir: data_dir.to_path_buf(),
-        log_level: "warn".into(),
-        storage: eddydb::config::StorageConfig {
-            flush_age_ms: 2_000,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let running = runtime
-        .block_on(eddydb::server::start(config, async move {
-            let _ = rx.await;
-        }))
-        .expect("eddydb starts");
-    (running.addrs, tx)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
     let total = rows_per_run();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -305,11 +270,11 @@ fn main() {
         .build()
         .expect("runtime");
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let (addrs, stop) = start_eddy(data_dir.path(), &runtime);
-    let eddy_conn = format!(
-        "host=127.0.0.1 port={} user=eddy dbname=eddy",
-        addrs.pg.port()
-    );
+    let server = Server::start(data_dir.path(), &runtime, |config| {
+        config.storage.flush_age_ms = 2_000;
+    });
+    let addrs = server.addrs;
+    let eddy_conn = server.conn_str();
     let day_start = chrono::Utc::now().timestamp() / 86_400 * 86_400 - 86_400;
     let postgres = Postgres::start();
     if let Err(e) = &postgres {
@@ -432,6 +397,6 @@ fn main() {
             e / d
         );
     });
-    let _ = stop.send(());
+    server.stop(&runtime);
     drop(postgres);
 }

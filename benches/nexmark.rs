@@ -35,6 +35,10 @@ mod nexmark_sql;
 
 use nexmark_sql::{queries, streams_sql};
 
+mod common;
+
+use common::{Server, connect, median, scalar_i64, wait_sources_finished};
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -55,82 +59,14 @@ fn streams_read(select: &str) -> Vec<&'static str> {
         .collect()
 }
 
-async fn connect(port: u16) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=eddy dbname=eddy"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
-
-async fn scalar_i64(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
-async fn wait_generated(client: &tokio_postgres::Client) {
-    loop {
-        let left = scalar_i64(
-            client,
-            "SELECT count(*) FROM eddy_catalog.sources WHERE status <> 'finished'",
-        )
-        .await;
-        if left == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A running in-process server: its port, its stop signal, and its task (done once stopped).
-struct Server {
-    port: u16,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<eddydb::error::Result<()>>,
-}
-
-impl Server {
-    fn stop(self, runtime: &tokio::runtime::Runtime) {
-        let _ = self.stop.send(());
-        let _ = runtime.block_on(self.task);
-    }
-}
-
 fn start_eddy(
     data_dir: &Path,
     runtime: &tokio::runtime::Runtime,
     checkpoint_interval_ms: u64,
 ) -> Server {
-    let config = eddydb::config::Config {
-        listen: "127.0.0.1:0".into(),
-        http_listen: "127.0.0.1:0".into(),
-        data_dir: data_dir.to_path_buf(),
-        log_level: "warn".into(),
-        streaming: eddydb::config::StreamingConfig {
-            checkpoint_interval_ms,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let running = runtime
-        .block_on(eddydb::server::start(config, async move {
-            let _ = rx.await;
-        }))
-        .expect("eddydb starts");
-    Server {
-        port: running.addrs.pg.port(),
-        stop: tx,
-        task: running.task,
-    }
+    Server::start(data_dir, runtime, |config| {
+        config.streaming.checkpoint_interval_ms = checkpoint_interval_ms;
+    })
 }
 
 fn main() {
@@ -143,10 +79,10 @@ fn main() {
         .expect("runtime");
     let data_dir = tempfile::tempdir().expect("tempdir");
     let server = start_eddy(data_dir.path(), &runtime, 0);
-    let port = server.port;
+    let port = server.addrs.pg.port();
     let queries = queries();
     runtime.block_on(async {
-        let client = connect(port).await;
+        let client = connect(&format!("host=127.0.0.1 port={port} user=eddy dbname=eddy")).await;
         println!(
             "nexmark: {events} events, {} cores",
             std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -156,7 +92,7 @@ fn main() {
             .batch_execute(&streams_sql(events, None))
             .await
             .expect("streams");
-        wait_generated(&client).await;
+        wait_sources_finished(&client).await;
         let generation = started.elapsed().as_secs_f64();
         println!(
             "generated and stored durably: {:.0} events/s ({generation:.2} s)",
@@ -219,7 +155,7 @@ fn main() {
                 .await
                 .expect(&query.create);
         }
-        wait_generated(&client).await;
+        wait_sources_finished(&client).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let latencies = client
             .query(
@@ -280,10 +216,6 @@ fn checkpoint_overhead(runtime: &tokio::runtime::Runtime, events: u64) {
         "running ms"
     );
     let intervals = [0u64, 1000, 5000];
-    let median = |mut values: Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
     for name in ["nexmark_q5", "nexmark_q7"] {
         let Some(query) = queries().into_iter().find(|q| q.name == name) else {
             continue;
@@ -297,7 +229,8 @@ fn checkpoint_overhead(runtime: &tokio::runtime::Runtime, events: u64) {
                 let interval_ms = intervals[which];
                 let data_dir = tempfile::tempdir().expect("tempdir");
                 let server = start_eddy(data_dir.path(), runtime, interval_ms);
-                let (rate, bytes, ms) = runtime.block_on(live_run(server.port, &query, events));
+                let (rate, bytes, ms) =
+                    runtime.block_on(live_run(server.addrs.pg.port(), &query, events));
                 throughput[which].push(rate);
                 server.stop(runtime);
                 if interval_ms == 1000 && round == 0 {
@@ -305,7 +238,7 @@ fn checkpoint_overhead(runtime: &tokio::runtime::Runtime, events: u64) {
                     // Recovery of that state: restart on the same data and wait for the view.
                     let started = Instant::now();
                     let server = start_eddy(data_dir.path(), runtime, interval_ms);
-                    let restore_ms = runtime.block_on(restored(server.port, name));
+                    let restore_ms = runtime.block_on(restored(server.addrs.pg.port(), name));
                     recovery = (restore_ms, started.elapsed().as_secs_f64() * 1000.0);
                     server.stop(runtime);
                 }
@@ -330,7 +263,7 @@ fn checkpoint_overhead(runtime: &tokio::runtime::Runtime, events: u64) {
 
 /// Wait until view `name` runs again after a restart; returns its restore time (ms).
 async fn restored(port: u16, name: &str) -> f64 {
-    let client = connect(port).await;
+    let client = connect(&format!("host=127.0.0.1 port={port} user=eddy dbname=eddy")).await;
     let sql = format!(
         "SELECT recovery_ms FROM eddy_catalog.materialized_views \
          WHERE name = '{name}' AND status = 'running' AND restored_from IS NOT NULL"
@@ -348,7 +281,7 @@ async fn restored(port: u16, name: &str) -> f64 {
 
 /// (events/s, last checkpoint bytes, last checkpoint ms) of one live run.
 async fn live_run(port: u16, query: &nexmark_sql::Query, events: u64) -> (f64, i64, f64) {
-    let client = connect(port).await;
+    let client = connect(&format!("host=127.0.0.1 port={port} user=eddy dbname=eddy")).await;
     let started = Instant::now();
     client
         .batch_execute(&streams_sql(events, None))
