@@ -716,3 +716,79 @@ async fn windowed_retraining_recovers_from_concept_drift() {
             >= 3
     );
 }
+
+/// Long statements report progress as NOTICEs while they run: training names its phases, and
+/// a view's backfill reports its rows every second (a report that exists only while it runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_and_backfill_report_progress() {
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let (client, mut connection) =
+        tokio_postgres::connect(&process.conn_str(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    let (notices_to, mut notices) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notice(notice) = message {
+                let _ = notices_to.send(notice.message().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute(
+            "CREATE STREAM big (id BIGINT, a DOUBLE PRECISION, label BOOLEAN)
+             WITH (connector = 'datagen', rows = 400000, rows_per_second = 1000000, paced = false,
+                   fields.id.kind = 'sequence', fields.label.expression = 'a > 0.5')",
+        )
+        .await
+        .expect("stream");
+    common::wait_sources_finished(&client).await;
+    let received = |notices: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
+        let mut all = Vec::new();
+        while let Ok(notice) = notices.try_recv() {
+            all.push(notice);
+        }
+        all
+    };
+    client
+        .batch_execute(
+            "CREATE MODEL progress PREDICT label USING decision_tree
+             AS SELECT a, label FROM big WHERE id <= 20000",
+        )
+        .await
+        .expect("model");
+    let training = received(&mut notices);
+    for phase in [
+        "running the training query",
+        "training query: 20000 rows",
+        "fitting decision_tree on 20000 rows",
+        "fitted and evaluated in",
+        "model \"progress\" version 1: trained on 16000 rows",
+    ] {
+        assert!(
+            training.iter().any(|n| n.starts_with(phase)),
+            "no NOTICE starting {phase:?}: {training:?}"
+        );
+    }
+    client
+        .batch_execute(
+            "CREATE MATERIALIZED VIEW per_bucket AS
+             SELECT id % 5000 AS bucket, count(*) AS n, avg(a) AS mean, min(a) AS low, max(a) AS high
+             FROM big GROUP BY id % 5000",
+        )
+        .await
+        .expect("view");
+    let backfill = received(&mut notices);
+    assert_eq!(
+        backfill.first().map(String::as_str),
+        Some("materialized view \"per_bucket\": reading the stored history of public.big")
+    );
+    assert!(
+        backfill
+            .iter()
+            .any(|n| n.starts_with("materialized view \"per_bucket\": backfilled ")),
+        "the backfill reported no progress (it took under a second?): {backfill:?}"
+    );
+}

@@ -325,15 +325,34 @@ impl TableProvider for EvaluateOn {
 
 /// Models `plan` scores with whatever version is active (a `PREDICT` not pinned to `m$n`).
 pub fn unpinned_models(plan: &LogicalPlan) -> Vec<String> {
+    model_references(plan, false)
+        .into_iter()
+        .filter(|reference| !reference.contains('$'))
+        .collect()
+}
+
+/// Every model `plan` names, as written (`m`, `s.m`, `m$3`): in `PREDICT`, `PREDICT_PROBA`,
+/// `PREDICT_DISTANCE` and, `with_drift`, the `DRIFT_PSI` and `DRIFT_KS` aggregates.
+pub fn model_references(plan: &LogicalPlan, with_drift: bool) -> Vec<String> {
     let mut found = Vec::new();
     let _ = plan.apply(|node| {
         node.apply_expressions(|e| {
             e.apply(|inner| {
-                if let Expr::ScalarFunction(f) = inner
-                    && matches!(f.name(), "predict" | "predict_proba" | "predict_distance")
-                    && let Some(Expr::Literal(value, _)) = f.args.first()
+                let first = match inner {
+                    Expr::ScalarFunction(f)
+                        if matches!(f.name(), "predict" | "predict_proba" | "predict_distance") =>
+                    {
+                        f.args.first()
+                    }
+                    Expr::AggregateFunction(f)
+                        if with_drift && matches!(f.func.name(), "drift_psi" | "drift_ks") =>
+                    {
+                        f.params.args.first()
+                    }
+                    _ => None,
+                };
+                if let Some(Expr::Literal(value, _)) = first
                     && let Ok(reference) = model_reference(Kind::Predict, Some(value))
-                    && !reference.contains('$')
                 {
                     found.push(reference);
                 }

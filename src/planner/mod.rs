@@ -79,6 +79,29 @@ pub enum Output {
     },
 }
 
+/// Where a long statement (model training, a view's backfill) reports how it is getting on:
+/// the client's session, which forwards each report as a NOTICE while the statement runs.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Option<tokio::sync::mpsc::UnboundedSender<String>>);
+
+impl Progress {
+    /// Reports to `sender`.
+    pub fn to(sender: tokio::sync::mpsc::UnboundedSender<String>) -> Progress {
+        Progress(Some(sender))
+    }
+
+    /// Reports nowhere (background work).
+    pub fn none() -> Progress {
+        Progress(None)
+    }
+
+    pub fn report(&self, message: impl Into<String>) {
+        if let Some(sender) = &self.0 {
+            let _ = sender.send(message.into());
+        }
+    }
+}
+
 /// The server-wide query engine.
 pub struct Engine {
     ctx: SessionContext,

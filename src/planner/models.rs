@@ -19,7 +19,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::ObjectName;
 
 use super::views::{name_of, timestamp_type};
-use super::{Engine, Output};
+use super::{Engine, Output, Progress};
 use crate::error::{Error, Result};
 use crate::ml::algorithms::Algorithm;
 use crate::ml::features::FeatureKind;
@@ -84,13 +84,26 @@ impl Engine {
         target: Option<String>,
         query: &str,
         options: &[(String, String)],
+        progress: &Progress,
     ) -> Result<(Outcome, f64)> {
+        let started = Instant::now();
+        progress.report("running the training query");
         let mut rows = self.training_rows(state, query).await?;
+        progress.report(format!(
+            "training query: {} rows in {} ms",
+            rows.num_rows(),
+            started.elapsed().as_millis()
+        ));
         // A windowed model trains on the newest window of its query's rows.
         let mut time_range = None;
         if let Some(schedule) = Schedule::from_options(options)? {
             (rows, time_range) = schedule.window_rows(&rows)?;
         }
+        progress.report(format!(
+            "fitting {} on {} rows (holdout included)",
+            algorithm.name(),
+            rows.num_rows()
+        ));
         let started = Instant::now();
         let options = options.to_vec();
         let mut outcome = tokio::task::spawn_blocking(move || {
@@ -99,7 +112,11 @@ impl Engine {
         .await
         .map_err(|e| Error::Internal(format!("training stopped: {e}")))??;
         outcome.time_range = time_range;
-        Ok((outcome, started.elapsed().as_secs_f64() * 1000.0))
+        let training_ms = started.elapsed().as_secs_f64() * 1000.0;
+        progress.report(format!(
+            "fitted and evaluated in {training_ms:.0} ms; storing the version"
+        ));
+        Ok((outcome, training_ms))
     }
 
     /// Record a fit as the model's next version, active unless `promote` says otherwise;
@@ -140,6 +157,7 @@ impl Engine {
         self: &Arc<Self>,
         state: &SessionState,
         create: &CreateModel,
+        progress: &Progress,
     ) -> Result<(Output, Vec<String>)> {
         let name = name_of(&create.name)?;
         let algorithm = Algorithm::parse(&create.algorithm)?;
@@ -167,6 +185,7 @@ impl Engine {
                 create.target.clone(),
                 &create.query,
                 &create.options,
+                progress,
             )
             .await?;
         if let Some(existing) = self.models().get(&name.to_string()) {
@@ -179,6 +198,18 @@ impl Engine {
             }
             let _turn = existing.changing.lock().await;
             refuse_if_monitored(&existing)?;
+            // Views that apply the model keep working only if the new one takes the same
+            // features and predicts the same type.
+            if let Err(used) = self.refuse_if_used_by_views(
+                &existing,
+                &format!(
+                    "replace model \"{}\" with one of other features or prediction type",
+                    name.name
+                ),
+            ) && check_compatible(&existing, &fitted.0).is_err()
+            {
+                return Err(used);
+            }
             self.stop_background(&format!("retrain:{}", existing.qualified()));
             self.models().drop_model(&existing).await?;
         }
@@ -216,6 +247,7 @@ impl Engine {
         &self,
         state: &SessionState,
         retrain: &RetrainModel,
+        progress: &Progress,
     ) -> Result<(Output, Vec<String>)> {
         let model = self.model(&retrain.name)?;
         let _turn = model.changing.lock().await;
@@ -226,7 +258,14 @@ impl Engine {
         let algorithm = Algorithm::parse(&def.algorithm)?;
         model::check_options(algorithm, &options)?;
         let fitted = self
-            .fit(state, algorithm, def.target.clone(), &query, &options)
+            .fit(
+                state,
+                algorithm,
+                def.target.clone(),
+                &query,
+                &options,
+                progress,
+            )
             .await?;
         check_compatible(&model, &fitted.0)?;
         // A RETRAIN statement is the user's choice: its version becomes active.
@@ -248,6 +287,7 @@ impl Engine {
                 def.target.clone(),
                 &def.query,
                 &def.options,
+                &Progress::none(),
             )
             .await?;
         check_compatible(model, &fitted.0)?;
@@ -290,6 +330,10 @@ impl Engine {
         for name in names {
             match self.model(name) {
                 Ok(model) => {
+                    self.refuse_if_used_by_views(
+                        &model,
+                        &format!("drop model \"{}\"", model.def().name),
+                    )?;
                     self.stop_background(&format!("retrain:{}", model.qualified()));
                     // Its monitors go with it.
                     for monitor in model.def().monitors {
@@ -390,6 +434,27 @@ impl Drop for Untrained<'_> {
             && let Err(e) = self.models.forget_untrained(&model)
         {
             tracing::error!(model = %model.qualified(), error = %e, "untrained model not removed");
+        }
+    }
+}
+
+impl Engine {
+    /// Materialized views that apply `model` (its monitors' views aside) depend on it.
+    /// `refused` says what was refused (`drop model "m"`).
+    fn refuse_if_used_by_views(&self, model: &Model, refused: &str) -> Result<()> {
+        let def = model.def();
+        let qualified = model.qualified();
+        let user = self.catalog.views().all().into_iter().find(|view| {
+            view.def.models.contains(&qualified)
+                && !(view.def.schema_name == def.schema_name
+                    && def.monitors.iter().any(|m| m.name == view.def.name))
+        });
+        match user {
+            Some(view) => Err(Error::DependentObjects(format!(
+                "cannot {refused}: materialized view \"{}\" applies it (drop the view first)",
+                view.def.name
+            ))),
+            None => Ok(()),
         }
     }
 }

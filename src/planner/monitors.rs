@@ -33,7 +33,7 @@ use datafusion::execution::SessionState;
 use datafusion::sql::sqlparser::ast::{Ident, ObjectName, ObjectNamePart};
 
 use super::views::{name_of, timestamp_type};
-use super::{Engine, Output};
+use super::{Engine, Output, Progress};
 use crate::catalog::QualifiedName;
 use crate::error::{Error, Result};
 use crate::ml::features::FeatureKind;
@@ -93,6 +93,7 @@ impl Engine {
         self: &Arc<Self>,
         state: &SessionState,
         create: &CreateMonitor,
+        progress: &Progress,
     ) -> Result<(Output, Vec<String>)> {
         let name = name_of(&create.name)?;
         let model = self.model(&create.model)?;
@@ -270,6 +271,7 @@ impl Engine {
                 query,
                 emit_on_close: true,
             },
+            progress,
         )
         .await?;
         let monitor = MonitorDef {
@@ -504,7 +506,10 @@ async fn judge_windows(
                     query: None,
                     options: Vec::new(),
                 };
-                match engine.retrain_model(&engine.ctx.state(), &retrain).await {
+                match engine
+                    .retrain_model(&engine.ctx.state(), &retrain, &Progress::none())
+                    .await
+                {
                     Ok(_) => format!(
                         "retrained: version {}",
                         model.def().active.unwrap_or_default()

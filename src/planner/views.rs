@@ -18,7 +18,7 @@ use datafusion::execution::SessionState;
 use datafusion::sql::planner::object_name_to_table_reference;
 use datafusion::sql::sqlparser::ast::ObjectName;
 
-use super::{Engine, Output, qualified};
+use super::{Engine, Output, Progress, qualified};
 use crate::catalog::QualifiedName;
 use crate::error::{Error, Result};
 use crate::parser::extensions::{CreateView, Subscribe, SubscribeTarget};
@@ -52,6 +52,13 @@ impl Engine {
         let plan = self.plan(state, statement, &[]).await?;
         check_deterministic(&plan)?;
         let unpinned = crate::ml::functions::unpinned_models(&plan);
+        let mut models: Vec<String> = crate::ml::functions::model_references(&plan, true)
+            .iter()
+            .filter_map(|reference| crate::ml::registry::parse_reference(reference).ok())
+            .map(|(qualified, _)| qualified)
+            .collect();
+        models.sort();
+        models.dedup();
         let plan = state.optimize(&plan)?;
         let mut compiled = compile(state, &plan, emit_on_close, late).await?;
         // Rows retracted later must be scored as they were when added: over inputs that
@@ -65,6 +72,7 @@ impl Engine {
                  retracts must be scored by the version that scored them)"
             )));
         }
+        compiled.models = models;
         // Result columns are named as PostgreSQL names them (count, sum, ...).
         compiled.schema = super::with_postgres_column_names(statement, compiled.schema);
         let mut seen = std::collections::HashSet::new();
@@ -80,7 +88,12 @@ impl Engine {
     }
 
     /// `CREATE MATERIALIZED VIEW`: returns once the view has processed its inputs' history.
-    pub async fn create_view(&self, state: &SessionState, create: &CreateView) -> Result<Output> {
+    pub async fn create_view(
+        &self,
+        state: &SessionState,
+        create: &CreateView,
+        progress: &Progress,
+    ) -> Result<Output> {
         let name = name_of(&create.name)?;
         if self.catalog.table(&name).await.is_ok() {
             if create.if_not_exists {
@@ -100,10 +113,33 @@ impl Engine {
             query: create.query.clone(),
             emit_on_close: create.emit_on_close,
             depends_on: Vec::new(),
+            models: Vec::new(),
         };
         let view = self.start_view(state, def, true).await?;
-        // The view answers queries once its backfill is done, as a table would after CTAS.
-        if let Status::Failed(e) = view.backfilled().await {
+        // The view answers queries once its backfill is done, as a table would after CTAS;
+        // meanwhile its progress is reported every second.
+        progress.report(format!(
+            "materialized view \"{}\": reading the stored history of {}",
+            view.def.name,
+            view.def.depends_on.join(", ")
+        ));
+        let backfilled = view.backfilled();
+        tokio::pin!(backfilled);
+        let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
+        every_second.tick().await;
+        let status = loop {
+            tokio::select! {
+                status = &mut backfilled => break status,
+                _ = every_second.tick() => {
+                    let stats = view.stats();
+                    progress.report(format!(
+                        "materialized view \"{}\": backfilled {} of {} input rows",
+                        view.def.name, stats.backfill_rows, stats.backfill_total
+                    ));
+                }
+            }
+        };
+        if let Status::Failed(e) = status {
             // No half-made view stays behind.
             let _ = self.catalog.drop_view(&name, true).await;
             return Err(Error::Internal(format!(
@@ -143,6 +179,7 @@ impl Engine {
             .await?;
         def.depends_on = compiled.feeds.iter().map(|f| f.qualified_name()).collect();
         def.depends_on.dedup();
+        def.models = compiled.models.clone();
         if store {
             def = self.catalog.storage().create_view(def)?;
         }
@@ -271,6 +308,7 @@ impl Engine {
                     query: query.clone(),
                     emit_on_close: false,
                     depends_on: Vec::new(),
+                    models: Vec::new(),
                 };
                 let view = View::new(
                     def,

@@ -46,7 +46,7 @@ use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use crate::error::{Error, ErrorDomain};
 use crate::ingest::{self, CopyFormat};
 use crate::parser;
-use crate::planner::{Engine, Output};
+use crate::planner::{Engine, Output, Progress};
 use crate::server::encode;
 use crate::server::session::{Executed, Prepared, Session};
 
@@ -114,15 +114,18 @@ enum Cancellation {
 }
 
 /// Run `work` under the session's statement timeout and, if asked, the connection's cancel
-/// signal.
+/// signal, forwarding the progress it reports to the client as NOTICEs while it runs (a
+/// model's training, a view's backfill). Err only when the client cannot be written to.
 async fn guarded<C, T>(
-    client: &C,
+    client: &mut C,
     session: &Session,
     cancellation: Cancellation,
     work: impl std::future::Future<Output = crate::Result<T>>,
-) -> crate::Result<T>
+) -> PgWireResult<crate::Result<T>>
 where
-    C: ClientInfo,
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     let cancel = match (
         cancellation,
@@ -142,16 +145,37 @@ where
             }
         }
     };
-    match cancel {
-        Some(cancel) => {
-            tokio::select! {
-                result = timed => result,
-                // Err means the signal was replaced, not fired: keep running.
-                Ok(()) = cancel => Err(Error::Cancelled),
+    let run = async {
+        match cancel {
+            Some(cancel) => {
+                tokio::select! {
+                    result = timed => result,
+                    // Err means the signal was replaced, not fired: keep running.
+                    Ok(()) = cancel => Err(Error::Cancelled),
+                }
+            }
+            None => timed.await,
+        }
+    };
+    let (sender, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    session.set_progress(Progress::to(sender));
+    tokio::pin!(run);
+    let result = loop {
+        tokio::select! {
+            result = &mut run => break result,
+            Some(report) = reports.recv() => {
+                if let Err(e) = client.send(notice(&report)).await {
+                    session.set_progress(Progress::none());
+                    return Err(e.into());
+                }
             }
         }
-        None => timed.await,
+    };
+    session.set_progress(Progress::none());
+    while let Ok(report) = reports.try_recv() {
+        client.feed(notice(&report)).await?;
     }
+    Ok(result)
 }
 
 /// Forward an executed statement's NOTICEs and ParameterStatus changes.
@@ -462,7 +486,7 @@ impl SimpleQueryHandler for QueryHandler {
                 Cancellation::Watch,
                 session.execute(statement, &[], Vec::new()),
             )
-            .await
+            .await?
             {
                 Ok(executed) => {
                     send_side_messages(client, &executed).await?;
@@ -715,17 +739,18 @@ impl ExtendedQueryHandler for QueryHandler {
     {
         let session = session_of(client, &self.engine);
         let prepared = &portal.statement.statement;
-        let result = async {
-            let params = encode::decode_parameters(portal, &prepared.param_types)?;
-            guarded(
-                client,
-                &session,
-                Cancellation::ByCaller,
-                session.execute(&prepared.statement, &prepared.declared_types, params),
-            )
-            .await
-        }
-        .await;
+        let result = match encode::decode_parameters(portal, &prepared.param_types) {
+            Ok(params) => {
+                guarded(
+                    client,
+                    &session,
+                    Cancellation::ByCaller,
+                    session.execute(&prepared.statement, &prepared.declared_types, params),
+                )
+                .await?
+            }
+            Err(e) => Err(e),
+        };
         match result {
             Ok(executed) => {
                 send_side_messages(client, &executed).await?;

@@ -26,7 +26,7 @@ use pgwire::types::format::FormatOptions;
 use crate::error::{Error, Result};
 use crate::ingest::RowDecoder;
 use crate::parser::Statement;
-use crate::planner::{self, Engine, Output};
+use crate::planner::{self, Engine, Output, Progress};
 use crate::server::settings::{Settings, SharedSettings};
 use crate::storage::Relation;
 use crate::streaming::subscribe::Subscription;
@@ -124,6 +124,8 @@ pub struct Session {
     copy: Mutex<Option<PendingCopy>>,
     /// Cursors over subscriptions (`DECLARE c CURSOR FOR SUBSCRIBE ...`).
     cursors: tokio::sync::Mutex<HashMap<String, Subscription>>,
+    /// Where the running statement reports progress (the handler forwards it as NOTICEs).
+    progress: Mutex<Progress>,
 }
 
 /// A COPY FROM STDIN in progress: rows decoded as CopyData arrives, stored at CopyDone.
@@ -136,6 +138,18 @@ struct PendingCopy {
 }
 
 impl Session {
+    /// Send the running statement's progress reports to `progress` (until replaced).
+    pub fn set_progress(&self, progress: Progress) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = progress;
+    }
+
+    fn progress(&self) -> Progress {
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// A new session with the client's startup parameters applied.
     pub fn new<'a>(
         engine: Arc<Engine>,
@@ -151,6 +165,7 @@ impl Session {
             transaction: Mutex::new(TransactionState::default()),
             copy: Mutex::new(None),
             cursors: tokio::sync::Mutex::new(HashMap::new()),
+            progress: Mutex::new(Progress::none()),
         }
     }
 
@@ -402,7 +417,11 @@ impl Session {
             Statement::ShowRelations(kind) => Executed::of(self.engine.show_relations(*kind)?),
             Statement::CreateView(create) => {
                 self.lock_transaction().writes += 1;
-                Executed::of(self.engine.create_view(&self.state(), create).await?)
+                Executed::of(
+                    self.engine
+                        .create_view(&self.state(), create, &self.progress())
+                        .await?,
+                )
             }
             Statement::ExplainCreateView(create) => Executed::of(
                 self.engine
@@ -453,14 +472,20 @@ impl Session {
             }
             Statement::Checkpoint => Executed::of(self.engine.checkpoint().await?),
             Statement::CreateModel(create) => {
-                let (output, notices) = self.engine.create_model(&self.state(), create).await?;
+                let (output, notices) = self
+                    .engine
+                    .create_model(&self.state(), create, &self.progress())
+                    .await?;
                 Executed {
                     notices,
                     ..Executed::of(output)
                 }
             }
             Statement::RetrainModel(retrain) => {
-                let (output, notices) = self.engine.retrain_model(&self.state(), retrain).await?;
+                let (output, notices) = self
+                    .engine
+                    .retrain_model(&self.state(), retrain, &self.progress())
+                    .await?;
                 Executed {
                     notices,
                     ..Executed::of(output)
@@ -478,7 +503,10 @@ impl Session {
             }
             Statement::DescribeModel(name) => Executed::of(self.engine.describe_model(name)?),
             Statement::CreateMonitor(create) => {
-                let (output, notices) = self.engine.create_monitor(&self.state(), create).await?;
+                let (output, notices) = self
+                    .engine
+                    .create_monitor(&self.state(), create, &self.progress())
+                    .await?;
                 Executed {
                     notices,
                     ..Executed::of(output)

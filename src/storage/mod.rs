@@ -411,6 +411,10 @@ pub struct ViewDef {
     pub emit_on_close: bool,
     /// Relations and views the query reads, as `schema.name`.
     pub depends_on: Vec<String>,
+    /// Models the query applies (`PREDICT`, `DRIFT_*`), as `schema.name`; found again at every
+    /// start.
+    #[serde(default)]
+    pub models: Vec<String>,
 }
 
 /// A model as stored: how it is trained and the record of every version.

@@ -70,6 +70,8 @@ pub struct Compiled {
     /// One per dataflow source, in source order.
     pub feeds: Vec<Feed>,
     pub schema: SchemaRef,
+    /// Models the view applies, `schema.name` (set by the planner, which sees the SQL).
+    pub models: Vec<String>,
 }
 
 /// Event-time meaning of a column.
@@ -190,6 +192,7 @@ pub async fn compile(
         dataflow: compiler.builder.build(out.node),
         feeds: compiler.feeds,
         schema,
+        models: Vec::new(),
     })
 }
 
