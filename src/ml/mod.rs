@@ -38,3 +38,14 @@ pub(crate) fn parse_bool(name: &str, value: &str) -> Result<bool> {
         ))
     })
 }
+
+/// A result's column names as an error message lists them: `a", "b` (between the message's
+/// own quotes).
+pub(crate) fn quoted_column_names(schema: &datafusion::arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join("\", \"")
+}

@@ -544,12 +544,7 @@ pub fn evaluate_by_name(
             kind: "column",
             name: format!(
                 "{name}\" ({what} of model \"{model}\") in the EVALUATE query, whose columns are \"{}",
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join("\", \"")
+                super::quoted_column_names(&schema)
             ),
         })
     };

@@ -141,12 +141,7 @@ impl Schedule {
                 name: format!(
                     "{}\" (time_column) in the training query's result, whose columns are \"{}",
                     self.time_column,
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join("\", \"")
+                    super::quoted_column_names(&schema)
                 ),
             })?;
         let column = rows.column(index);
