@@ -537,7 +537,14 @@ fn field_generator(
         }
         "event_time" => Kind::EventTime {
             max_past_micros: match props.get("max_past") {
-                Some(v) => crate::storage::parse_duration(v)?.as_micros() as u64,
+                Some(v) => {
+                    let micros = crate::storage::parse_duration(v)?.as_micros();
+                    // A year back is plenty, and keeps the arithmetic far from overflow.
+                    if micros > 366 * 86_400 * 1_000_000 {
+                        return Err(bad(&option("max_past"), v, "at most a year"));
+                    }
+                    micros as u64
+                }
                 None => 0,
             },
         },

@@ -148,7 +148,7 @@ impl ScalarUDFImpl for PredictFunction {
         // The shadow version scores the same rows beside the active one, for metrics only; a
         // shadow that fails to score is logged, never the query's error.
         if pinned.is_none()
-            && let Some(shadow) = model.def().shadow.filter(|s| *s != version)
+            && let Some(shadow) = model.shadow().filter(|s| *s != version)
         {
             match model
                 .trained(Some(shadow))
@@ -305,8 +305,13 @@ impl TableProvider for EvaluateOn {
         else {
             return Err(Error::Internal("EVALUATE needs a session state".into()).into());
         };
+        // A query only: no DDL, no writes (COPY TO, INSERT), no SET.
+        let read_only = datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
         let frame = SessionContext::new_with_state(state.clone())
-            .sql(&self.query)
+            .sql_with_options(&self.query, read_only)
             .await?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
         let batches = frame.collect().await?;

@@ -90,6 +90,11 @@ impl Model {
             .insert((monitor.to_string(), feature.to_string()), value);
     }
 
+    /// The shadow version, without copying the whole record (read at every scored batch).
+    pub fn shadow(&self) -> Option<u32> {
+        self.def.lock().unwrap_or_else(|e| e.into_inner()).shadow
+    }
+
     pub fn def(&self) -> ModelDef {
         self.def.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -411,11 +416,26 @@ impl Models {
         )
     }
 
-    /// Append drift events, keeping the newest [`DRIFT_EVENTS_KEPT`].
-    pub fn record_drift(&self, model: &Model, events: Vec<DriftEvent>) -> Result<()> {
+    /// Append the drift events of monitor `monitor`'s window starting `window_start` (keeping
+    /// the newest [`DRIFT_EVENTS_KEPT`]) and mark the window judged, and when `acted_at` is
+    /// given, the monitor's last action, in one catalog write.
+    pub fn record_drift(
+        &self,
+        model: &Model,
+        monitor: &str,
+        window_start: i64,
+        acted_at: Option<i64>,
+        events: Vec<DriftEvent>,
+    ) -> Result<()> {
         self.change(
             model,
             |def| {
+                if let Some(m) = def.monitors.iter_mut().find(|m| m.name == monitor) {
+                    m.judged_until = Some(window_start);
+                    if acted_at.is_some() {
+                        m.acted_at = acted_at;
+                    }
+                }
                 def.drift_events.extend(events);
                 let excess = def.drift_events.len().saturating_sub(DRIFT_EVENTS_KEPT);
                 def.drift_events.drain(..excess);

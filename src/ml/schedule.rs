@@ -7,8 +7,8 @@
 //! time, so a replayed or generated history trains the same way as a live one), and drops the
 //! time column before fitting; the version records the time range it saw. Promotion:
 //! `always` activates every new version, `manual` none (`ALTER MODEL ... SET ACTIVE VERSION`),
-//! `if_better` one whose `metric` on its own holdout rows (the most recent data) beats the
-//! active version's on the same rows.
+//! `if_better` one whose `metric` on its own holdout rows (a seeded sample of the window) beats
+//! the active version's on the same rows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,20 @@ pub const OPTIONS: &[&str] = &[
     "promote",
     "metric",
     "time_column",
+];
+
+/// Metrics `if_better` can compare (what evaluation records).
+const KNOWN_METRICS: &[&str] = &[
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "auc",
+    "log_loss",
+    "mae",
+    "rmse",
+    "r2",
+    "inertia",
 ];
 
 /// When a new version becomes the active one.
@@ -121,11 +135,28 @@ impl Schedule {
                         .to_string(),
                 )
             })?;
+        let metric = option(options, "metric").map(|m| m.trim().to_ascii_lowercase());
+        if let Some(metric) = &metric
+            && !KNOWN_METRICS.contains(&metric.as_str())
+        {
+            return Err(Error::InvalidValue(format!(
+                "invalid value for model option \"metric\": \"{metric}\" ({})",
+                KNOWN_METRICS.join(", ")
+            )));
+        }
+        let holdout = option(options, "test_fraction")
+            .and_then(|f| f.trim().parse::<f64>().ok())
+            .unwrap_or(0.2);
+        if promote == Promote::IfBetter && holdout <= 0.0 {
+            return Err(Error::InvalidValue(
+                "promote = 'if_better' compares versions on holdout rows: test_fraction must be above 0".to_string(),
+            ));
+        }
         Ok(Some(Schedule {
             window,
             every,
             promote,
-            metric: option(options, "metric").map(|m| m.trim().to_ascii_lowercase()),
+            metric,
             time_column,
         }))
     }

@@ -1234,6 +1234,15 @@ pub fn rewrite_sql(sql: &str) -> Result<Option<String>> {
                     && close > end + 3
                 {
                     let inner = &sql[tokens[end + 3].start..tokens[close - 1].end];
+                    // One level: each would double the quoting of the next.
+                    if tokens[end + 3..close]
+                        .iter()
+                        .any(|t| word(t).as_deref() == Some("EVALUATE"))
+                    {
+                        return Err(Error::Unsupported(
+                            "EVALUATE inside the query of an EVALUATE".to_string(),
+                        ));
+                    }
                     let inner = rewrite_sql(inner)?.unwrap_or_else(|| inner.to_string());
                     edits.push((
                         tokens[end + 2].start,

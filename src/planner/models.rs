@@ -330,16 +330,17 @@ impl Engine {
         for name in names {
             match self.model(name) {
                 Ok(model) => {
+                    // After any fit under way; from here nothing records a version meanwhile.
+                    let _turn = model.changing.lock().await;
                     self.refuse_if_used_by_views(
                         &model,
                         &format!("drop model \"{}\"", model.def().name),
                     )?;
-                    self.stop_background(&format!("retrain:{}", model.qualified()));
                     // Its monitors go with it.
                     for monitor in model.def().monitors {
                         self.drop_monitor(&model, &monitor.name).await?;
                     }
-                    let _turn = model.changing.lock().await;
+                    self.stop_background(&format!("retrain:{}", model.qualified()));
                     self.models().drop_model(&model).await?;
                 }
                 Err(Error::NotFound { .. }) if if_exists => {}

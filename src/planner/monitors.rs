@@ -18,8 +18,9 @@
 //! `min_rows` rows where a feature's drift exceeds `threshold`, records one drift event per
 //! drifted feature in the model's record and acts: `alert` (log and event only), `retrain`
 //! (`RETRAIN MODEL`, the model's own query) or `rollback` (`ALTER MODEL ... ROLLBACK`), at most
-//! once per `cooldown`. A window already recorded is not judged again, so after a restart the
-//! task re-reads the view without acting twice.
+//! once per `cooldown`. The monitor's record keeps the newest drifted window it recorded and
+//! the window it last acted on, written with the events in one catalog change: after a restart
+//! the task re-reads the view and skips what it recorded, so it never records or acts twice.
 
 use std::sync::Arc;
 
@@ -286,6 +287,8 @@ impl Engine {
             cooldown_ms,
             features,
             options: create.options.clone(),
+            judged_until: None,
+            acted_at: None,
         };
         if let Err(e) = self.models().add_monitor(&model, monitor) {
             let _ = self.catalog.drop_view(&name, true).await;
@@ -340,9 +343,10 @@ impl Engine {
             schema: model.def().schema_name,
             name: monitor.to_string(),
         };
+        // The view first: if something else reads it, nothing has changed yet.
+        self.catalog.drop_view(&name, true).await?;
         self.stop_background(&format!("monitor:{name}"));
         self.models().remove_monitor(model, monitor)?;
-        self.catalog.drop_view(&name, true).await?;
         Ok(())
     }
 
@@ -474,21 +478,19 @@ async fn judge_windows(
             continue;
         }
         let def = model.def();
-        let judged = def
-            .drift_events
-            .iter()
-            .any(|e| e.monitor == name && e.window_start == start);
-        if judged {
+        // The monitor's record as it is now (an earlier window of this batch may have acted).
+        let Some(current) = def.monitors.iter().find(|m| m.name == name) else {
+            return Ok(());
+        };
+        if current.judged_until.is_some_and(|judged| start <= judged) {
             continue;
         }
-        let last_action_end = def
-            .drift_events
-            .iter()
-            .filter(|e| e.monitor == name && e.action != "alert" && !e.action.starts_with("none"))
-            .map(|e| e.window_end)
-            .max();
-        let cooling = last_action_end
-            .is_some_and(|acted| start < acted.saturating_add(monitor.cooldown_ms as i64 * 1000));
+        let cooldown_micros = i64::try_from(monitor.cooldown_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        let cooling = current
+            .acted_at
+            .is_some_and(|acted| start < acted.saturating_add(cooldown_micros));
         let version = def.active;
         let action = match monitor.on_drift.as_str() {
             "alert" => "alert".to_string(),
@@ -543,7 +545,10 @@ async fn judge_windows(
                 detected_at: detected_at.clone(),
             })
             .collect();
-        engine.models().record_drift(model, events)?;
+        let acts = monitor.on_drift != "alert" && !cooling;
+        engine
+            .models()
+            .record_drift(model, name, start, acts.then_some(end), events)?;
     }
     Ok(())
 }

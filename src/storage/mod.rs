@@ -471,6 +471,13 @@ pub struct MonitorDef {
     /// The features watched (the model's numeric features).
     pub features: Vec<String>,
     pub options: Vec<(String, String)>,
+    /// The start of the newest window that drifted and was recorded: windows up to it are not
+    /// judged again (after a restart the monitor re-reads its whole view).
+    #[serde(default)]
+    pub judged_until: Option<i64>,
+    /// The end of the window the monitor last acted on (retrain, rollback), for the cooldown.
+    #[serde(default)]
+    pub acted_at: Option<i64>,
 }
 
 /// A feature that drifted in one window of a monitor.
