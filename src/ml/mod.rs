@@ -49,3 +49,15 @@ pub(crate) fn quoted_column_names(schema: &datafusion::arrow::datatypes::Schema)
         .collect::<Vec<_>>()
         .join("\", \"")
 }
+
+/// A timestamp column's values as microseconds since the epoch.
+pub(crate) fn timestamp_micros(
+    column: &datafusion::arrow::array::ArrayRef,
+) -> Result<datafusion::arrow::array::Int64Array> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
+    let micros = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+    let micros = cast(&micros, &DataType::Int64)?;
+    Ok(micros.as_primitive::<Int64Type>().clone())
+}

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{cast, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{DataType, Int64Type};
 
 use crate::error::{Error, Result};
 
@@ -183,11 +183,7 @@ impl Schedule {
                 column.data_type()
             )));
         }
-        let micros = cast(
-            &cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))?,
-            &DataType::Int64,
-        )?;
-        let micros = micros.as_primitive::<Int64Type>();
+        let micros = super::timestamp_micros(column)?;
         let newest = micros.iter().flatten().max();
         let window = i64::try_from(self.window.as_micros()).unwrap_or(i64::MAX);
         let keep: BooleanArray = micros

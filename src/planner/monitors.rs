@@ -29,7 +29,7 @@ use datafusion::arrow::array::{
     UInt32Array, UInt64Array,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::execution::SessionState;
 use datafusion::sql::sqlparser::ast::{Ident, ObjectName, ObjectNamePart};
 
@@ -415,9 +415,7 @@ async fn judge(engine: Arc<Engine>, model: Arc<Model>, name: String) {
 
 /// Micros since the epoch of a timestamp column's values.
 fn micros(column: &ArrayRef) -> Result<Vec<Option<i64>>> {
-    let column = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-    let column = cast(&column, &DataType::Int64)?;
-    Ok(column.as_primitive::<Int64Type>().iter().collect())
+    Ok(crate::ml::timestamp_micros(column)?.iter().collect())
 }
 
 async fn judge_windows(
