@@ -206,10 +206,21 @@ impl Engine {
                     "replace model \"{}\" with one of other features or prediction type",
                     name.name
                 ),
+                false,
             ) && check_compatible(&existing, &fitted.0).is_err()
             {
                 return Err(used);
             }
+            // A replaced model numbers its versions from 1 again: a pinned version would
+            // name another model's.
+            self.refuse_if_used_by_views(
+                &existing,
+                &format!(
+                    "replace model \"{}\" while a view pins one of its versions",
+                    name.name
+                ),
+                true,
+            )?;
             self.stop_background(&format!("retrain:{}", existing.qualified()));
             self.models().drop_model(&existing).await?;
         }
@@ -335,6 +346,7 @@ impl Engine {
                     self.refuse_if_used_by_views(
                         &model,
                         &format!("drop model \"{}\"", model.def().name),
+                        false,
                     )?;
                     // Its monitors go with it.
                     for monitor in model.def().monitors {
@@ -442,11 +454,23 @@ impl Drop for Untrained<'_> {
 impl Engine {
     /// Materialized views that apply `model` (its monitors' views aside) depend on it.
     /// `refused` says what was refused (`drop model "m"`).
-    fn refuse_if_used_by_views(&self, model: &Model, refused: &str) -> Result<()> {
+    /// With `pinned_only`, only views pinned to one of its versions count.
+    fn refuse_if_used_by_views(
+        &self,
+        model: &Model,
+        refused: &str,
+        pinned_only: bool,
+    ) -> Result<()> {
         let def = model.def();
         let qualified = model.qualified();
+        let applies = |reference: &String| {
+            let (name, pinned) = reference
+                .rsplit_once('$')
+                .map_or((reference.as_str(), false), |(name, _)| (name, true));
+            name == qualified && (pinned || !pinned_only)
+        };
         let user = self.catalog.views().all().into_iter().find(|view| {
-            view.def.models.contains(&qualified)
+            view.def.models.iter().any(applies)
                 && !(view.def.schema_name == def.schema_name
                     && def.monitors.iter().any(|m| m.name == view.def.name))
         });

@@ -55,7 +55,10 @@ impl Engine {
         let mut models: Vec<String> = crate::ml::functions::model_references(&plan, true)
             .iter()
             .filter_map(|reference| crate::ml::registry::parse_reference(reference).ok())
-            .map(|(qualified, _)| qualified)
+            .map(|(qualified, pinned)| match pinned {
+                Some(version) => format!("{qualified}${version}"),
+                None => qualified,
+            })
             .collect();
         models.sort();
         models.dedup();

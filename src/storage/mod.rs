@@ -411,8 +411,8 @@ pub struct ViewDef {
     pub emit_on_close: bool,
     /// Relations and views the query reads, as `schema.name`.
     pub depends_on: Vec<String>,
-    /// Models the query applies (`PREDICT`, `DRIFT_*`), as `schema.name`; found again at every
-    /// start.
+    /// Models the query applies (`PREDICT`, `DRIFT_*`), as `schema.name`, or `schema.name$n`
+    /// when pinned to version n; found again at every start.
     #[serde(default)]
     pub models: Vec<String>,
 }
