@@ -792,3 +792,164 @@ async fn training_and_backfill_report_progress() {
         "the backfill reported no progress (it took under a second?): {backfill:?}"
     );
 }
+
+/// FTRL trained through SQL is linfa's FTRL stepped over the same rows in the same order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftrl_trains_what_linfa_ftrl_trains() {
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    client.batch_execute(DATA).await.expect("data");
+    let scaled = "amount / 1000.0 AS amount, velocity / 10.0 AS velocity, merchant_risk";
+    let x = matrix(&client, &format!("SELECT {scaled} FROM tx ORDER BY id")).await;
+    let fraud: Vec<bool> = column(&client, "SELECT is_fraud FROM tx ORDER BY id").await;
+    let points = matrix(&client, &format!("SELECT {scaled} FROM points ORDER BY id")).await;
+    client
+        .batch_execute(&format!(
+            "CREATE MODEL ftrl PREDICT is_fraud USING ftrl WITH (test_fraction = 0, epochs = 2)
+               AS SELECT {scaled}, is_fraud FROM tx ORDER BY id"
+        ))
+        .await
+        .expect("ftrl");
+    // The same steps: one row at a time, with a constant 1 as the bias feature.
+    let with_bias = |m: &Array2<f64>| {
+        ndarray::concatenate![
+            ndarray::Axis(1),
+            m.view(),
+            Array2::ones((m.nrows(), 1)).view()
+        ]
+    };
+    let params = linfa_ftrl::Ftrl::params()
+        .alpha(1.0)
+        .beta(1.0)
+        .l1_ratio(0.1)
+        .l2_ratio(0.1);
+    let rows = with_bias(&x);
+    let mut direct = None;
+    for _ in 0..2 {
+        for (row, label) in rows.rows().into_iter().zip(&fraud) {
+            let one = Dataset::new(
+                row.insert_axis(ndarray::Axis(0)).to_owned(),
+                ndarray::array![*label],
+            );
+            direct = Some(params.fit_with(direct, &one).expect("linfa ftrl"));
+        }
+    }
+    let direct = direct.expect("fitted");
+    let expected: Vec<f64> = direct
+        .predict(&with_bias(&points))
+        .iter()
+        .map(|p| f64::from(**p))
+        .collect();
+    let sql: Vec<f64> = column(
+        &client,
+        "SELECT PREDICT_PROBA(ftrl, amount / 1000.0, velocity / 10.0, merchant_risk) FROM points ORDER BY id",
+    )
+    .await;
+    assert_close("ftrl PREDICT_PROBA", &sql, &expected);
+    let classes: Vec<bool> = column(
+        &client,
+        "SELECT PREDICT(ftrl, amount / 1000.0, velocity / 10.0, merchant_risk) FROM points ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        classes,
+        expected.iter().map(|p| *p >= 0.5).collect::<Vec<_>>()
+    );
+}
+
+/// Rows the online model below learns: a known rule on x, noise beside it.
+const ONLINE: &str = "
+CREATE TABLE probe AS
+SELECT value AS id, CAST(value AS DOUBLE PRECISION) / 100.0 AS x,
+       CAST(value * 37 % 100 AS DOUBLE PRECISION) / 100.0 AS noise, value > 50 AS label
+FROM generate_series(0, 99);
+CREATE STREAM events (id BIGINT, x DOUBLE PRECISION, noise DOUBLE PRECISION, label BOOLEAN)
+WITH (connector = 'datagen', rows = 20000, rows_per_second = 4000, seed = 11,
+      fields.id.kind = 'sequence', fields.id.start = 0,
+      fields.x.min = 0, fields.x.max = 1, fields.noise.min = 0, fields.noise.max = 1,
+      fields.label.expression = 'x > 0.5');
+CREATE MODEL learner PREDICT label USING ftrl WITH (mode = 'online', snapshot_every = '1 hour')
+AS SELECT x, noise, label FROM events;";
+const ONLINE_ROWS: i64 = 20_000;
+
+/// Once the generator is done and the model has learned every row: its probabilities on the
+/// probe rows (from a version recorded then).
+async fn learned_everything(client: &tokio_postgres::Client) -> Vec<f64> {
+    common::wait_sources_finished(client).await;
+    let learned = "SELECT coalesce(max(training_rows), 0)::BIGINT FROM eddy_catalog.model_versions
+                   WHERE model = 'learner'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        client
+            .batch_execute("RETRAIN MODEL learner")
+            .await
+            .expect("snapshot");
+        let rows = common::scalar(client, learned).await;
+        if rows == ONLINE_ROWS {
+            break;
+        }
+        assert!(rows < ONLINE_ROWS, "learned {rows} rows of {ONLINE_ROWS}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "learned {rows} rows of {ONLINE_ROWS}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    column(
+        client,
+        "SELECT PREDICT_PROBA(learner, x, noise) FROM probe ORDER BY id",
+    )
+    .await
+}
+
+/// An online model killed mid-stream recovers exactly: restored from its view's checkpoint and
+/// fed the rows after it, it learns every row once and ends bit for bit where an uninterrupted
+/// run ends. And it learns the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_models_learn_every_row_once_across_a_crash() {
+    let reference = {
+        let data_dir = tempfile::tempdir().expect("data dir");
+        let process = EddyProcess::start(data_dir.path(), &[]);
+        let client = process.connect().await;
+        client.batch_execute(ONLINE).await.expect("online model");
+        let learned = learned_everything(&client).await;
+        let accuracy = common::scalar(
+            &client,
+            "SELECT (1000 * value)::BIGINT FROM EVALUATE(learner,
+               (SELECT x, noise, label FROM probe)) WHERE metric = 'accuracy'",
+        )
+        .await;
+        assert!(
+            accuracy >= 900,
+            "online accuracy {accuracy}/1000 on the probe rows"
+        );
+        learned
+    };
+
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    client.batch_execute(ONLINE).await.expect("online model");
+    wait_at_least(&client, "SELECT count(*) FROM events", 6000).await;
+    client
+        .batch_execute("CHECKPOINT")
+        .await
+        .expect("checkpoint");
+    wait_at_least(&client, "SELECT count(*) FROM events", 10000).await;
+    process.kill();
+
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    assert_eq!(learned_everything(&client).await, reference);
+    assert_eq!(
+        common::scalar(
+            &client,
+            "SELECT count(*) FROM eddy_catalog.materialized_views
+             WHERE name = 'learner_learner' AND restored_from IS NOT NULL"
+        )
+        .await,
+        1,
+        "the learner resumed from its checkpoint"
+    );
+}

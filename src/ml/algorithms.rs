@@ -6,10 +6,16 @@
 //! training labels, [`super::model::Target`]), nothing for k-means. A fitted model predicts a
 //! float or a class/cluster index per row; classifiers other than the decision tree also give
 //! class probabilities, k-means the distance to the nearest centroid.
+//!
+//! FTRL (follow the regularized leader, proximal: a logistic model for online learning), naive
+//! Bayes and k-means also learn incrementally ([`learn`]): one step per mini-batch, from the
+//! model so far, which is how `mode = 'online'` trains ([`super::online`]). A batch fit of FTRL
+//! is the same steps over the training rows in order, `epochs` times.
 
 use linfa::prelude::*;
 use linfa_bayes::{GaussianNb, NaiveBayes};
-use linfa_clustering::KMeans;
+use linfa_clustering::{IncrKMeansError, KMeans};
+use linfa_ftrl::Ftrl;
 use linfa_linear::{FittedLinearRegression, LinearRegression};
 use linfa_logistic::{
     FittedLogisticRegression, LogisticRegression, MultiFittedLogisticRegression,
@@ -30,6 +36,7 @@ pub enum Algorithm {
     DecisionTree,
     NaiveBayes,
     KMeans,
+    Ftrl,
 }
 
 /// Options every algorithm takes, besides its own hyperparameters.
@@ -43,10 +50,11 @@ impl Algorithm {
             "decision_tree" | "tree" => Algorithm::DecisionTree,
             "naive_bayes" | "gaussian_naive_bayes" | "gaussian_nb" => Algorithm::NaiveBayes,
             "kmeans" | "k_means" => Algorithm::KMeans,
+            "ftrl" => Algorithm::Ftrl,
             other => {
                 return Err(Error::InvalidValue(format!(
                     "unknown algorithm \"{other}\"; known: linear_regression, \
-                     logistic_regression, decision_tree, naive_bayes, kmeans"
+                     logistic_regression, decision_tree, naive_bayes, kmeans, ftrl"
                 )));
             }
         })
@@ -59,6 +67,7 @@ impl Algorithm {
             Algorithm::DecisionTree => "decision_tree",
             Algorithm::NaiveBayes => "naive_bayes",
             Algorithm::KMeans => "kmeans",
+            Algorithm::Ftrl => "ftrl",
         }
     }
 
@@ -66,9 +75,10 @@ impl Algorithm {
     pub fn task(self) -> Task {
         match self {
             Algorithm::LinearRegression => Task::Regression,
-            Algorithm::LogisticRegression | Algorithm::DecisionTree | Algorithm::NaiveBayes => {
-                Task::Classification
-            }
+            Algorithm::LogisticRegression
+            | Algorithm::DecisionTree
+            | Algorithm::NaiveBayes
+            | Algorithm::Ftrl => Task::Classification,
             Algorithm::KMeans => Task::Clustering,
         }
     }
@@ -96,7 +106,23 @@ impl Algorithm {
                 ("tolerance", "0.0001"),
                 ("n_runs", "10"),
             ],
+            Algorithm::Ftrl => &[
+                ("alpha", "1.0"),
+                ("beta", "1.0"),
+                ("l1_ratio", "0.1"),
+                ("l2_ratio", "0.1"),
+                ("fit_intercept", "true"),
+                ("epochs", "1"),
+            ],
         }
+    }
+
+    /// Whether `mode = 'online'` can train it ([`learn`]).
+    pub fn learns_online(self) -> bool {
+        matches!(
+            self,
+            Algorithm::Ftrl | Algorithm::NaiveBayes | Algorithm::KMeans
+        )
     }
 }
 
@@ -163,6 +189,11 @@ pub enum Fitted {
     Tree(DecisionTree<f64, usize>),
     Bayes(GaussianNb<f64, usize>),
     KMeans(KMeans<f64, L2Dist>),
+    /// With `intercept`, a constant 1 is appended to every row as the bias feature.
+    Ftrl {
+        model: Ftrl<f64>,
+        intercept: bool,
+    },
 }
 
 /// Training targets.
@@ -276,11 +307,124 @@ pub fn fit(
                 .map(Fitted::KMeans)
                 .map_err(|e| fail(&e))
         }
+        (Algorithm::Ftrl, Targets::Classes(..)) => {
+            let epochs: usize = hyper.number("epochs")?;
+            if epochs == 0 {
+                return Err(Error::InvalidValue("epochs must be at least 1".into()));
+            }
+            let mut model = None;
+            for _ in 0..epochs {
+                model = Some(learn(algorithm, hyper, model, x, targets, 1)?);
+            }
+            model.ok_or_else(|| Error::Internal("ftrl fitted no epoch".into()))
+        }
         _ => Err(Error::Internal(format!(
             "{} trained with the wrong kind of target",
             algorithm.name()
         ))),
     }
+}
+
+/// `x` with a constant 1 column appended (FTRL's bias feature).
+fn with_bias(x: &Array2<f64>) -> Array2<f64> {
+    let mut out = Array2::ones((x.nrows(), x.ncols() + 1));
+    out.slice_mut(ndarray::s![.., ..x.ncols()]).assign(x);
+    out
+}
+
+/// Learn from `x` and `targets` starting from `model` (None: a new model), one step per
+/// `step_rows` rows in order: FTRL's per-step update, naive Bayes' running class statistics,
+/// a mini-batch k-means update. The result depends only on the rows and their order.
+pub fn learn(
+    algorithm: Algorithm,
+    hyper: &Hyperparameters,
+    model: Option<Fitted>,
+    x: &Array2<f64>,
+    targets: &Targets,
+    step_rows: usize,
+) -> Result<Fitted> {
+    let fail = |e: &dyn std::fmt::Display| training_error(algorithm, e);
+    let step_rows = step_rows.max(1);
+    let mut model = model;
+    let mut start = 0;
+    while start < x.nrows() {
+        let end = (start + step_rows).min(x.nrows());
+        let rows = x.slice(ndarray::s![start..end, ..]).to_owned();
+        let range = start..end;
+        start = end;
+        model = Some(match (algorithm, targets, model.take()) {
+            (Algorithm::Ftrl, Targets::Classes(y, classes), previous) => {
+                if *classes != 2 {
+                    return Err(fail(&format!(
+                        "ftrl is a binary classifier; the target has {classes} classes"
+                    )));
+                }
+                let (previous, intercept) = match previous {
+                    Some(Fitted::Ftrl { model, intercept }) => (Some(model), intercept),
+                    None => (None, hyper.flag("fit_intercept")?),
+                    Some(_) => return Err(Error::Internal("ftrl continued another model".into())),
+                };
+                let rows = if intercept { with_bias(&rows) } else { rows };
+                let truth: Array1<bool> = y.slice(ndarray::s![range]).mapv(|c| c == 1);
+                let params = Ftrl::params()
+                    .alpha(hyper.number("alpha")?)
+                    .beta(hyper.number("beta")?)
+                    .l1_ratio(hyper.number("l1_ratio")?)
+                    .l2_ratio(hyper.number("l2_ratio")?);
+                let model = params
+                    .fit_with(previous, &Dataset::new(rows, truth))
+                    .map_err(|e| fail(&e))?;
+                Fitted::Ftrl { model, intercept }
+            }
+            (Algorithm::NaiveBayes, Targets::Classes(y, _), previous) => {
+                let previous = match previous {
+                    Some(Fitted::Bayes(model)) => Some(model),
+                    None => None,
+                    Some(_) => {
+                        return Err(Error::Internal(
+                            "naive Bayes continued another model".into(),
+                        ));
+                    }
+                };
+                let labels = y.slice(ndarray::s![range]).to_owned();
+                GaussianNb::params()
+                    .var_smoothing(hyper.number("var_smoothing")?)
+                    .fit_with(previous, &Dataset::new(rows, labels))
+                    .map(Fitted::Bayes)
+                    .map_err(|e| fail(&e))?
+            }
+            (Algorithm::KMeans, Targets::None, previous) => {
+                let previous = match previous {
+                    Some(Fitted::KMeans(model)) => Some(model),
+                    None => None,
+                    Some(_) => {
+                        return Err(Error::Internal("k-means continued another model".into()));
+                    }
+                };
+                let k: usize = hyper.number("k")?;
+                if previous.is_none() && (k == 0 || k > rows.nrows()) {
+                    return Err(Error::InvalidValue(format!(
+                        "k must be between 1 and the rows of the first mini-batch ({}), got {k}",
+                        rows.nrows()
+                    )));
+                }
+                let params = KMeans::params(k)
+                    .tolerance(hyper.number("tolerance")?)
+                    .n_runs(hyper.number("n_runs")?);
+                match params.fit_with(previous, &DatasetBase::from(rows)) {
+                    Ok(model) | Err(IncrKMeansError::NotConverged(model)) => Fitted::KMeans(model),
+                    Err(e) => return Err(fail(&e)),
+                }
+            }
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "online learning with {} (ftrl, naive_bayes and kmeans learn online)",
+                    algorithm.name()
+                )));
+            }
+        });
+    }
+    model.ok_or_else(|| fail(&"no rows to learn from"))
 }
 
 /// What a fitted model predicts for a matrix.
@@ -300,6 +444,24 @@ impl Fitted {
             Fitted::Tree(m) => Predictions::Classes(m.predict(x)),
             Fitted::Bayes(m) => Predictions::Classes(m.predict(x)),
             Fitted::KMeans(m) => Predictions::Classes(m.predict(x)),
+            Fitted::Ftrl { .. } => {
+                Predictions::Classes(self.ftrl_positive(x).mapv(|p| usize::from(p >= 0.5)))
+            }
+        }
+    }
+
+    /// FTRL's probability of the positive class per row.
+    fn ftrl_positive(&self, x: &Array2<f64>) -> Array1<f64> {
+        match self {
+            Fitted::Ftrl { model, intercept } => {
+                let p: Array1<linfa::dataset::Pr> = if *intercept {
+                    model.predict(&with_bias(x))
+                } else {
+                    model.predict(x)
+                };
+                p.mapv(|p| f64::from(*p))
+            }
+            _ => Array1::zeros(x.nrows()),
         }
     }
 
@@ -336,6 +498,13 @@ impl Fitted {
                         out.column_mut(**class).assign(&p.column(j));
                     }
                 }
+                Ok(out)
+            }
+            Fitted::Ftrl { .. } => {
+                let p = self.ftrl_positive(x);
+                let mut out = Array2::zeros((x.nrows(), 2));
+                out.column_mut(1).assign(&p);
+                out.column_mut(0).assign(&p.mapv(|p| 1.0 - p));
                 Ok(out)
             }
             Fitted::Tree(_) => Err(Error::Unsupported(

@@ -16,7 +16,8 @@
 //! predictions (and [`aggregates`] the same as streaming `ML_*` aggregates), [`registry`]
 //! holds every model's versions in memory and in the catalog, [`functions`] are the SQL
 //! functions, [`drift`] measures a feature's drift from a version's training baseline, and
-//! [`schedule`] is the windowed training mode (refit on recent rows, promote if better).
+//! [`schedule`] is the windowed training mode (refit on recent rows, promote if better), and
+//! [`online`] the online mode (learn from a continuous query's changes, snapshot versions).
 
 pub mod aggregates;
 pub mod algorithms;
@@ -25,6 +26,7 @@ pub mod features;
 pub mod functions;
 pub mod metrics;
 pub mod model;
+pub mod online;
 pub mod registry;
 pub mod schedule;
 

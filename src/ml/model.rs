@@ -337,10 +337,12 @@ pub fn check_options(algorithm: Algorithm, options: &[(String, String)]) -> Resu
     for (name, _) in options {
         let known = algorithms::COMMON_OPTIONS.contains(&name.as_str())
             || super::schedule::OPTIONS.contains(&name.as_str())
+            || super::online::OPTIONS.contains(&name.as_str())
             || algorithm.hyperparameters().iter().any(|(h, _)| h == name);
         if !known {
             let mut all: Vec<&str> = algorithms::COMMON_OPTIONS.to_vec();
             all.extend(super::schedule::OPTIONS);
+            all.extend(super::online::OPTIONS);
             all.extend(algorithm.hyperparameters().iter().map(|(h, _)| *h));
             return Err(Error::InvalidValue(format!(
                 "unknown option \"{name}\" for {}; known: {}",
@@ -350,6 +352,7 @@ pub fn check_options(algorithm: Algorithm, options: &[(String, String)]) -> Resu
         }
     }
     super::schedule::Schedule::from_options(options)?;
+    super::online::Online::from_options(algorithm, options)?;
     common_options(options).map(|_| ())
 }
 

@@ -25,6 +25,8 @@ pub struct Model {
     pub changing: tokio::sync::Mutex<()>,
     /// How it has been used since the server started (for `/metrics` and the system tables).
     usage: Mutex<ModelUsage>,
+    /// An online model's learner, once its view runs.
+    learner: Mutex<Option<super::online::SharedLearner>>,
 }
 
 /// What a version has scored since the server started.
@@ -57,7 +59,26 @@ impl Model {
             versions: RwLock::new(versions),
             changing: tokio::sync::Mutex::new(()),
             usage: Mutex::new(ModelUsage::default()),
+            learner: Mutex::new(None),
         }
+    }
+
+    /// An online model's learner (its view feeds it).
+    pub fn learner(&self) -> Option<super::online::SharedLearner> {
+        self.learner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// What an online model's learner has done, if it runs.
+    pub fn learner_stats(&self) -> Option<super::online::LearnerStats> {
+        self.learner()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).stats())
+    }
+
+    pub fn set_learner(&self, learner: super::online::SharedLearner) {
+        *self.learner.lock().unwrap_or_else(|e| e.into_inner()) = Some(learner);
     }
 
     pub fn usage(&self) -> ModelUsage {

@@ -89,14 +89,23 @@ impl Schedule {
                 return Ok(None);
             }
             Some("windowed") => {}
+            // Online settings are read by `super::online`.
             Some("online") => {
-                return Err(Error::Unsupported(
-                    "mode = 'online' (incremental training from a continuous query; use mode = 'windowed' to refit on recent rows)".to_string(),
-                ));
+                if let Some(name) = ["window", "retrain_every", "metric"]
+                    .iter()
+                    .find(|name| option(options, name).is_some())
+                {
+                    return Err(Error::InvalidValue(format!(
+                        "option \"{name}\" applies to mode = 'windowed' only (an online model \
+                         learns every row as it comes; snapshot_every sets how often it is \
+                         recorded as a version)"
+                    )));
+                }
+                return Ok(None);
             }
             Some(other) => {
                 return Err(Error::InvalidValue(format!(
-                    "invalid value for model option \"mode\": \"{other}\" (batch or windowed)"
+                    "invalid value for model option \"mode\": \"{other}\" (batch, windowed or online)"
                 )));
             }
         }
@@ -246,7 +255,14 @@ mod tests {
         assert_eq!(Schedule::from_options(&[]).expect("batch"), None);
         assert!(Schedule::from_options(&options(&[("window", "1 minute")])).is_err());
         assert!(Schedule::from_options(&options(&[("mode", "windowed")])).is_err());
-        assert!(Schedule::from_options(&options(&[("mode", "online")])).is_err());
+        assert_eq!(
+            Schedule::from_options(&options(&[("mode", "online")])).ok(),
+            Some(None)
+        );
+        assert!(
+            Schedule::from_options(&options(&[("mode", "online"), ("window", "1 minute")]))
+                .is_err()
+        );
         let schedule = Schedule::from_options(&options(&[
             ("mode", "windowed"),
             ("window", "10 minutes"),

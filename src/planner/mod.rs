@@ -48,6 +48,7 @@ use crate::storage::{Relation, RelationKind, Storage};
 
 pub mod models;
 pub mod monitors;
+mod online;
 mod relations;
 pub mod views;
 

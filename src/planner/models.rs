@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::ml::algorithms::Algorithm;
 use crate::ml::features::FeatureKind;
 use crate::ml::model::{self, Outcome};
+use crate::ml::online::{LearnerStats, Online};
 use crate::ml::registry::{Model, Models};
 use crate::ml::schedule::{Promote, Schedule, headline_metric, higher_is_better, metric_value};
 use crate::parser::extensions::{AlterModel, CreateModel, RetrainModel};
@@ -162,6 +163,11 @@ impl Engine {
         let name = name_of(&create.name)?;
         let algorithm = Algorithm::parse(&create.algorithm)?;
         model::check_options(algorithm, &create.options)?;
+        if Online::from_options(algorithm, &create.options)?.is_some() {
+            return self
+                .create_online_model(state, create, algorithm, progress)
+                .await;
+        }
         if let Some(existing) = self.models().get(&name.to_string()) {
             if !create.if_not_exists && create.or_replace {
                 // Before the fit, so the refusal is immediate.
@@ -221,8 +227,7 @@ impl Engine {
                 ),
                 true,
             )?;
-            self.stop_background(&format!("retrain:{}", existing.qualified()));
-            self.models().drop_model(&existing).await?;
+            self.drop_model_objects(&existing).await?;
         }
         let model = self.models().create(ModelDef {
             id: 0,
@@ -261,6 +266,28 @@ impl Engine {
         progress: &Progress,
     ) -> Result<(Output, Vec<String>)> {
         let model = self.model(&retrain.name)?;
+        let online = {
+            let def = model.def();
+            Online::from_options(Algorithm::parse(&def.algorithm)?, &def.options)?.is_some()
+        };
+        if online {
+            if retrain.query.is_some() || !retrain.options.is_empty() {
+                return Err(Error::InvalidValue(format!(
+                    "RETRAIN MODEL of online model \"{}\" records what it has learned as a \
+                     version now; it takes no query or options (CREATE OR REPLACE MODEL changes \
+                     them)",
+                    model.def().name
+                )));
+            }
+            let summary = match self.snapshot_online(&model).await? {
+                Some(summary) => summary,
+                None => format!(
+                    "model \"{}\" has learned nothing since its last version; no version taken",
+                    model.def().name
+                ),
+            };
+            return Ok((command("RETRAIN MODEL"), vec![summary]));
+        }
         let _turn = model.changing.lock().await;
         let def = model.def();
         let query = retrain.query.clone().unwrap_or(def.query.clone());
@@ -348,18 +375,27 @@ impl Engine {
                         &format!("drop model \"{}\"", model.def().name),
                         false,
                     )?;
-                    // Its monitors go with it.
-                    for monitor in model.def().monitors {
-                        self.drop_monitor(&model, &monitor.name).await?;
-                    }
-                    self.stop_background(&format!("retrain:{}", model.qualified()));
-                    self.models().drop_model(&model).await?;
+                    self.drop_model_objects(&model).await?;
                 }
                 Err(Error::NotFound { .. }) if if_exists => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(command("DROP MODEL"))
+    }
+
+    /// Drop a model with everything that serves it: its monitors, its refits or snapshots,
+    /// an online model's learning view.
+    pub(super) async fn drop_model_objects(&self, model: &Model) -> Result<()> {
+        for monitor in model.def().monitors {
+            self.drop_monitor(model, &monitor.name).await?;
+        }
+        self.stop_background(&format!("retrain:{}", model.qualified()));
+        self.stop_background(&format!("online:{}", model.qualified()));
+        if let Some(view) = self.learner_view(model) {
+            self.catalog.drop_view(&view, true).await?;
+        }
+        self.models().drop_model(model).await
     }
 
     pub fn alter_model(&self, name: &ObjectName, action: &AlterModel) -> Result<Output> {
@@ -401,6 +437,12 @@ impl Engine {
             ),
             ("query".into(), def.query.clone()),
         ];
+        if let Some(stats) = model.learner_stats() {
+            properties.push(("rows_learned".into(), stats.rows_learned.to_string()));
+            properties.push(("rows_pending".into(), stats.pending_rows.to_string()));
+            properties.push(("rows_skipped".into(), stats.skipped.to_string()));
+            properties.push(("retractions_ignored".into(), stats.retractions.to_string()));
+        }
         if let Some(record) = def.versions.iter().find(|v| Some(v.version) == def.active) {
             properties.push(("features".into(), record.features.clone()));
             for (k, v) in &record.options {
@@ -455,7 +497,7 @@ impl Engine {
     /// Materialized views that apply `model` (its monitors' views aside) depend on it.
     /// `refused` says what was refused (`drop model "m"`).
     /// With `pinned_only`, only views pinned to one of its versions count.
-    fn refuse_if_used_by_views(
+    pub(super) fn refuse_if_used_by_views(
         &self,
         model: &Model,
         refused: &str,
@@ -562,7 +604,7 @@ fn promotion(model: &Model, outcome: &Outcome, promote: Promote) -> (bool, Strin
 }
 
 /// `CREATE OR REPLACE MODEL` may change the features its monitors watch.
-fn refuse_if_monitored(model: &Model) -> Result<()> {
+pub(super) fn refuse_if_monitored(model: &Model) -> Result<()> {
     let def = model.def();
     match def.monitors.first() {
         Some(monitor) => Err(Error::DependentObjects(format!(
@@ -585,6 +627,9 @@ pub fn system_schema(table: &str) -> SchemaRef {
             Field::new("shadow_version", DataType::UInt32, true),
             Field::new("versions", DataType::UInt32, false),
             Field::new("query", DataType::Utf8, false),
+            Field::new("mode", DataType::Utf8, false),
+            Field::new("rows_learned", DataType::UInt64, true),
+            Field::new("rows_skipped", DataType::UInt64, true),
         ],
         _ => vec![
             Field::new("schema", DataType::Utf8, false),
@@ -610,6 +655,7 @@ pub fn system_schema(table: &str) -> SchemaRef {
 /// `eddy_catalog.models` / `SHOW MODELS`.
 pub fn models_table(models: &[Arc<Model>]) -> Result<RecordBatch> {
     let defs: Vec<ModelDef> = models.iter().map(|m| m.def()).collect();
+    let learners: Vec<Option<LearnerStats>> = models.iter().map(|m| m.learner_stats()).collect();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
             defs.iter().map(|d| d.schema_name.as_str()),
@@ -630,6 +676,22 @@ pub fn models_table(models: &[Arc<Model>]) -> Result<RecordBatch> {
         )),
         Arc::new(StringArray::from_iter_values(
             defs.iter().map(|d| d.query.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(defs.iter().map(|d| {
+            d.options
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "mode")
+                .map_or_else(
+                    || "batch".to_string(),
+                    |(_, v)| v.trim().to_ascii_lowercase(),
+                )
+        }))),
+        Arc::new(UInt64Array::from_iter(
+            learners.iter().map(|l| l.as_ref().map(|l| l.rows_learned)),
+        )),
+        Arc::new(UInt64Array::from_iter(
+            learners.iter().map(|l| l.as_ref().map(|l| l.skipped)),
         )),
     ];
     Ok(RecordBatch::try_new(system_schema("models"), columns)?)

@@ -306,6 +306,7 @@ impl Engine {
                 self.start_monitor(&model, &monitor.name);
             }
             self.start_schedule(&model);
+            self.start_online(&model);
         }
     }
 

@@ -4,8 +4,9 @@
 //! A view's query is planned by DataFusion like any SELECT (so names, types and errors are the
 //! ones an ad-hoc query gets), checked for time-dependent functions before the optimizer folds
 //! them, optimized, and compiled by [`crate::streaming::plan`]. The definition is stored in the
-//! catalog file; at start every stored view is compiled again and rebuilt from its inputs'
-//! stored history.
+//! catalog file; at start every stored view is compiled again and restored from its newest
+//! checkpoint, or rebuilt from its inputs' stored history. An online model's view
+//! ([`crate::ml::online`]) hands its changes to the model's learner instead of keeping rows.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use datafusion::sql::sqlparser::ast::ObjectName;
 use super::{Engine, Output, Progress, qualified};
 use crate::catalog::QualifiedName;
 use crate::error::{Error, Result};
+use crate::ml::online::Learner;
 use crate::parser::extensions::{CreateView, Subscribe, SubscribeTarget};
 use crate::storage::ViewDef;
 use crate::streaming::checkpoint::Checkpoints;
@@ -117,6 +119,25 @@ impl Engine {
             emit_on_close: create.emit_on_close,
             depends_on: Vec::new(),
             models: Vec::new(),
+            learns: None,
+        };
+        self.create_view_from(state, def, progress).await?;
+        Ok(Output::Command {
+            tag: "CREATE MATERIALIZED VIEW".to_string(),
+        })
+    }
+
+    /// Record, start and backfill a new view; returns once it has processed its inputs'
+    /// history, reporting progress every second. A view that fails meanwhile is dropped.
+    pub(super) async fn create_view_from(
+        &self,
+        state: &SessionState,
+        def: ViewDef,
+        progress: &Progress,
+    ) -> Result<Arc<View>> {
+        let name = QualifiedName {
+            schema: def.schema_name.clone(),
+            name: def.name.clone(),
         };
         let view = self.start_view(state, def, true).await?;
         // The view answers queries once its backfill is done, as a table would after CTAS;
@@ -126,19 +147,21 @@ impl Engine {
             view.def.name,
             view.def.depends_on.join(", ")
         ));
-        let backfilled = view.backfilled();
-        tokio::pin!(backfilled);
-        let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
-        every_second.tick().await;
-        let status = loop {
-            tokio::select! {
-                status = &mut backfilled => break status,
-                _ = every_second.tick() => {
-                    let stats = view.stats();
-                    progress.report(format!(
-                        "materialized view \"{}\": backfilled {} of {} input rows",
-                        view.def.name, stats.backfill_rows, stats.backfill_total
-                    ));
+        let status = {
+            let backfilled = view.backfilled();
+            tokio::pin!(backfilled);
+            let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
+            every_second.tick().await;
+            loop {
+                tokio::select! {
+                    status = &mut backfilled => break status,
+                    _ = every_second.tick() => {
+                        let stats = view.stats();
+                        progress.report(format!(
+                            "materialized view \"{}\": backfilled {} of {} input rows",
+                            view.def.name, stats.backfill_rows, stats.backfill_total
+                        ));
+                    }
                 }
             }
         };
@@ -150,9 +173,7 @@ impl Engine {
                 view.def.name
             )));
         }
-        Ok(Output::Command {
-            tag: "CREATE MATERIALIZED VIEW".to_string(),
-        })
+        Ok(view)
     }
 
     /// How views run: checkpointed (stored views) on the cold tier's object store.
@@ -183,6 +204,18 @@ impl Engine {
         def.depends_on = compiled.feeds.iter().map(|f| f.qualified_name()).collect();
         def.depends_on.dedup();
         def.models = compiled.models.clone();
+        // An online model's view trains it instead of keeping rows.
+        let learner = match &def.learns {
+            Some(model) => {
+                let model = self.models().get(model).ok_or_else(|| Error::NotFound {
+                    kind: "model",
+                    name: model.clone(),
+                })?;
+                let learner = Learner::new(&model.def(), &compiled.schema)?;
+                Some((model, Arc::new(std::sync::Mutex::new(learner))))
+            }
+            None => None,
+        };
         if store {
             def = self.catalog.storage().create_view(def)?;
         }
@@ -192,6 +225,10 @@ impl Engine {
             compiled.dataflow.describe(),
             late,
         )?;
+        if let Some((model, learner)) = learner {
+            view.set_sink(Box::new(Arc::clone(&learner)));
+            model.set_learner(learner);
+        }
         self.catalog.register_view(Arc::clone(&view))?;
         // Stored views are checkpointed; a subscription's private view is not.
         runtime::spawn(
@@ -255,6 +292,12 @@ impl Engine {
                     name.name
                 )));
             }
+            if let Some(model) = self.learner_of_view(&name) {
+                return Err(Error::DependentObjects(format!(
+                    "materialized view \"{}\" trains online model \"{model}\" (DROP MODEL {model} drops both)",
+                    name.name
+                )));
+            }
             self.catalog.drop_view(&name, if_exists).await?;
         }
         Ok(Output::Command {
@@ -312,6 +355,7 @@ impl Engine {
                     emit_on_close: false,
                     depends_on: Vec::new(),
                     models: Vec::new(),
+                    learns: None,
                 };
                 let view = View::new(
                     def,

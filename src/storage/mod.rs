@@ -415,6 +415,9 @@ pub struct ViewDef {
     /// when pinned to version n; found again at every start.
     #[serde(default)]
     pub models: Vec<String>,
+    /// The online model (`schema.name`) this view's changes train instead of being kept.
+    #[serde(default)]
+    pub learns: Option<String>,
 }
 
 /// A model as stored: how it is trained and the record of every version.

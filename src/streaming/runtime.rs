@@ -648,10 +648,12 @@ fn checkpoint(
 ) -> tokio::task::JoinHandle<()> {
     let started = Instant::now();
     let waiters = view.take_checkpoint_waiters();
-    let parts = dataflow.snapshot().map(|state| Parts {
-        dataflow: state,
-        view: view.snapshot(),
-        inputs: snapshot_mirrors(&checkpointing.mirrors),
+    let parts = dataflow.snapshot().and_then(|state| {
+        Ok(Parts {
+            dataflow: state,
+            view: view.snapshot()?,
+            inputs: snapshot_mirrors(&checkpointing.mirrors),
+        })
     });
     let store = checkpointing.store.clone();
     let streams = checkpointing.streams.clone();

@@ -29,6 +29,14 @@ use crate::storage::ViewDef;
 /// Changes kept for readers that resume (`SUBSCRIBE ... AS OF t`), in rows.
 const HISTORY_ROWS: usize = 100_000;
 
+/// What a view can hand its changes to instead of keeping its rows (an online model's learner,
+/// [`crate::ml::online`]); its state is part of the view's checkpoints.
+pub trait ChangeSink: Send + std::fmt::Debug {
+    fn apply(&mut self, changes: &ChangeBatch) -> Result<()>;
+    fn snapshot(&self) -> Result<Vec<u8>>;
+    fn restore(&mut self, state: &[u8]) -> Result<()>;
+}
+
 /// Where a view is in its life.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Status {
@@ -66,6 +74,8 @@ struct Inner {
     /// Event-to-view latency of the latest live batches, in microseconds, oldest first.
     latencies: VecDeque<u64>,
     checkpoint: CheckpointStats,
+    /// Where the changes go instead of `rows`, if anywhere.
+    sink: Option<Box<dyn ChangeSink>>,
 }
 
 /// A view's checkpoints, as `eddy_catalog.materialized_views` shows them.
@@ -174,6 +184,7 @@ impl View {
                 input_rows: 0,
                 latencies: VecDeque::new(),
                 checkpoint: CheckpointStats::default(),
+                sink: None,
             }),
             schema,
             stop: tokio::sync::watch::channel(false).0,
@@ -217,6 +228,11 @@ impl View {
             })
             .collect::<Result<Vec<_>>>()?;
         let batch = ChangeBatch::concat(&self.schema, &changes)?;
+        if let Some(sink) = inner.sink.as_mut() {
+            sink.apply(&batch)?;
+            inner.time = (inner.time + 1).max(Utc::now().timestamp_millis());
+            return Ok(());
+        }
         inner.rows.apply(&batch)?;
         inner.cached = None;
         let time = (inner.time + 1).max(Utc::now().timestamp_millis());
@@ -335,14 +351,22 @@ impl View {
         inner.checkpoint.recovery_ms = Some(took.as_secs_f64() * 1000.0);
     }
 
-    /// The view's rows, logical time and watermark, for a checkpoint.
-    pub fn snapshot(&self) -> Vec<u8> {
+    /// Send the changes to `sink` from now on instead of keeping them as rows.
+    pub fn set_sink(&self, sink: Box<dyn ChangeSink>) {
+        self.lock().sink = Some(sink);
+    }
+
+    /// The view's rows (or its sink's state), logical time and watermark, for a checkpoint.
+    pub fn snapshot(&self) -> Result<Vec<u8>> {
         let inner = self.lock();
         let mut w = super::state::StateWriter::new("view");
         w.i64(inner.time);
         w.opt_i64(inner.watermark);
         inner.rows.snapshot(&mut w);
-        w.finish()
+        if let Some(sink) = &inner.sink {
+            w.bytes(&sink.snapshot()?);
+        }
+        Ok(w.finish())
     }
 
     /// Load a [`View::snapshot`]; logical time never goes back. Readers already attached get
@@ -358,6 +382,9 @@ impl View {
         let time = r.i64()?;
         inner.watermark = r.opt_i64()?;
         inner.rows.restore(&mut r)?;
+        if let Some(sink) = inner.sink.as_mut() {
+            sink.restore(r.bytes()?)?;
+        }
         r.finish()?;
         inner.cached = None;
         inner.time = inner.time.max(time) + 1;
