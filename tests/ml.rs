@@ -738,9 +738,11 @@ async fn training_and_backfill_report_progress() {
     });
     client
         .batch_execute(
-            "CREATE STREAM big (id BIGINT, a DOUBLE PRECISION, label BOOLEAN)
+            "CREATE STREAM big (id BIGINT, a DOUBLE PRECISION, label BOOLEAN, ts TIMESTAMPTZ,
+                                WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
              WITH (connector = 'datagen', rows = 400000, rows_per_second = 1000000, paced = false,
-                   fields.id.kind = 'sequence', fields.label.expression = 'a > 0.5')",
+                   fields.id.kind = 'sequence', fields.label.expression = 'a > 0.5',
+                   fields.ts.kind = 'event_time')",
         )
         .await
         .expect("stream");
@@ -790,6 +792,52 @@ async fn training_and_backfill_report_progress() {
             .iter()
             .any(|n| n.starts_with("materialized view \"per_bucket\": backfilled ")),
         "the backfill reported no progress (it took under a second?): {backfill:?}"
+    );
+
+    // A monitor cancelled during its view's backfill leaves neither view nor monitor behind.
+    let cancel = client.cancel_token();
+    let create = tokio::spawn(async move {
+        let result = client
+            .batch_execute(
+                "CREATE MODEL MONITOR watch ON MODEL progress FROM big WITH (window = '1 second')",
+            )
+            .await;
+        (client, result)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        assert!(
+            !create.is_finished(),
+            "the monitor was created before it could be cancelled"
+        );
+        let notice = tokio::time::timeout_at(deadline.into(), notices.recv())
+            .await
+            .expect("no NOTICE from the monitor's backfill")
+            .expect("notices");
+        if notice.starts_with("materialized view \"watch\": reading") {
+            break;
+        }
+    }
+    cancel
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel");
+    let (client, result) = create.await.expect("statement task");
+    let error = result.expect_err("cancelled during the backfill");
+    assert_eq!(
+        error.as_db_error().map(|e| e.code().code()),
+        Some("57014"),
+        "{error}"
+    );
+    wait_for(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.materialized_views WHERE name = 'watch'",
+        0,
+    )
+    .await;
+    assert_eq!(
+        common::scalar(&client, "SELECT count(*) FROM eddy_catalog.model_monitors").await,
+        0
     );
 }
 

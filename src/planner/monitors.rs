@@ -264,6 +264,17 @@ impl Engine {
             quoted(&source.name),
             quoted(&time_column)
         );
+        if self.catalog.table(&name).await.is_ok() {
+            return Err(Error::AlreadyExists {
+                kind: "relation",
+                name: name.name,
+            });
+        }
+        // A statement cancelled from here on leaves no view without its monitor behind.
+        let unrecorded = UnrecordedView {
+            engine: Some(Arc::clone(self)),
+            name: name.clone(),
+        };
         self.create_view(
             state,
             &CreateView {
@@ -290,10 +301,8 @@ impl Engine {
             judged_until: None,
             acted_at: None,
         };
-        if let Err(e) = self.models().add_monitor(&model, monitor) {
-            let _ = self.catalog.drop_view(&name, true).await;
-            return Err(e);
-        }
+        self.models().add_monitor(&model, monitor)?;
+        unrecorded.recorded();
         self.start_monitor(&model, &name.name);
         Ok((command("CREATE MODEL MONITOR"), Vec::new()))
     }
@@ -365,6 +374,32 @@ impl Engine {
             batches: vec![batch],
             verb: "SHOW",
         })
+    }
+}
+
+/// A monitor's view until the monitor is recorded: dropped (in the background) if the
+/// statement fails or is cancelled before that.
+struct UnrecordedView {
+    engine: Option<Arc<Engine>>,
+    name: QualifiedName,
+}
+
+impl UnrecordedView {
+    fn recorded(mut self) {
+        self.engine = None;
+    }
+}
+
+impl Drop for UnrecordedView {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            let name = self.name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = engine.catalog.drop_view(&name, true).await {
+                    tracing::error!(view = %name, error = %e, "view of an unrecorded model monitor not dropped");
+                }
+            });
+        }
     }
 }
 
