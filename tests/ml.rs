@@ -715,6 +715,16 @@ async fn windowed_retraining_recovers_from_concept_drift() {
         .await
             >= 3
     );
+
+    // Killed and restarted, the schedule runs again: refits keep coming.
+    let versions = "SELECT count(*) FROM eddy_catalog.model_versions WHERE model = 'concept'";
+    let before = common::scalar(&client, versions).await;
+    process.kill();
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    let recorded = common::scalar(&client, versions).await;
+    assert!(recorded >= before, "{recorded} versions after the restart, {before} before");
+    wait_at_least(&client, versions, recorded + 2).await;
 }
 
 /// Long statements report progress as NOTICEs while they run: training names its phases, and
