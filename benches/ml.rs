@@ -18,7 +18,10 @@
 //!   (`eddy_model_prediction_seconds_total` over `eddy_model_predictions_total` from
 //!   `/metrics`), which includes encoding the features;
 //! - views: `CREATE MATERIALIZED VIEW` over all stored rows (one view task, one core) without
-//!   and with `PREDICT`, rows/s each and the ratio.
+//!   and with `PREDICT`, rows/s each and the ratio;
+//! - online learning: `CREATE MODEL ... WITH (mode = 'online')` over all stored rows (its
+//!   learning view reads them and the model learns each one), rows/s and the ratio to the
+//!   view without `PREDICT`.
 
 use std::time::Instant;
 
@@ -43,6 +46,24 @@ const MODELS: &[(&str, &str, Option<&str>, &str)] = &[
     ("tree", "decision_tree", Some("label"), "max_depth = 8"),
     ("bayes", "naive_bayes", Some("label"), ""),
     ("clusters", "kmeans", None, "k = 4"),
+    ("ftrl", "ftrl", Some("label"), ""),
+];
+
+/// (name, algorithm, target, options): models that learn online over every stored row.
+const ONLINE: &[(&str, &str, Option<&str>, &str)] = &[
+    ("ftrl_online", "ftrl", Some("label"), ""),
+    (
+        "bayes_online",
+        "naive_bayes",
+        Some("label"),
+        ", batch_size = 256",
+    ),
+    (
+        "clusters_online",
+        "kmeans",
+        None,
+        ", k = 4, batch_size = 1024",
+    ),
 ];
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -246,6 +267,37 @@ fn main() {
                 "{:<20} {:>12.0} {:>10.0} {:>8.2}",
                 format!("PREDICT({name})"),
                 rows as f64 / seconds,
+                seconds * 1000.0,
+                plain / seconds
+            );
+        }
+        for (name, algorithm, target, options) in ONLINE {
+            let started = Instant::now();
+            let columns = match target {
+                Some(target) => format!("{FEATURES}, {target}"),
+                None => FEATURES.to_string(),
+            };
+            let predict = target.map_or(String::new(), |t| format!("PREDICT {t}"));
+            client
+                .batch_execute(&format!(
+                    "CREATE MODEL {name} {predict} USING {algorithm}
+                     WITH (mode = 'online', snapshot_every = '1 hour'{options})
+                     AS SELECT {columns} FROM points"
+                ))
+                .await
+                .expect("online model");
+            let seconds = started.elapsed().as_secs_f64();
+            let learned = scalar_i64(
+                &client,
+                &format!(
+                    "SELECT rows_learned::BIGINT FROM eddy_catalog.models WHERE name = '{name}'"
+                ),
+            )
+            .await;
+            println!(
+                "{:<20} {:>12.0} {:>10.0} {:>8.2}",
+                format!("online {algorithm}"),
+                learned as f64 / seconds,
                 seconds * 1000.0,
                 plain / seconds
             );

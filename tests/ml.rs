@@ -723,7 +723,10 @@ async fn windowed_retraining_recovers_from_concept_drift() {
     let process = EddyProcess::start(data_dir.path(), &[]);
     let client = process.connect().await;
     let recorded = common::scalar(&client, versions).await;
-    assert!(recorded >= before, "{recorded} versions after the restart, {before} before");
+    assert!(
+        recorded >= before,
+        "{recorded} versions after the restart, {before} before"
+    );
     wait_at_least(&client, versions, recorded + 2).await;
 }
 
