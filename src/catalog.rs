@@ -66,6 +66,8 @@ impl TableProvider for SystemTable {
             "model_versions" => crate::planner::models::model_versions_table(&self.models.all())?,
             "model_monitors" => crate::planner::monitors::monitors_table(&self.models.all())?,
             "drift_events" => crate::planner::monitors::drift_events_table(&self.models.all())?,
+            "source_partitions" => self.sources.partitions_batch()?,
+            "dead_letters" => self.sources.dead_letters_batch()?,
             _ => self.sources.system_batch()?,
         };
         Ok(
@@ -130,6 +132,8 @@ impl Catalog {
             "materialized_views",
             "late_rows",
             "sources",
+            "source_partitions",
+            "dead_letters",
             "models",
             "model_versions",
             "model_monitors",
@@ -137,6 +141,8 @@ impl Catalog {
         ] {
             let schema = match table {
                 "sources" => Sources::system_schema(),
+                "source_partitions" => Sources::partitions_schema(),
+                "dead_letters" => Sources::dead_letters_schema(),
                 "models" | "model_versions" => crate::planner::models::system_schema(table),
                 "model_monitors" | "drift_events" => crate::planner::monitors::system_schema(table),
                 _ => crate::planner::views::system_schema(table)?,

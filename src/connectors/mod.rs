@@ -6,11 +6,15 @@
 //! writes (INSERT, COPY, HTTP) into such a stream are refused, so the stream's log is the
 //! source's own record of how far it got and a restart resumes there.
 //!
-//! Connectors today: [`nexmark`] (the built-in Nexmark event generator) and [`datagen`]
-//! (random rows for the stream's own columns). `eddy_catalog.sources` shows every source's
-//! state, position and error.
+//! Connectors today: [`nexmark`] (the built-in Nexmark event generator), [`datagen`] (random
+//! rows for the stream's own columns) and [`kafka`] (a topic's partitions, exactly once, bad
+//! records to [`dead_letters`]). `eddy_catalog.sources` shows every source's state, position,
+//! lag and error, `eddy_catalog.source_partitions` each Kafka partition's offsets and lag, and
+//! `eddy_catalog.dead_letters` the records that could not be decoded.
 
 pub mod datagen;
+pub mod dead_letters;
+pub mod kafka;
 pub mod nexmark;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,8 +32,11 @@ pub const CONNECTOR: &str = "connector";
 
 /// Connector names and the options each accepts besides `connector`.
 /// An option ending in `.*` stands for every option with that prefix.
-const CONNECTORS: &[(&str, &[&str])] =
-    &[("nexmark", nexmark::OPTIONS), ("datagen", datagen::OPTIONS)];
+const CONNECTORS: &[(&str, &[&str])] = &[
+    ("nexmark", nexmark::OPTIONS),
+    ("datagen", datagen::OPTIONS),
+    ("kafka", kafka::OPTIONS),
+];
 
 /// Whether option `name` is one of `options` (entries ending in `.*` match a prefix).
 pub fn option_listed(options: &[&str], name: &str) -> bool {
@@ -91,8 +98,14 @@ pub fn prepare(options: &mut BTreeMap<String, String>) -> Result<Option<&'static
 
 /// Check a new stream's connector options against its columns (once the columns are known).
 pub fn check(options: &BTreeMap<String, String>, schema: &SchemaRef) -> Result<()> {
-    if options.get(CONNECTOR).map(String::as_str) == Some("datagen") {
-        datagen::DatagenSource::new(options, schema)?;
+    match options.get(CONNECTOR).map(String::as_str) {
+        Some("datagen") => {
+            datagen::DatagenSource::new(options, schema)?;
+        }
+        Some("kafka") => {
+            kafka::KafkaSource::new(options, schema)?;
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -117,9 +130,67 @@ pub struct SourceStatus {
     /// Rows this source has appended to the stream in all (across restarts).
     rows: AtomicU64,
     state: Mutex<SourceState>,
+    /// Why a running source is not making progress (brokers unreachable, topic missing).
+    note: Mutex<Option<String>>,
+    /// Records it could not decode (Kafka).
+    dead_letters: Mutex<Option<Arc<dead_letters::DeadLetterLog>>>,
+    /// Per Kafka partition: the next offset and the high watermark.
+    partitions: Mutex<BTreeMap<i32, PartitionProgress>>,
+}
+
+/// Where a source is in one partition of its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionProgress {
+    pub next_offset: i64,
+    pub high_watermark: i64,
 }
 
 impl SourceStatus {
+    fn set_note(&self, note: Option<String>) {
+        *self.note.lock().unwrap_or_else(|e| e.into_inner()) = note;
+    }
+
+    pub fn note(&self) -> Option<String> {
+        self.note.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_dead_letters(&self, log: Arc<dead_letters::DeadLetterLog>) {
+        *self.dead_letters.lock().unwrap_or_else(|e| e.into_inner()) = Some(log);
+    }
+
+    pub fn dead_letters(&self) -> Option<Arc<dead_letters::DeadLetterLog>> {
+        self.dead_letters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_partition(&self, partition: i32, next_offset: i64, high_watermark: i64) {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                partition,
+                PartitionProgress {
+                    next_offset,
+                    high_watermark,
+                },
+            );
+    }
+
+    pub fn partitions(&self) -> BTreeMap<i32, PartitionProgress> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records behind the inputs' ends, over all partitions (Kafka).
+    pub fn lag(&self) -> Option<u64> {
+        let partitions = self.partitions();
+        (!partitions.is_empty()).then(|| partitions.values().map(kafka::lag).sum())
+    }
+
     pub fn state(&self) -> SourceState {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -155,6 +226,9 @@ impl Sources {
             position: AtomicU64::new(0),
             rows: AtomicU64::new(0),
             state: Mutex::new(SourceState::Running),
+            note: Mutex::new(None),
+            dead_letters: Mutex::new(None),
+            partitions: Mutex::new(BTreeMap::new()),
         });
         let task = {
             let status = Arc::clone(&status);
@@ -163,6 +237,13 @@ impl Sources {
                     match connector.as_str() {
                         "nexmark" => run_nexmark(&stream, &status).await,
                         "datagen" => run_datagen(&stream, &status).await,
+                        "kafka" => {
+                            let stored = stream.stats();
+                            let rows = stored.hot_rows
+                                + stored.cold_files.iter().map(|f| f.rows).sum::<u64>();
+                            status.rows.store(rows, Ordering::Relaxed);
+                            kafka::run(&stream, &status).await
+                        }
                         other => Err(Error::InvalidValue(format!(
                             "unknown connector \"{other}\""
                         ))),
@@ -219,7 +300,106 @@ impl Sources {
             Field::new("position", DataType::UInt64, false),
             Field::new("rows", DataType::UInt64, false),
             Field::new("error", DataType::Utf8, true),
+            Field::new("lag", DataType::UInt64, true),
+            Field::new("dead_letters", DataType::UInt64, true),
         ]))
+    }
+
+    /// Schema of `eddy_catalog.source_partitions`.
+    pub fn partitions_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("source", DataType::Utf8, false),
+            Field::new("partition", DataType::Int32, false),
+            Field::new("next_offset", DataType::Int64, false),
+            Field::new("high_watermark", DataType::Int64, false),
+            Field::new("lag", DataType::UInt64, false),
+        ]))
+    }
+
+    /// Contents of `eddy_catalog.source_partitions`.
+    pub fn partitions_batch(&self) -> Result<RecordBatch> {
+        let mut sources = Vec::new();
+        let mut partitions = Vec::new();
+        let mut next = Vec::new();
+        let mut high = Vec::new();
+        let mut lag = Vec::new();
+        for status in self.all() {
+            for (partition, progress) in status.partitions() {
+                sources.push(status.stream.clone());
+                partitions.push(partition);
+                next.push(progress.next_offset);
+                high.push(progress.high_watermark);
+                lag.push(kafka::lag(&progress));
+            }
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(sources)),
+            Arc::new(datafusion::arrow::array::Int32Array::from(partitions)),
+            Arc::new(datafusion::arrow::array::Int64Array::from(next)),
+            Arc::new(datafusion::arrow::array::Int64Array::from(high)),
+            Arc::new(UInt64Array::from(lag)),
+        ];
+        Ok(RecordBatch::try_new(Self::partitions_schema(), columns)?)
+    }
+
+    /// Schema of `eddy_catalog.dead_letters`.
+    pub fn dead_letters_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("source", DataType::Utf8, false),
+            Field::new("partition", DataType::Int32, false),
+            Field::new("offset", DataType::Int64, false),
+            Field::new("key", DataType::Binary, true),
+            Field::new("payload", DataType::Binary, true),
+            Field::new("error", DataType::Utf8, false),
+            Field::new(
+                "received_at",
+                DataType::Timestamp(
+                    datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                    Some("+00:00".into()),
+                ),
+                false,
+            ),
+        ]))
+    }
+
+    /// Contents of `eddy_catalog.dead_letters`: every source's, oldest first.
+    pub fn dead_letters_batch(&self) -> Result<RecordBatch> {
+        let mut sources = Vec::new();
+        let mut letters = Vec::new();
+        for status in self.all() {
+            if let Some(log) = status.dead_letters() {
+                for letter in log.read()? {
+                    sources.push(status.stream.clone());
+                    letters.push(letter);
+                }
+            }
+        }
+        let bytes = |text: &Option<String>| text.as_deref().and_then(dead_letters::unhex);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(sources)),
+            Arc::new(datafusion::arrow::array::Int32Array::from_iter_values(
+                letters.iter().map(|l| l.partition),
+            )),
+            Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(
+                letters.iter().map(|l| l.offset),
+            )),
+            Arc::new(datafusion::arrow::array::BinaryArray::from_iter(
+                letters.iter().map(|l| bytes(&l.key)),
+            )),
+            Arc::new(datafusion::arrow::array::BinaryArray::from_iter(
+                letters.iter().map(|l| bytes(&l.payload)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                letters.iter().map(|l| l.error.as_str()),
+            )),
+            Arc::new(
+                datafusion::arrow::array::TimestampMicrosecondArray::from_iter_values(
+                    letters.iter().map(|l| l.received_at),
+                )
+                .with_timezone("+00:00"),
+            ),
+        ];
+        Ok(RecordBatch::try_new(Self::dead_letters_schema(), columns)?)
     }
 
     /// Contents of `eddy_catalog.sources`.
@@ -246,10 +426,16 @@ impl Sources {
             Arc::new(UInt64Array::from_iter_values(
                 all.iter().map(|s| s.rows.load(Ordering::Relaxed)),
             )),
-            Arc::new(StringArray::from_iter(states.iter().map(|s| match s {
-                SourceState::Failed(e) => Some(e.as_str()),
-                _ => None,
-            }))),
+            Arc::new(StringArray::from_iter(states.iter().zip(&all).map(
+                |(s, status)| match s {
+                    SourceState::Failed(e) => Some(e.clone()),
+                    _ => status.note(),
+                },
+            ))),
+            Arc::new(UInt64Array::from_iter(all.iter().map(|s| s.lag()))),
+            Arc::new(UInt64Array::from_iter(
+                all.iter().map(|s| s.dead_letters().map(|l| l.count())),
+            )),
         ];
         Ok(RecordBatch::try_new(Self::system_schema(), columns)?)
     }

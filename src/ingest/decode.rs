@@ -44,6 +44,8 @@ pub struct RowDecoder {
     provided: Vec<bool>,
     row_lines: Vec<u64>,
     batches: Vec<RecordBatch>,
+    /// JSON keys that name no column are skipped instead of refused.
+    ignore_unknown_keys: bool,
 }
 
 /// One record cut from complete input.
@@ -108,7 +110,15 @@ impl RowDecoder {
             provided: vec![false; n],
             row_lines: Vec::new(),
             batches: Vec::new(),
+            ignore_unknown_keys: false,
         })
+    }
+
+    /// Skip JSON keys that name no column (a topic's messages often carry more fields than
+    /// the stream takes) instead of refusing the record.
+    pub fn ignoring_unknown_keys(mut self) -> RowDecoder {
+        self.ignore_unknown_keys = true;
+        self
     }
 
     /// Feed more input.
@@ -258,16 +268,20 @@ impl RowDecoder {
                     self.context(line)
                 )));
             }
-            let column = self
+            let column = match self
                 .schema
                 .index_of(&key)
                 .or_else(|_| self.schema.index_of(&key.to_lowercase()))
-                .map_err(|_| {
-                    Error::BadCopyFormat(format!(
+            {
+                Ok(column) => column,
+                Err(_) if self.ignore_unknown_keys => continue,
+                Err(_) => {
+                    return Err(Error::BadCopyFormat(format!(
                         "unknown column \"{key}\" ({})",
                         self.context(line)
-                    ))
-                })?;
+                    )));
+                }
+            };
             row[column] = value;
             self.provided[column] = true;
         }

@@ -1,7 +1,8 @@
 //! EddyDB's own statements, which sqlparser does not know:
 //!
 //! ```sql
-//! CREATE STREAM [IF NOT EXISTS] name (col type, ..., WATERMARK FOR col AS expr) [WITH (k = v, ...)]
+//! CREATE STREAM [IF NOT EXISTS] name (col type, ..., WATERMARK FOR col AS expr)
+//!     [INCLUDE key | partition | offset | timestamp [AS col] ...] [WITH (k = v, ...)]
 //! DROP STREAM [IF EXISTS] name [, ...]
 //! SHOW STREAMS
 //! ALTER STREAM name SET (k = v, ...) | RESET (k, ...)
@@ -989,12 +990,82 @@ fn parse_create_stream(sql: &str, tokens: &[Tok]) -> Result<Statement> {
         cuts.push((cut_start, cut_end));
         i = end + 1;
     }
+    // `INCLUDE partition AS p` (a connector's metadata as a column): cut, added to the columns
+    // with its type, and passed on as option `include.partition = 'p'`.
+    let mut included: Vec<(String, String)> = Vec::new();
+    let columns_end = tokens.iter().enumerate().scan(0i32, |depth, (i, t)| {
+        match t.token {
+            Token::LParen => *depth += 1,
+            Token::RParen => *depth -= 1,
+            _ => {}
+        }
+        Some((i, *depth == 0 && matches!(t.token, Token::RParen)))
+    });
+    let columns_end = columns_end
+        .filter(|(_, closes)| *closes)
+        .map(|(i, _)| i)
+        .next();
+    let mut i = columns_end.map_or(tokens.len(), |end| end + 1);
+    while i < tokens.len() {
+        if word(&tokens[i]).as_deref() != Some("INCLUDE") {
+            i += 1;
+            continue;
+        }
+        let kind = tokens
+            .get(i + 1)
+            .and_then(word)
+            .map(|w| w.to_ascii_lowercase())
+            .ok_or_else(|| {
+                syntax("expected INCLUDE key | partition | offset | timestamp [AS column]")
+            })?;
+        if !["key", "partition", "offset", "timestamp"].contains(&kind.as_str()) {
+            return Err(syntax(format!(
+                "cannot INCLUDE \"{kind}\" (key, partition, offset or timestamp)"
+            )));
+        }
+        let (name, end) = if tokens.get(i + 2).and_then(word).as_deref() == Some("AS") {
+            let name = match tokens.get(i + 3).map(|t| &t.token) {
+                Some(Token::Word(w)) if w.quote_style.is_some() => w.value.clone(),
+                Some(Token::Word(w)) => w.value.to_lowercase(),
+                _ => {
+                    return Err(syntax(format!(
+                        "expected a column name after INCLUDE {kind} AS"
+                    )));
+                }
+            };
+            (name, i + 3)
+        } else {
+            (format!("_{kind}"), i + 1)
+        };
+        if included.iter().any(|(k, _)| *k == kind) {
+            return Err(syntax(format!("INCLUDE {kind} appears twice")));
+        }
+        cuts.push((tokens[i].start, tokens[end].end));
+        included.push((kind, name));
+        i = end + 1;
+    }
     // Dotted option names (`fields.amount.kind = ...`, the connector spelling) become one
     // quoted name, which sqlparser takes as an option key.
     let mut edits: Vec<(usize, usize, String)> = cuts
         .into_iter()
         .map(|(start, end)| (start, end, String::new()))
         .collect();
+    if let (Some(end), false) = (columns_end, included.is_empty()) {
+        let at = tokens[end].start;
+        let columns: String = included
+            .iter()
+            .map(|(kind, name)| {
+                let column_type = match kind.as_str() {
+                    "key" => "TEXT",
+                    "partition" => "INTEGER",
+                    "offset" => "BIGINT",
+                    _ => "TIMESTAMPTZ",
+                };
+                format!(", \"{}\" {column_type}", name.replace('"', "\"\""))
+            })
+            .collect();
+        edits.push((at, at, columns));
+    }
     if let Some(with) = top_level_word(tokens, "WITH") {
         let mut i = with + 1;
         while i < tokens.len() {
@@ -1046,11 +1117,16 @@ fn parse_create_stream(sql: &str, tokens: &[Tok]) -> Result<Statement> {
             "CREATE STREAM ... AS SELECT (create the stream, then INSERT ... SELECT)".to_string(),
         ));
     }
-    let options = match std::mem::take(&mut create.table_options) {
+    let mut options = match std::mem::take(&mut create.table_options) {
         ast::CreateTableOptions::None => Vec::new(),
         ast::CreateTableOptions::With(options) => options_text(&options)?,
         other => return Err(syntax(format!("unexpected options \"{other}\""))),
     };
+    options.extend(
+        included
+            .into_iter()
+            .map(|(kind, name)| (format!("include.{kind}"), name)),
+    );
     Ok(Statement::CreateStream(CreateStream {
         table: Box::new(super::rewrite_types(table)?),
         watermark,
@@ -1450,6 +1526,28 @@ mod tests {
         assert!(ours("ALTER STREAM s SET (retention = '1 day')")[0].contains("retention"));
         assert!(split("SELECT 'stream'").unwrap().is_none());
         assert!(split("CREATE STREAM s (a int, WATERMARK ts)").is_err());
+        let sql = "CREATE STREAM k (amount DOUBLE PRECISION) INCLUDE partition AS p \
+                   INCLUDE timestamp WITH (connector = 'kafka')";
+        let Piece::Ours(Statement::CreateStream(c)) = split(sql).unwrap().unwrap().remove(0) else {
+            panic!("not a stream");
+        };
+        assert!(
+            c.table
+                .to_string()
+                .contains("\"p\" INTEGER, \"_timestamp\" TIMESTAMPTZ"),
+            "{}",
+            c.table
+        );
+        assert!(
+            c.options
+                .contains(&("include.partition".into(), "p".into()))
+        );
+        assert!(
+            c.options
+                .contains(&("include.timestamp".into(), "_timestamp".into()))
+        );
+        assert!(split("CREATE STREAM k (a int) INCLUDE headers").is_err());
+        assert!(split("CREATE STREAM k (a int) INCLUDE key AS").is_err());
         assert!(split("ALTER STREAM s RENAME TO t").is_err());
     }
 }

@@ -40,6 +40,10 @@ pub struct Manifest {
     /// Every log record up to this sequence number is in the listed files.
     pub flushed_seq: u64,
     pub files: Vec<ColdFile>,
+    /// A connector's position (e.g. Kafka offsets) as of record `flushed_seq`: the log records
+    /// after it carry their own ([`super::stream::StreamStore::append_at`]).
+    #[serde(default)]
+    pub source_position: Option<String>,
 }
 
 /// One Parquet file of a stream.

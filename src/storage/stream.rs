@@ -51,6 +51,23 @@ use crate::error::{Error, Result};
 
 /// Log record kind: a batch of appended rows.
 const KIND_ROWS: u8 = 1;
+/// Log record kind: a batch of rows and the connector position they bring the stream to
+/// (u32 length, the position text, then the rows), written as one record.
+const KIND_POSITIONED_ROWS: u8 = 2;
+
+/// A log record's rows and, for a positioned record, its position.
+fn decode_record(kind: u8, payload: &[u8]) -> Result<(Vec<RecordBatch>, Option<String>)> {
+    if kind != KIND_POSITIONED_ROWS {
+        return Ok((codec::decode_batches(payload)?, None));
+    }
+    let bad = || Error::Storage("positioned stream record truncated".to_string());
+    let (length, rest) = payload.split_first_chunk::<4>().ok_or_else(bad)?;
+    let length = u32::from_le_bytes(*length) as usize;
+    let position = rest.get(..length).ok_or_else(bad)?;
+    let position = String::from_utf8(position.to_vec())
+        .map_err(|_| Error::Storage("stream record position is not UTF-8".to_string()))?;
+    Ok((codec::decode_batches(&rest[length..])?, Some(position)))
+}
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
@@ -61,6 +78,8 @@ struct HotRecord {
     batches: Vec<RecordBatch>,
     bytes: usize,
     arrived: Instant,
+    /// The connector position this record brought the stream to, if it carried one.
+    position: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -155,11 +174,11 @@ impl StreamStore {
             manifest,
             ..StreamState::default()
         };
-        for Record { seq, payload, .. } in records {
+        for Record { seq, payload, kind } in records {
             if seq <= state.manifest.flushed_seq {
                 continue;
             }
-            let batches = codec::decode_batches(&payload)?;
+            let (batches, position) = decode_record(kind, &payload)?;
             let bytes = batches_bytes(&batches);
             state.hot_bytes += bytes;
             state.hot.push_back(HotRecord {
@@ -167,6 +186,7 @@ impl StreamStore {
                 batches,
                 bytes,
                 arrived: Instant::now(),
+                position,
             });
         }
         memory.add(state.hot_bytes);
@@ -183,6 +203,14 @@ impl StreamStore {
             graveyard: std::sync::Mutex::new(Vec::new()),
             log_holds: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// The stream's own directory (its log and manifest; connectors keep files here too).
+    pub fn dir(&self) -> PathBuf {
+        self.manifest_path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default()
     }
 
     pub fn schema(&self) -> SchemaRef {
@@ -209,15 +237,52 @@ impl StreamStore {
 
     /// Append rows atomically and durably; returns the number of rows.
     pub async fn append(&self, batches: Vec<RecordBatch>) -> Result<u64> {
+        self.append_record(batches, None).await
+    }
+
+    /// Append rows and the connector position they bring the stream to, as one atomic,
+    /// durable record (also with no rows, so a position past input that produced none is
+    /// kept); [`StreamStore::source_position`] then returns it, also after a crash.
+    pub async fn append_at(&self, batches: Vec<RecordBatch>, position: String) -> Result<u64> {
+        self.append_record(batches, Some(position)).await
+    }
+
+    /// The position of the newest durable positioned record (or, after a flush, the one the
+    /// manifest kept): where the stream's connector resumes.
+    pub fn source_position(&self) -> Option<String> {
+        let durable = self.log.durable_seq();
+        let state = read(&self.state);
+        state
+            .hot
+            .iter()
+            .rev()
+            .filter(|r| r.seq <= durable)
+            .find_map(|r| r.position.clone())
+            .or_else(|| state.manifest.source_position.clone())
+    }
+
+    async fn append_record(
+        &self,
+        batches: Vec<RecordBatch>,
+        position: Option<String>,
+    ) -> Result<u64> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        if rows == 0 {
+        if rows == 0 && position.is_none() {
             return Ok(0);
         }
         self.memory.wait_for_room().await;
-        let payload = codec::encode_batches(&self.schema, &batches)?;
+        let (kind, payload) = match &position {
+            None => (KIND_ROWS, codec::encode_batches(&self.schema, &batches)?),
+            Some(position) => {
+                let mut payload = (position.len() as u32).to_le_bytes().to_vec();
+                payload.extend_from_slice(position.as_bytes());
+                payload.extend_from_slice(&codec::encode_batches(&self.schema, &batches)?);
+                (KIND_POSITIONED_ROWS, payload)
+            }
+        };
         let bytes = batches_bytes(&batches);
         let arrived = Instant::now();
-        let seq = self.log.append(KIND_ROWS, &payload, |seq| {
+        let seq = self.log.append(kind, &payload, |seq| {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             state.hot_bytes += bytes;
             state
@@ -228,6 +293,7 @@ impl StreamStore {
                 batches,
                 bytes,
                 arrived,
+                position,
             });
             seq
         })?;
@@ -314,8 +380,8 @@ impl StreamStore {
         self.log
             .read_range(after, upto)?
             .into_iter()
-            .filter(|r| r.kind == KIND_ROWS)
-            .map(|r| Ok((r.seq, codec::decode_batches(&r.payload)?)))
+            .filter(|r| r.kind == KIND_ROWS || r.kind == KIND_POSITIONED_ROWS)
+            .map(|r| Ok((r.seq, decode_record(r.kind, &r.payload)?.0)))
             .collect()
     }
 
@@ -373,7 +439,7 @@ impl StreamStore {
         // it is neither invisible nor stuck in memory.
         let written = self.log.written_seq();
         self.log.sync_to(written).await?;
-        let (records, upto) = {
+        let (records, upto, position) = {
             let state = read(&self.state);
             let durable = self.log.durable_seq();
             let records: Vec<(u64, Vec<RecordBatch>)> = state
@@ -385,7 +451,13 @@ impl StreamStore {
             let Some(upto) = records.last().map(|(seq, _)| *seq) else {
                 return Ok(0);
             };
-            (records, upto)
+            let position = state
+                .hot
+                .iter()
+                .rev()
+                .filter(|r| r.seq <= upto)
+                .find_map(|r| r.position.clone());
+            (records, upto, position)
         };
         let now = Utc::now().timestamp_micros();
         let mut partitions: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
@@ -410,6 +482,9 @@ impl StreamStore {
         let mut manifest = read(&self.state).manifest.clone();
         manifest.files.extend(files);
         manifest.flushed_seq = upto;
+        if position.is_some() {
+            manifest.source_position = position;
+        }
         manifest.store(&self.manifest_path)?;
         let freed = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());

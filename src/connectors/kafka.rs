@@ -1,0 +1,806 @@
+//! The Kafka source: every partition of a topic into a stream, exactly once.
+//!
+//! ```text
+//!  partition 0 ──fetcher──┐
+//!  partition 1 ──fetcher──┼─► writer: decode (JSON or CSV; metadata into INCLUDE columns)
+//!  partition n ──fetcher──┘      │ undecodable records ─► dead letters (fsynced first)
+//!                                ▼
+//!              stream.append_at(rows, "partition:next offset,...")  one atomic log record
+//! ```
+//!
+//! The offsets to read next are stored with the rows they produced, in the same durable log
+//! record ([`StreamStore::append_at`]), so after a crash the source resumes exactly where the
+//! stored rows end: nothing is read twice into the stream or skipped. Views then take the
+//! stream exactly once through their checkpoints, so a topic reaches every view exactly once.
+//! The first start fixes the starting offsets (`start = 'earliest' | 'latest' | timestamp`) in
+//! the log before anything is read, so a crash right after it does not move them.
+//!
+//! Fetching goes through `rskafka` (pure Rust). A broker that answers a fetch from inside a
+//! record batch with nothing (as some do) is read from earlier offsets, keeping only what
+//! comes at or after the wanted one. Lag is the partition's high watermark (from every fetch)
+//! minus the next offset; `eddy_catalog.source_partitions` and `/metrics` show it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use datafusion::arrow::array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::RecordAndOffset;
+use tokio::sync::mpsc;
+
+use super::dead_letters::{DeadLetter, DeadLetterLog, hex};
+use super::{PartitionProgress, SourceStatus};
+use crate::error::{Error, Result};
+use crate::ingest::decode::RowDecoder;
+use crate::ingest::{CopyFormat, CopyKind};
+use crate::storage::StreamStore;
+
+/// Options of `connector = 'kafka'`.
+pub const OPTIONS: &[&str] = &[
+    "brokers",
+    "topic",
+    "format",
+    "start",
+    "include.key",
+    "include.partition",
+    "include.offset",
+    "include.timestamp",
+];
+
+/// What each fetch asks for at most, per partition.
+const FETCH_BYTES: i32 = 4 << 20;
+/// How long a fetch waits at the end of a partition for new records.
+const FETCH_WAIT_MS: i32 = 250;
+/// Rows the writer gathers from the fetchers into one append, at most.
+const APPEND_ROWS: usize = 50_000;
+
+/// How message values are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per message; keys name columns, other keys are ignored.
+    Json,
+    /// One CSV record per message, the stream's columns (other than INCLUDE ones) in order.
+    Csv,
+}
+
+/// Where a partition is first read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Earliest,
+    Latest,
+    /// The first record at or after this time (milliseconds since the epoch).
+    At(i64),
+}
+
+/// A Kafka source's settings, checked against the stream's columns.
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    pub brokers: Vec<String>,
+    pub topic: String,
+    pub format: Format,
+    pub start: Start,
+    schema: SchemaRef,
+    /// Columns filled from the message's metadata.
+    key_column: Option<usize>,
+    partition_column: Option<usize>,
+    offset_column: Option<usize>,
+    timestamp_column: Option<usize>,
+    /// The other columns, which the value fills.
+    payload_columns: Vec<String>,
+}
+
+fn bad(name: &str, value: &str, want: &str) -> Error {
+    Error::InvalidValue(format!(
+        "invalid value for stream option \"{name}\": \"{value}\" ({want})"
+    ))
+}
+
+/// A time as `start` takes it: RFC 3339, or `YYYY-MM-DD HH:MM:SS[.fff]+00`.
+fn parse_time(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .or_else(|_| chrono::DateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S%.f%#z"))
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+impl KafkaSource {
+    pub fn new(options: &BTreeMap<String, String>, schema: &SchemaRef) -> Result<KafkaSource> {
+        let required = |name: &str, example: &str| {
+            options
+                .get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    Error::InvalidValue(format!(
+                        "connector 'kafka' needs option \"{name}\" (e.g. {name} = '{example}')"
+                    ))
+                })
+        };
+        let brokers: Vec<String> = required("brokers", "127.0.0.1:9092")?
+            .split(',')
+            .map(|b| b.trim().to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        let topic = required("topic", "payments")?;
+        let format = match options.get("format").map(|f| f.trim().to_ascii_lowercase()) {
+            None => Format::Json,
+            Some(f) if f == "json" => Format::Json,
+            Some(f) if f == "csv" => Format::Csv,
+            Some(other) => return Err(bad("format", &other, "json or csv")),
+        };
+        let start = match options.get("start").map(|s| s.trim().to_string()) {
+            None => Start::Earliest,
+            Some(s) if s.eq_ignore_ascii_case("earliest") => Start::Earliest,
+            Some(s) if s.eq_ignore_ascii_case("latest") => Start::Latest,
+            Some(s) => Start::At(parse_time(&s).ok_or_else(|| {
+                bad(
+                    "start",
+                    &s,
+                    "earliest, latest or a time such as '2026-01-01 00:00:00+00'",
+                )
+            })?),
+        };
+        let mut included = Vec::new();
+        let mut column = |what: &str, check: fn(&DataType) -> bool, want: &str| {
+            let Some(name) = options.get(&format!("include.{what}")) else {
+                return Ok(None);
+            };
+            let name = name.trim().to_ascii_lowercase();
+            let index = schema.index_of(&name).map_err(|_| Error::NotFound {
+                kind: "column",
+                name: format!("{name}\" (INCLUDE {what}) of the stream"),
+            })?;
+            let data_type = schema.field(index).data_type();
+            if !check(data_type) {
+                return Err(Error::DatatypeMismatch(format!(
+                    "INCLUDE {what} AS {name}: the column must be {want}, not {data_type}"
+                )));
+            }
+            included.push(index);
+            Ok(Some(index))
+        };
+        let key_column = column(
+            "key",
+            |t| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+            "text",
+        )?;
+        let partition_column = column("partition", DataType::is_integer, "an integer")?;
+        let offset_column = column("offset", |t| *t == DataType::Int64, "bigint")?;
+        let timestamp_column = column(
+            "timestamp",
+            |t| matches!(t, DataType::Timestamp(..)),
+            "a timestamp",
+        )?;
+        let payload_columns = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !included.contains(i))
+            .map(|(_, f)| f.name().clone())
+            .collect();
+        Ok(KafkaSource {
+            brokers,
+            topic,
+            format,
+            start,
+            schema: SchemaRef::clone(schema),
+            key_column,
+            partition_column,
+            offset_column,
+            timestamp_column,
+            payload_columns,
+        })
+    }
+
+    fn decoder(&self, name: String) -> Result<RowDecoder> {
+        match self.format {
+            Format::Json => Ok(RowDecoder::new(
+                name,
+                SchemaRef::clone(&self.schema),
+                &[],
+                CopyFormat::new(CopyKind::JsonLines),
+            )?
+            .ignoring_unknown_keys()),
+            Format::Csv => RowDecoder::new(
+                name,
+                SchemaRef::clone(&self.schema),
+                &self.payload_columns,
+                CopyFormat::new(CopyKind::Csv),
+            ),
+        }
+    }
+
+    /// One message's value as a line of the decoder's input.
+    fn line(&self, value: &[u8], out: &mut Vec<u8>) {
+        match self.format {
+            // Line breaks in a JSON document are whitespace (inside strings they would be
+            // invalid anyway): one message, one line.
+            Format::Json => out.extend(value.iter().map(|b| match b {
+                b'\n' | b'\r' => b' ',
+                b => *b,
+            })),
+            Format::Csv => out.extend_from_slice(value),
+        }
+        out.push(b'\n');
+    }
+
+    /// Decode `records` of `partition`: the rows (with the metadata columns filled) of those
+    /// that decode, and a dead letter for each that does not.
+    pub fn decode(
+        &self,
+        partition: i32,
+        records: &[RecordAndOffset],
+    ) -> Result<(Option<RecordBatch>, Vec<DeadLetter>)> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let letter = |record: &RecordAndOffset, error: String| DeadLetter {
+            partition,
+            offset: record.offset,
+            key: record.record.key.as_deref().map(hex),
+            payload: record.record.value.as_deref().map(hex),
+            error,
+            received_at: now,
+        };
+        let mut letters = Vec::new();
+        let mut valued: Vec<&RecordAndOffset> = Vec::with_capacity(records.len());
+        for record in records {
+            match &record.record.value {
+                Some(value) if !value.is_empty() => valued.push(record),
+                _ => letters.push(letter(
+                    record,
+                    "the message has no value (a tombstone or an empty message)".into(),
+                )),
+            }
+        }
+        // All at once; if anything fails, one by one to find the bad ones.
+        let mut input = Vec::new();
+        for record in &valued {
+            self.line(
+                record.record.value.as_deref().unwrap_or_default(),
+                &mut input,
+            );
+        }
+        let whole = self
+            .decoder(format!(
+                "kafka topic \"{}\" partition {partition}",
+                self.topic
+            ))
+            .and_then(|mut decoder| {
+                decoder.push(&input)?;
+                decoder.finish()
+            })
+            .ok()
+            .filter(|batches| {
+                batches.iter().map(RecordBatch::num_rows).sum::<usize>() == valued.len()
+            });
+        let (batches, kept) = match whole {
+            Some(batches) => (batches, valued),
+            None => {
+                let mut batches = Vec::new();
+                let mut kept = Vec::new();
+                for record in valued {
+                    let mut line = Vec::new();
+                    self.line(
+                        record.record.value.as_deref().unwrap_or_default(),
+                        &mut line,
+                    );
+                    let decoded = self
+                        .decoder(format!(
+                            "kafka topic \"{}\" partition {partition} offset {}",
+                            self.topic, record.offset
+                        ))
+                        .and_then(|mut decoder| {
+                            decoder.push(&line)?;
+                            decoder.finish()
+                        });
+                    match decoded {
+                        Ok(rows) if rows.iter().map(RecordBatch::num_rows).sum::<usize>() == 1 => {
+                            batches.extend(rows);
+                            kept.push(record);
+                        }
+                        Ok(_) => letters.push(letter(record, "the message holds no row".into())),
+                        Err(e) => letters.push(letter(record, e.to_string())),
+                    }
+                }
+                (batches, kept)
+            }
+        };
+        if kept.is_empty() {
+            return Ok((None, letters));
+        }
+        let rows = concat_batches(&self.schema, &batches)?;
+        let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
+        let mut fill = |index: Option<usize>, values: ArrayRef| -> Result<()> {
+            if let Some(index) = index {
+                columns[index] = cast(&values, self.schema.field(index).data_type())?;
+            }
+            Ok(())
+        };
+        fill(
+            self.key_column,
+            Arc::new(StringArray::from_iter(kept.iter().map(|r| {
+                r.record
+                    .key
+                    .as_deref()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+            }))),
+        )?;
+        fill(
+            self.partition_column,
+            Arc::new(Int32Array::from(vec![partition; kept.len()])),
+        )?;
+        fill(
+            self.offset_column,
+            Arc::new(Int64Array::from_iter_values(kept.iter().map(|r| r.offset))),
+        )?;
+        fill(
+            self.timestamp_column,
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(
+                    kept.iter().map(|r| r.record.timestamp.timestamp_micros()),
+                )
+                .with_timezone("+00:00"),
+            ),
+        )?;
+        Ok((
+            Some(RecordBatch::try_new(
+                SchemaRef::clone(&self.schema),
+                columns,
+            )?),
+            letters,
+        ))
+    }
+}
+
+/// Next offset per partition, as stored with the stream's records: `0:15,1:20`.
+pub fn encode_position(next: &BTreeMap<i32, i64>) -> String {
+    next.iter()
+        .map(|(p, o)| format!("{p}:{o}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn decode_position(text: &str) -> Result<BTreeMap<i32, i64>> {
+    text.split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (p, o) = part
+                .split_once(':')
+                .ok_or_else(|| Error::Storage(format!("unreadable Kafka position \"{text}\"")))?;
+            Ok((
+                p.parse()
+                    .map_err(|_| Error::Storage(format!("unreadable Kafka position \"{text}\"")))?,
+                o.parse()
+                    .map_err(|_| Error::Storage(format!("unreadable Kafka position \"{text}\"")))?,
+            ))
+        })
+        .collect()
+}
+
+fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("kafka: {what}: {e}"))
+}
+
+/// Connect, retrying until the brokers answer (the task is stopped with its stream).
+async fn connect(source: &KafkaSource, status: &SourceStatus) -> Client {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match ClientBuilder::new(source.brokers.clone())
+            .client_id("eddydb")
+            .build()
+            .await
+        {
+            Ok(client) => {
+                status.set_note(None);
+                return client;
+            }
+            Err(e) => {
+                let note = format!("cannot reach brokers {}: {e}", source.brokers.join(","));
+                tracing::warn!(stream = %status.stream, error = %note, "kafka source retrying");
+                status.set_note(Some(note));
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Records at or after `from` and the partition's high watermark. A broker that returns
+/// nothing for an offset inside a record batch is asked again from earlier offsets (batch
+/// starts), keeping only what comes at or after `from`.
+async fn fetch_from(
+    client: &PartitionClient,
+    from: i64,
+    floor: &mut i64,
+) -> Result<(Vec<RecordAndOffset>, i64)> {
+    let mut at = from;
+    let mut step = 1;
+    loop {
+        let fetched = client
+            .fetch_records(at, 1..FETCH_BYTES, FETCH_WAIT_MS)
+            .await;
+        let (records, high) = match fetched {
+            Ok(fetched) => fetched,
+            Err(rskafka::client::error::Error::ServerError {
+                protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
+                ..
+            }) => {
+                let earliest = client
+                    .get_offset(OffsetAt::Earliest)
+                    .await
+                    .map_err(|e| kafka_error("earliest offset", e))?;
+                if earliest > from {
+                    return Err(Error::Storage(format!(
+                        "kafka: partition {} no longer holds offset {from} (retention removed \
+                         it; the earliest is {earliest})",
+                        client.partition()
+                    )));
+                }
+                *floor = earliest;
+                if at == earliest {
+                    return Ok((Vec::new(), from));
+                }
+                at = earliest.max((from - step).max(0));
+                step *= 2;
+                continue;
+            }
+            Err(e) => return Err(kafka_error("fetch", e)),
+        };
+        let kept: Vec<RecordAndOffset> = records
+            .iter()
+            .filter(|r| r.offset >= from)
+            .cloned()
+            .collect();
+        if !kept.is_empty() || high <= from {
+            return Ok((kept, high));
+        }
+        if let Some(last) = records.last() {
+            // Only earlier records came back: continue after them (a batch start).
+            at = last.offset + 1;
+            continue;
+        }
+        if at <= *floor {
+            return Ok((Vec::new(), high));
+        }
+        at = (from - step).max(*floor);
+        step *= 2;
+    }
+}
+
+/// The offset a partition is first read from.
+async fn start_offset(client: &PartitionClient, start: Start) -> Result<i64> {
+    let at = match start {
+        Start::Earliest => OffsetAt::Earliest,
+        // The end is the high watermark a fetch reports (some brokers answer the Latest
+        // offset request with a batch's base offset).
+        Start::Latest => {
+            let earliest = client
+                .get_offset(OffsetAt::Earliest)
+                .await
+                .map_err(|e| kafka_error("earliest offset", e))?;
+            let (_, high) = client
+                .fetch_records(earliest, 1..1024, 0)
+                .await
+                .map_err(|e| kafka_error("fetch", e))?;
+            return Ok(high);
+        }
+        Start::At(millis) => {
+            OffsetAt::Timestamp(chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default())
+        }
+    };
+    client
+        .get_offset(at)
+        .await
+        .map_err(|e| kafka_error("start offset", e))
+}
+
+/// What a fetcher hands the writer.
+struct Fetched {
+    partition: i32,
+    records: Vec<RecordAndOffset>,
+    high: i64,
+}
+
+/// Read `partition` from `next` on, forever, retrying after errors.
+async fn fetch_partition(
+    client: Arc<Client>,
+    topic: String,
+    partition: i32,
+    mut next: i64,
+    out: mpsc::Sender<Result<Fetched>>,
+) {
+    let mut wait = Duration::from_millis(200);
+    let mut floor = 0;
+    loop {
+        let partition_client = match client
+            .partition_client(topic.clone(), partition, UnknownTopicHandling::Retry)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%topic, partition, error = %e, "kafka partition unavailable; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        loop {
+            match fetch_from(&partition_client, next, &mut floor).await {
+                Ok((records, high)) => {
+                    wait = Duration::from_millis(200);
+                    if let Some(last) = records.last() {
+                        next = last.offset + 1;
+                    }
+                    let fetched = Fetched {
+                        partition,
+                        records,
+                        high,
+                    };
+                    if out.send(Ok(fetched)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.to_string().contains("no longer holds") => {
+                    let _ = out.send(Err(e)).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%topic, partition, error = %e, "kafka fetch failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Read the topic into `stream` from where its log says the source got to.
+pub async fn run(stream: &StreamStore, status: &SourceStatus) -> Result<()> {
+    let source = KafkaSource::new(&stream.def().options, &stream.schema())?;
+    let letters = Arc::new(DeadLetterLog::open(
+        &stream.dir().join("dead_letters.jsonl"),
+    )?);
+    status.set_dead_letters(Arc::clone(&letters));
+    let client = Arc::new(connect(&source, status).await);
+    let partitions: Vec<i32> = loop {
+        let topics = client
+            .list_topics()
+            .await
+            .map_err(|e| kafka_error("list topics", e));
+        match topics {
+            Ok(topics) => match topics.into_iter().find(|t| t.name == source.topic) {
+                Some(topic) => break topic.partitions.into_iter().collect(),
+                None => status.set_note(Some(format!(
+                    "topic \"{}\" does not exist (yet)",
+                    source.topic
+                ))),
+            },
+            Err(e) => status.set_note(Some(e.to_string())),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    status.set_note(None);
+    let mut next = match stream.source_position() {
+        Some(text) => decode_position(&text)?,
+        None => BTreeMap::new(),
+    };
+    // Partitions read for the first time start per `start`; that start is stored before
+    // anything is read, so a crash now does not move it.
+    let mut added = false;
+    for partition in &partitions {
+        if next.contains_key(partition) {
+            continue;
+        }
+        let partition_client = client
+            .partition_client(
+                source.topic.clone(),
+                *partition,
+                UnknownTopicHandling::Retry,
+            )
+            .await
+            .map_err(|e| kafka_error("partition", e))?;
+        next.insert(
+            *partition,
+            start_offset(&partition_client, source.start).await?,
+        );
+        added = true;
+    }
+    if added {
+        stream.append_at(Vec::new(), encode_position(&next)).await?;
+    }
+    let (sender, mut fetched) = mpsc::channel::<Result<Fetched>>(partitions.len() * 2);
+    let mut fetchers = tokio::task::JoinSet::new();
+    for partition in &partitions {
+        let from = next.get(partition).copied().unwrap_or(0);
+        status.set_partition(*partition, from, from);
+        fetchers.spawn(fetch_partition(
+            Arc::clone(&client),
+            source.topic.clone(),
+            *partition,
+            from,
+            sender.clone(),
+        ));
+    }
+    drop(sender);
+    loop {
+        let Some(first) = fetched.recv().await else {
+            return Err(Error::Internal("the Kafka fetchers stopped".into()));
+        };
+        // Gather what else has arrived into one append.
+        let mut batch = vec![first?];
+        let mut rows: usize = batch[0].records.len();
+        while rows < APPEND_ROWS {
+            match fetched.try_recv() {
+                Ok(more) => {
+                    let more = more?;
+                    rows += more.records.len();
+                    batch.push(more);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut decoded = Vec::new();
+        let mut dead = Vec::new();
+        for part in &batch {
+            if let Some(last) = part.records.last() {
+                next.insert(part.partition, last.offset + 1);
+            }
+            if part.records.is_empty() {
+                continue;
+            }
+            let (rows, letters) = source.decode(part.partition, &part.records)?;
+            decoded.extend(rows);
+            dead.extend(letters);
+        }
+        if !dead.is_empty() {
+            let letters = Arc::clone(&letters);
+            tokio::task::spawn_blocking(move || letters.append(&dead))
+                .await
+                .map_err(|e| Error::Internal(format!("dead letters: {e}")))??;
+        }
+        let consumed = batch.iter().any(|part| !part.records.is_empty());
+        if consumed {
+            let appended = stream.append_at(decoded, encode_position(&next)).await?;
+            status.rows.fetch_add(appended, Ordering::Relaxed);
+        }
+        for part in &batch {
+            let at = next.get(&part.partition).copied().unwrap_or(0);
+            status.set_partition(part.partition, at, part.high.max(at));
+        }
+        status.position.store(
+            next.values().map(|o| (*o).max(0) as u64).sum(),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The progress of one partition, for the system tables.
+pub fn lag(progress: &PartitionProgress) -> u64 {
+    (progress.high_watermark - progress.next_offset).max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+    use rskafka::record::Record;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("amount", DataType::Float64, true),
+            Field::new("k", DataType::Utf8, true),
+            Field::new("off", DataType::Int64, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                true,
+            ),
+        ]))
+    }
+
+    fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn record(offset: i64, value: &str) -> RecordAndOffset {
+        RecordAndOffset {
+            record: Record {
+                key: Some(b"card-1".to_vec()),
+                value: Some(value.as_bytes().to_vec()),
+                headers: BTreeMap::new(),
+                timestamp: chrono::DateTime::from_timestamp_millis(1_700_000_000_000)
+                    .unwrap_or_default(),
+            },
+            offset,
+        }
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let s = schema();
+        assert!(KafkaSource::new(&options(&[("topic", "t")]), &s).is_err());
+        assert!(KafkaSource::new(&options(&[("brokers", "b:1")]), &s).is_err());
+        let base = [("brokers", "b:1"), ("topic", "t")];
+        assert!(KafkaSource::new(&options(&base), &s).is_ok());
+        let with = |extra: (&str, &str)| {
+            let mut o = options(&base);
+            o.insert(extra.0.into(), extra.1.into());
+            KafkaSource::new(&o, &s)
+        };
+        assert!(with(("format", "avro")).is_err());
+        assert!(with(("start", "yesterday")).is_err());
+        assert_eq!(
+            with(("start", "2026-01-01 00:00:00+00"))
+                .map(|k| k.start)
+                .ok(),
+            Some(Start::At(1_767_225_600_000))
+        );
+        assert!(with(("include.key", "nope")).is_err());
+        assert!(with(("include.offset", "amount")).is_err());
+    }
+
+    #[test]
+    fn good_records_become_rows_and_bad_ones_dead_letters() {
+        let mut o = options(&[
+            ("brokers", "b:1"),
+            ("topic", "t"),
+            ("include.key", "k"),
+            ("include.offset", "off"),
+            ("include.timestamp", "ts"),
+        ]);
+        let source = KafkaSource::new(&o, &schema()).expect("source");
+        let records = [
+            record(7, "{\"id\": 1, \"amount\": 2.5, \"extra\": true}"),
+            record(8, "{\"id\": \"x\"}"),
+            record(9, "{\n \"id\": 3\n}"),
+            record(10, "not json"),
+        ];
+        let (rows, letters) = source.decode(2, &records).expect("decode");
+        let rows = rows.expect("rows");
+        assert_eq!(rows.num_rows(), 2);
+        let offsets: Vec<i64> = letters.iter().map(|l| l.offset).collect();
+        assert_eq!(offsets, [8, 10]);
+        assert!(
+            letters
+                .iter()
+                .all(|l| l.partition == 2 && !l.error.is_empty())
+        );
+        assert_eq!(
+            letters[1].payload.as_deref(),
+            Some(hex(b"not json").as_str())
+        );
+        let off = rows
+            .column(3)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("off");
+        assert_eq!(off.values().to_vec(), [7, 9]);
+        // CSV: the columns other than INCLUDE ones, in order.
+        o.insert("format".into(), "csv".into());
+        let source = KafkaSource::new(&o, &schema()).expect("csv");
+        let (rows, letters) = source
+            .decode(0, &[record(0, "1,2.5"), record(1, "1")])
+            .expect("decode");
+        assert_eq!(rows.map(|r| r.num_rows()), Some(1));
+        assert_eq!(letters.len(), 1);
+    }
+
+    #[test]
+    fn positions_round_trip() {
+        let next: BTreeMap<i32, i64> = [(0, 15), (3, 0)].into_iter().collect();
+        assert_eq!(encode_position(&next), "0:15,3:0");
+        assert_eq!(decode_position("0:15,3:0").expect("decode"), next);
+        assert!(decode_position("0=15").is_err());
+    }
+}
