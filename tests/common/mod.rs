@@ -9,6 +9,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 pub mod http;
+pub mod kafka;
 pub mod nexmark;
 pub mod process;
 

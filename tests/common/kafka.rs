@@ -1,0 +1,147 @@
+//! A real Kafka-compatible broker for tests (tansu, installed by `.ci/run` with
+//! `cargo install tansu --features dynostore`), on a free loopback port with in-memory storage,
+//! killed when dropped; and an independent client (kafka-python, `tests/clients/kafka_client.py`)
+//! to create topics, produce and read back, as another application on the same broker would.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running broker.
+pub struct Broker {
+    pub address: String,
+    child: Option<Child>,
+}
+
+/// The tansu binary: `TANSU` if set, else on the PATH, else in `~/.cargo/bin`.
+fn tansu() -> String {
+    if let Ok(path) = std::env::var("TANSU") {
+        return path;
+    }
+    let on_path = Command::new("tansu")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if on_path {
+        return "tansu".to_string();
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let installed = format!("{home}/.cargo/bin/tansu");
+    assert!(
+        std::path::Path::new(&installed).exists(),
+        "no Kafka broker: install tansu (cargo install tansu --locked --features dynostore), \
+         as .ci/run does"
+    );
+    installed
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let child = Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {address}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker {
+            address,
+            child: Some(child),
+        }
+    }
+
+    /// A broker started elsewhere (for its client helpers); not stopped when dropped.
+    pub fn attach(address: &str) -> Broker {
+        Broker {
+            address: address.to_string(),
+            child: None,
+        }
+    }
+
+    fn client(&self, args: &[&str], input: Option<&str>) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/kafka_client.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(&self.address)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 (kafka-python is installed by .ci/run)");
+        if let Some(input) = input {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write");
+        }
+        drop(child.stdin.take());
+        let output = child.wait_with_output().expect("kafka client");
+        assert!(
+            output.status.success(),
+            "kafka client {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        self.client(&["create", topic, &partitions.to_string()], None);
+    }
+
+    /// Produce (partition, key, value) messages, in order per partition.
+    pub fn produce(&self, topic: &str, messages: &[(i32, Option<&str>, Option<&str>)]) {
+        let lines: String = messages
+            .iter()
+            .map(|(partition, key, value)| {
+                format!(
+                    "{}\n",
+                    serde_json::json!({"partition": partition, "key": key, "value": value})
+                )
+            })
+            .collect();
+        self.client(&["produce", topic], Some(&lines));
+    }
+
+    /// Every message of `topic`, read until none has come for `idle`.
+    pub fn consume(&self, topic: &str, idle: Duration) -> Vec<serde_json::Value> {
+        self.client(&["consume", topic, &idle.as_millis().to_string()], None)
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("consumer output"))
+            .collect()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
