@@ -39,6 +39,7 @@ struct SystemTable {
     schema: SchemaRef,
     views: Arc<Views>,
     sources: Arc<Sources>,
+    sinks: Arc<crate::connectors::sink::Sinks>,
     models: Arc<Models>,
 }
 
@@ -68,6 +69,7 @@ impl TableProvider for SystemTable {
             "drift_events" => crate::planner::monitors::drift_events_table(&self.models.all())?,
             "source_partitions" => self.sources.partitions_batch()?,
             "dead_letters" => self.sources.dead_letters_batch()?,
+            "sinks" => self.sinks.system_batch()?,
             _ => self.sources.system_batch()?,
         };
         Ok(
@@ -95,6 +97,7 @@ pub struct Catalog {
     storage: Arc<Storage>,
     views: Arc<Views>,
     sources: Arc<Sources>,
+    sinks: Arc<crate::connectors::sink::Sinks>,
     models: Arc<Models>,
 }
 
@@ -126,6 +129,7 @@ impl Catalog {
         storage.register_object_store(ctx.runtime_env().as_ref());
         let views = Arc::new(Views::default());
         let sources = Arc::new(Sources::default());
+        let sinks = Arc::new(crate::connectors::sink::Sinks::default());
         let models = Arc::new(Models::new(Arc::clone(&storage)));
         let system = MemorySchemaProvider::new();
         for table in [
@@ -134,6 +138,7 @@ impl Catalog {
             "sources",
             "source_partitions",
             "dead_letters",
+            "sinks",
             "models",
             "model_versions",
             "model_monitors",
@@ -143,6 +148,7 @@ impl Catalog {
                 "sources" => Sources::system_schema(),
                 "source_partitions" => Sources::partitions_schema(),
                 "dead_letters" => Sources::dead_letters_schema(),
+                "sinks" => crate::connectors::sink::Sinks::system_schema(),
                 "models" | "model_versions" => crate::planner::models::system_schema(table),
                 "model_monitors" | "drift_events" => crate::planner::monitors::system_schema(table),
                 _ => crate::planner::views::system_schema(table)?,
@@ -154,6 +160,7 @@ impl Catalog {
                     schema,
                     views: Arc::clone(&views),
                     sources: Arc::clone(&sources),
+                    sinks: Arc::clone(&sinks),
                     models: Arc::clone(&models),
                 }),
             )?;
@@ -164,6 +171,7 @@ impl Catalog {
             storage,
             views,
             sources,
+            sinks,
             models,
         };
         for relation in catalog.storage.relations() {
@@ -182,6 +190,11 @@ impl Catalog {
     /// The durable storage behind the catalog.
     pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
+    }
+
+    /// The running sinks.
+    pub fn sinks(&self) -> &Arc<crate::connectors::sink::Sinks> {
+        &self.sinks
     }
 
     /// Start the sources of stored streams that have a connector (at server start).

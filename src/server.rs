@@ -99,6 +99,7 @@ pub async fn start(
     engine.start_stored_views().await;
     engine.start_model_tasks();
     engine.catalog().start_sources();
+    engine.start_stored_sinks().await;
     let tls = auth::tls_acceptor(&config.tls)?;
     let connections = Arc::new(ConnectionManager::new());
     let startup = auth::Startup::new(

@@ -179,3 +179,158 @@ async fn a_topic_reaches_views_exactly_once_across_kills() {
     )
     .await;
 }
+
+/// Rows of a consumed topic by their JSON value.
+fn values(messages: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    messages
+        .iter()
+        .map(|m| match m["value"].as_str() {
+            Some(text) => serde_json::from_str(text).expect("JSON value"),
+            None => serde_json::Value::Null,
+        })
+        .collect()
+}
+
+/// What an upsert topic says now: the newest value per key (by offset within a partition; a
+/// key always goes to one partition), tombstones removing the key.
+fn upserted(messages: &[serde_json::Value]) -> std::collections::BTreeMap<String, i64> {
+    let mut sorted: Vec<&serde_json::Value> = messages.iter().collect();
+    sorted.sort_by_key(|m| (m["partition"].as_i64(), m["offset"].as_i64()));
+    let mut state = std::collections::BTreeMap::new();
+    for m in sorted {
+        let key = m["key"].as_str().expect("key").to_string();
+        match m["value"].as_str() {
+            Some(text) => {
+                let row: serde_json::Value = serde_json::from_str(text).expect("row");
+                state.insert(key, row["n"].as_i64().expect("n"));
+            }
+            None => {
+                state.remove(&key);
+            }
+        }
+    }
+    state
+}
+
+/// The view's rows as card -> n.
+async fn per_card(client: &tokio_postgres::Client) -> std::collections::BTreeMap<String, i64> {
+    client
+        .query("SELECT card, n FROM per_card", &[])
+        .await
+        .expect("per_card")
+        .iter()
+        .map(|r| (r.get::<_, i64>(0).to_string(), r.get::<_, i64>(1)))
+        .collect()
+}
+
+/// Sinks, read back with the independent client: a view's changes as op messages and as
+/// upserts with tombstones, and a stream's rows, which resume after a SIGKILL without
+/// resending what the broker acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_write_views_and_streams_to_topics() {
+    let broker = Broker::start();
+    for topic in ["alerts", "changes", "raw"] {
+        broker.create_topic(topic, 2);
+    }
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    let address = &broker.address;
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM tx (card BIGINT, amount DOUBLE PRECISION);
+             INSERT INTO tx VALUES (1, 10), (2, 20), (3, 30), (1, 11);
+             CREATE MATERIALIZED VIEW per_card AS
+               SELECT card, count(*) AS n FROM tx WHERE amount < 100 GROUP BY card;
+             CREATE SINK alerts_out FROM per_card
+               WITH (connector = 'kafka', brokers = '{address}', topic = 'alerts', key = 'card');
+             CREATE SINK changes_out FROM per_card
+               WITH (connector = 'kafka', brokers = '{address}', topic = 'changes', format = 'json');
+             CREATE SINK raw_out FROM tx
+               WITH (connector = 'kafka', brokers = '{address}', topic = 'raw');
+             INSERT INTO tx VALUES (2, 21), (4, 40), (4, 400);
+             INSERT INTO tx VALUES (5, 50);"
+        ))
+        .await
+        .expect("sinks");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let expected = loop {
+        let expected = per_card(&client).await;
+        let upserts = upserted(&broker.consume("alerts", Duration::from_millis(1500)));
+        if upserts == expected && expected.len() == 5 {
+            break expected;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alerts topic {upserts:?}, view {expected:?}"
+        );
+    };
+    // The op messages replayed give the same rows.
+    let mut replayed: std::collections::BTreeMap<String, i64> = Default::default();
+    for row in values(&broker.consume("changes", Duration::from_millis(1500))) {
+        let card = row["card"].as_i64().expect("card").to_string();
+        match row["op"].as_str() {
+            Some("insert") => {
+                replayed.insert(card, row["n"].as_i64().expect("n"));
+            }
+            Some("delete") => {
+                replayed.remove(&card);
+            }
+            other => panic!("op {other:?} in {row}"),
+        }
+    }
+    assert_eq!(replayed, expected);
+    // The stream sink sends rows appended after it started: the last two inserts.
+    let raw = values(&broker.consume("raw", Duration::from_millis(1500)));
+    assert_eq!(raw.len(), 4, "{raw:?}");
+    assert_eq!(
+        common::scalar(
+            &client,
+            "SELECT sum(messages)::BIGINT FROM eddy_catalog.sinks WHERE sink = 'public.raw_out'"
+        )
+        .await,
+        4
+    );
+
+    // Killed and restarted: the stream sink resumes after what was acknowledged.
+    process.kill();
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    client
+        .batch_execute("INSERT INTO tx VALUES (6, 60), (1, 12)")
+        .await
+        .expect("insert");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let raw = values(&broker.consume("raw", Duration::from_millis(1500)));
+        let expected = per_card(&client).await;
+        let upserts = upserted(&broker.consume("alerts", Duration::from_millis(1500)));
+        if raw.len() == 6 && upserts == expected && expected.get("6") == Some(&1) {
+            let cards: Vec<i64> = raw
+                .iter()
+                .map(|r| r["card"].as_i64().unwrap_or(0))
+                .collect();
+            assert_eq!(cards.iter().filter(|c| **c == 6).count(), 1);
+            break;
+        }
+        assert!(raw.len() <= 6, "the stream sink sent a row twice: {raw:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "raw {raw:?}; alerts {upserts:?}; view {expected:?}"
+        );
+    }
+    // A view read by a sink is not dropped before it; DROP SINK stops it.
+    let error = client
+        .batch_execute("DROP MATERIALIZED VIEW per_card")
+        .await
+        .expect_err("view with a sink");
+    assert_eq!(error.as_db_error().map(|e| e.code().code()), Some("2BP01"));
+    client
+        .batch_execute("DROP SINK alerts_out, changes_out; DROP MATERIALIZED VIEW per_card")
+        .await
+        .expect("drop");
+    assert_eq!(
+        common::scalar(&client, "SELECT count(*) FROM eddy_catalog.sinks").await,
+        1
+    );
+}

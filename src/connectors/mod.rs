@@ -16,6 +16,7 @@ pub mod datagen;
 pub mod dead_letters;
 pub mod kafka;
 pub mod nexmark;
+pub mod sink;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

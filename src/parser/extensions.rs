@@ -24,6 +24,9 @@
 //! CREATE MODEL MONITOR [IF NOT EXISTS] name ON MODEL m FROM relation [WITH (k = v, ...)]
 //! DROP MODEL MONITOR [IF EXISTS] name [, ...]
 //! SHOW MODEL MONITORS
+//! CREATE SINK [IF NOT EXISTS] name FROM relation WITH (k = v, ...)
+//! DROP SINK [IF EXISTS] name [, ...]
+//! SHOW SINKS
 //! ```
 //!
 //! Before any of that, [`rewrite_sql`] turns the ANSI window table functions
@@ -91,6 +94,17 @@ pub struct CreateMonitor {
     pub model: ast::ObjectName,
     /// The relation whose rows are watched.
     pub source: ast::ObjectName,
+    /// `WITH (...)`, names lower-cased.
+    pub options: Vec<(String, String)>,
+}
+
+/// A parsed `CREATE SINK`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateSink {
+    pub name: ast::ObjectName,
+    pub if_not_exists: bool,
+    /// The materialized view or stream whose rows go out.
+    pub from: ast::ObjectName,
     /// `WITH (...)`, names lower-cased.
     pub options: Vec<(String, String)>,
 }
@@ -238,6 +252,9 @@ enum Form {
     CreateMonitor,
     DropMonitor,
     ShowMonitors,
+    CreateSink,
+    DropSink,
+    ShowSinks,
 }
 
 fn word(t: &Tok) -> Option<String> {
@@ -305,6 +322,12 @@ fn form(tokens: &[Tok]) -> Option<Form> {
         Some(Form::DropMonitor)
     } else if starts(&["SHOW", "MODEL", "MONITORS"]) {
         Some(Form::ShowMonitors)
+    } else if starts(&["CREATE", "SINK"]) {
+        Some(Form::CreateSink)
+    } else if starts(&["DROP", "SINK"]) {
+        Some(Form::DropSink)
+    } else if starts(&["SHOW", "SINKS"]) {
+        Some(Form::ShowSinks)
     } else if starts(&["CREATE", "MODEL"]) || starts(&["CREATE", "OR", "REPLACE", "MODEL"]) {
         Some(Form::CreateModel)
     } else if starts(&["RETRAIN", "MODEL"]) {
@@ -874,7 +897,46 @@ fn parse_form(sql: &str, form: Form, tokens: &[Tok]) -> Result<Statement> {
             }
             Ok(Statement::ShowMonitors)
         }
+        Form::CreateSink => parse_create_sink(sql, &tokens[2..]),
+        Form::DropSink => {
+            let (names, if_exists) = parse_names(sql, &tokens[2..])?;
+            Ok(Statement::DropSink { names, if_exists })
+        }
+        Form::ShowSinks => {
+            if tokens.len() > 2 {
+                return Err(syntax("SHOW SINKS takes no arguments"));
+            }
+            Ok(Statement::ShowSinks)
+        }
     }
+}
+
+/// `[IF NOT EXISTS] name FROM relation WITH (...)`, after CREATE SINK.
+fn parse_create_sink(sql: &str, rest: &[Tok]) -> Result<Statement> {
+    let shape = || syntax("expected CREATE SINK name FROM relation WITH (connector = ..., ...)");
+    let text = rest
+        .first()
+        .map_or("", |first| &sql[first.start..rest[rest.len() - 1].end]);
+    let mut parser = Parser::new(&PostgreSqlDialect {}).try_with_sql(text)?;
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = parser.parse_object_name(false)?;
+    if !parser.parse_keyword(Keyword::FROM) {
+        return Err(shape());
+    }
+    let from = parser.parse_object_name(false)?;
+    if !parser.parse_keyword(Keyword::WITH) {
+        return Err(shape());
+    }
+    let options = parse_with_options(&mut parser)?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(shape());
+    }
+    Ok(Statement::CreateSink(CreateSink {
+        name,
+        if_not_exists,
+        from,
+        options,
+    }))
 }
 
 fn parse_drop_stream(sql: &str, rest: &[Tok]) -> Result<Statement> {

@@ -141,6 +141,15 @@ pub enum Statement {
     },
     /// `SHOW MODEL MONITORS`.
     ShowMonitors,
+    /// `CREATE SINK ... FROM relation WITH (...)`.
+    CreateSink(extensions::CreateSink),
+    /// `DROP SINK [IF EXISTS] name, ...`.
+    DropSink {
+        names: Vec<ObjectName>,
+        if_exists: bool,
+    },
+    /// `SHOW SINKS`.
+    ShowSinks,
     /// Accepted and ignored, answered with `tag` (`SET TRANSACTION ...`, `DISCARD ALL`,
     /// `CLOSE ALL`, `DEALLOCATE ALL`, `SET SESSION CHARACTERISTICS ...`).
     NoOp { tag: &'static str },

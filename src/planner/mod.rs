@@ -50,6 +50,7 @@ pub mod models;
 pub mod monitors;
 mod online;
 mod relations;
+mod sinks;
 pub mod views;
 
 pub use relations::on_conflict;

@@ -292,6 +292,14 @@ impl Engine {
                     name.name
                 )));
             }
+            let sinks = self.sinks_reading(&name);
+            if !sinks.is_empty() {
+                return Err(Error::DependentObjects(format!(
+                    "materialized view \"{}\" is read by sink {} (DROP SINK first)",
+                    name.name,
+                    sinks.join(", ")
+                )));
+            }
             if let Some(model) = self.learner_of_view(&name) {
                 return Err(Error::DependentObjects(format!(
                     "materialized view \"{}\" trains online model \"{model}\" (DROP MODEL {model} drops both)",

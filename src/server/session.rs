@@ -316,6 +316,10 @@ impl Session {
                 Vec::new(),
                 Some(crate::planner::monitors::system_schema("model_monitors")),
             ),
+            Statement::ShowSinks => (
+                Vec::new(),
+                Some(crate::connectors::sink::Sinks::system_schema()),
+            ),
             Statement::DescribeModel(name) => match self.engine.describe_model(name)? {
                 Output::Rows { schema, .. } => (Vec::new(), Some(schema)),
                 _ => (Vec::new(), None),
@@ -516,6 +520,11 @@ impl Session {
                 Executed::of(self.engine.drop_monitors(names, *if_exists).await?)
             }
             Statement::ShowMonitors => Executed::of(self.engine.show_monitors()?),
+            Statement::CreateSink(create) => Executed::of(self.engine.create_sink(create).await?),
+            Statement::DropSink { names, if_exists } => {
+                Executed::of(self.engine.drop_sinks(names, *if_exists).await?)
+            }
+            Statement::ShowSinks => Executed::of(self.engine.show_sinks()?),
             Statement::CloseCursor(cursor) => {
                 if self.cursors.lock().await.remove(cursor).is_none() {
                     return Err(Error::NotFound {

@@ -384,6 +384,9 @@ struct CatalogFile {
     /// Models with their versions' records (the fitted models are blobs on the object store).
     #[serde(default)]
     models: Vec<ModelDef>,
+    /// Sinks, in creation order.
+    #[serde(default)]
+    sinks: Vec<SinkDef>,
 }
 
 impl CatalogFile {
@@ -418,6 +421,17 @@ pub struct ViewDef {
     /// The online model (`schema.name`) this view's changes train instead of being kept.
     #[serde(default)]
     pub learns: Option<String>,
+}
+
+/// A sink as stored: what it sends where (`CREATE SINK name FROM from WITH (options)`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SinkDef {
+    pub id: u64,
+    pub schema_name: String,
+    pub name: String,
+    /// The view or stream it reads, as `schema.name`.
+    pub from: String,
+    pub options: Vec<(String, String)>,
 }
 
 /// A model as stored: how it is trained and the record of every version.
@@ -577,6 +591,7 @@ impl Storage {
                 relations: Vec::new(),
                 views: Vec::new(),
                 models: Vec::new(),
+                sinks: Vec::new(),
             },
             Err(e) => {
                 return Err(Error::Storage(format!(
@@ -802,6 +817,59 @@ impl Storage {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Every sink, in creation order.
+    pub fn sinks(&self) -> Vec<SinkDef> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sinks
+            .clone()
+    }
+
+    /// Record a sink durably; its id is assigned here.
+    pub fn create_sink(&self, mut def: SinkDef) -> Result<SinkDef> {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        if catalog
+            .sinks
+            .iter()
+            .any(|s| s.schema_name == def.schema_name && s.name == def.name)
+        {
+            return Err(Error::AlreadyExists {
+                kind: "sink",
+                name: def.name,
+            });
+        }
+        def.id = catalog.next_id;
+        catalog.next_id += 1;
+        catalog.sinks.push(def.clone());
+        if let Err(e) = self.commit_catalog(&catalog) {
+            catalog.sinks.pop();
+            catalog.next_id -= 1;
+            return Err(e);
+        }
+        Ok(def)
+    }
+
+    /// Forget a sink durably, with its position file.
+    pub fn drop_sink(&self, id: u64) -> Result<()> {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let before = catalog.sinks.clone();
+        catalog.sinks.retain(|s| s.id != id);
+        if let Err(e) = self.commit_catalog(&catalog) {
+            catalog.sinks = before;
+            return Err(e);
+        }
+        let _ = std::fs::remove_file(self.sink_position_path(id));
+        Ok(())
+    }
+
+    /// Where a stream sink keeps the position it has sent up to.
+    pub fn sink_position_path(&self, id: u64) -> PathBuf {
+        let dir = self.data_dir.join("sinks");
+        let _ = std::fs::create_dir_all(&dir);
+        dir.join(format!("{id}.position"))
     }
 
     /// Every model, in creation order.
