@@ -192,6 +192,11 @@ impl Catalog {
         &self.storage
     }
 
+    /// The running sources.
+    pub fn sources(&self) -> &Arc<Sources> {
+        &self.sources
+    }
+
     /// The running sinks.
     pub fn sinks(&self) -> &Arc<crate::connectors::sink::Sinks> {
         &self.sinks

@@ -171,13 +171,38 @@ async fn a_topic_reaches_views_exactly_once_across_kills() {
         .await,
         TOTAL_ROUNDS * 2
     );
-    // Caught up: no lag in any partition.
+    // Caught up: no lag in any partition, in the system table and in /metrics (promtool).
     wait_for(
         &client,
         "SELECT coalesce(sum(lag), 0)::BIGINT + count(*) FROM eddy_catalog.source_partitions",
         3,
     )
     .await;
+    let metrics = common::http::metrics(process.http).await;
+    for partition in 0..3 {
+        assert_eq!(
+            common::http::sample(
+                &metrics,
+                &format!("eddy_source_lag{{source=\"public.payments\",partition=\"{partition}\"}}")
+            ),
+            Some(0.0),
+            "{metrics}"
+        );
+    }
+    assert_eq!(
+        common::http::sample(
+            &metrics,
+            "eddy_source_dead_letters_total{source=\"public.payments\"}"
+        ),
+        Some((TOTAL_ROUNDS * 2) as f64)
+    );
+    assert_eq!(
+        common::http::sample(
+            &metrics,
+            "eddy_source_rows_total{source=\"public.payments\"}"
+        ),
+        Some(total as f64)
+    );
 }
 
 /// Rows of a consumed topic by their JSON value.

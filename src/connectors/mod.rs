@@ -151,6 +151,11 @@ impl SourceStatus {
         *self.note.lock().unwrap_or_else(|e| e.into_inner()) = note;
     }
 
+    /// Rows appended to the stream by this source (across restarts).
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
     pub fn note(&self) -> Option<String> {
         self.note.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -243,6 +243,11 @@ impl SinkStatus {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
+    /// Messages the broker acknowledged since the sink started.
+    pub fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
     fn set_note(&self, note: Option<String>) {
         *self.note.lock().unwrap_or_else(|e| e.into_inner()) = note;
     }

@@ -113,7 +113,64 @@ pub fn render(engine: &Engine) -> String {
         &per_view(&|_, s| s.checkpoint.recovery_ms.map(|ms| ms / 1000.0)),
     );
     model_families(engine, &mut out);
+    connector_families(engine, &mut out);
     out.0
+}
+
+/// Per source: rows, dead letters, and per Kafka partition the consumer lag; per sink: messages.
+fn connector_families(engine: &Engine, out: &mut Exposition) {
+    let sources = engine.catalog().sources().all();
+    out.labelled_family(
+        "eddy_source_rows_total",
+        "counter",
+        "Rows the source has appended to its stream (across restarts).",
+        &sources
+            .iter()
+            .map(|s| (vec![("source", s.stream.clone())], s.rows() as f64))
+            .collect::<Vec<_>>(),
+    );
+    out.labelled_family(
+        "eddy_source_dead_letters_total",
+        "counter",
+        "Input records the source could not decode, kept in eddy_catalog.dead_letters.",
+        &sources
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    vec![("source", s.stream.clone())],
+                    s.dead_letters()?.count() as f64,
+                ))
+            })
+            .collect::<Vec<_>>(),
+    );
+    out.labelled_family(
+        "eddy_source_lag",
+        "gauge",
+        "Records in the partition after the next one the source reads (high watermark minus next offset).",
+        &sources
+            .iter()
+            .flat_map(|s| {
+                s.partitions().into_iter().map(move |(partition, progress)| {
+                    (
+                        vec![("source", s.stream.clone()), ("partition", partition.to_string())],
+                        crate::connectors::kafka::lag(&progress) as f64,
+                    )
+                })
+            })
+            .collect::<Vec<_>>(),
+    );
+    out.labelled_family(
+        "eddy_sink_messages_total",
+        "counter",
+        "Messages the sink has had acknowledged since the server started.",
+        &engine
+            .catalog()
+            .sinks()
+            .all()
+            .iter()
+            .map(|s| (vec![("sink", s.name.clone())], s.messages() as f64))
+            .collect::<Vec<_>>(),
+    );
 }
 
 /// Per model and version: scoring, shadow agreement, holdout metrics; per monitor: drift.
