@@ -57,6 +57,9 @@ fn main() {
     let broker = broker::Broker::start();
     broker.create_topic("bids", PARTITIONS as u32);
     let address = broker.address.clone();
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let server = Server::start(data_dir.path(), &runtime, |_| {});
+    let conn = server.conn_str();
     runtime.block_on(async {
         let client = ClientBuilder::new(vec![address.clone()])
             .build()
@@ -130,9 +133,7 @@ fn main() {
         let plain = started.elapsed().as_secs_f64();
         assert_eq!(consumed, rows, "the plain consumer read every message");
 
-        let data_dir = tempfile::tempdir().expect("data dir");
-        let server = Server::start(data_dir.path(), &runtime, |_| {});
-        let client = connect(&server.conn_str()).await;
+        let client = connect(&conn).await;
         let columns = "auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, date_time TIMESTAMPTZ";
         let with = format!("WITH (connector = 'kafka', brokers = '{address}', topic = 'bids')");
 
@@ -174,6 +175,6 @@ fn main() {
             );
         }
         drop(client);
-        server.stop(&runtime);
     });
+    server.stop(&runtime);
 }

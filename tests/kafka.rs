@@ -358,4 +358,9 @@ async fn sinks_write_views_and_streams_to_topics() {
         common::scalar(&client, "SELECT count(*) FROM eddy_catalog.sinks").await,
         1
     );
+    let error = client
+        .batch_execute("DROP STREAM tx")
+        .await
+        .expect_err("stream with a sink");
+    assert_eq!(error.as_db_error().map(|e| e.code().code()), Some("2BP01"));
 }

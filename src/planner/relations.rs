@@ -132,6 +132,14 @@ impl Engine {
     pub async fn drop_streams(&self, names: &[ast::ObjectName], if_exists: bool) -> Result<Output> {
         for name in names {
             let name = resolve(name)?;
+            let sinks = self.sinks_reading(&name);
+            if !sinks.is_empty() {
+                return Err(Error::DependentObjects(format!(
+                    "stream \"{}\" is read by sink {} (DROP SINK first)",
+                    name.name,
+                    sinks.join(", ")
+                )));
+            }
             self.catalog
                 .drop_relation(&name, RelationKind::Stream, if_exists)
                 .await?;
