@@ -151,12 +151,15 @@ async fn frontend_schema_browser() {
         simple_rows(&client, listing).await,
         strings(&[
             &["games"],
+            &["eddy_catalog.dead_letters"],
             &["eddy_catalog.drift_events"],
             &["eddy_catalog.late_rows"],
             &["eddy_catalog.materialized_views"],
             &["eddy_catalog.model_monitors"],
             &["eddy_catalog.model_versions"],
             &["eddy_catalog.models"],
+            &["eddy_catalog.sinks"],
+            &["eddy_catalog.source_partitions"],
             &["eddy_catalog.sources"]
         ])
     );

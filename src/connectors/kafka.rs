@@ -152,7 +152,8 @@ impl KafkaSource {
             let Some(name) = options.get(&format!("include.{what}")) else {
                 return Ok(None);
             };
-            let name = name.trim().to_ascii_lowercase();
+            // As the parser passes it: lower-cased unless it was quoted.
+            let name = name.trim().to_string();
             let index = schema.index_of(&name).map_err(|_| Error::NotFound {
                 kind: "column",
                 name: format!("{name}\" (INCLUDE {what}) of the stream"),
@@ -421,7 +422,11 @@ async fn fetch_from(
 ) -> Result<(Vec<RecordAndOffset>, i64)> {
     let mut at = from;
     let mut step = 1;
+    // Once the search has read from the floor and come back without a record at or after
+    // `from` (e.g. only transaction markers follow), there is nothing to read yet.
+    let mut reached_floor = false;
     loop {
+        reached_floor |= at <= *floor;
         let fetched = client
             .fetch_records(at, 1..FETCH_BYTES, FETCH_WAIT_MS)
             .await;
@@ -463,6 +468,9 @@ async fn fetch_from(
         if let Some(last) = records.last() {
             // Only earlier records came back: continue after them (a batch start).
             at = last.offset + 1;
+            if at >= from && reached_floor {
+                return Ok((Vec::new(), high));
+            }
             continue;
         }
         if at <= *floor {
@@ -477,27 +485,35 @@ async fn fetch_from(
 async fn start_offset(client: &PartitionClient, start: Start) -> Result<i64> {
     let at = match start {
         Start::Earliest => OffsetAt::Earliest,
-        // The end is the high watermark a fetch reports (some brokers answer the Latest
-        // offset request with a batch's base offset).
-        Start::Latest => {
-            let earliest = client
-                .get_offset(OffsetAt::Earliest)
-                .await
-                .map_err(|e| kafka_error("earliest offset", e))?;
-            let (_, high) = client
-                .fetch_records(earliest, 1..1024, 0)
-                .await
-                .map_err(|e| kafka_error("fetch", e))?;
-            return Ok(high);
-        }
+        Start::Latest => return end_offset(client).await,
         Start::At(millis) => {
             OffsetAt::Timestamp(chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default())
         }
     };
-    client
+    let offset = client
         .get_offset(at)
         .await
-        .map_err(|e| kafka_error("start offset", e))
+        .map_err(|e| kafka_error("start offset", e))?;
+    // -1: no record at or after that time yet; start at the end.
+    if offset < 0 {
+        end_offset(client).await
+    } else {
+        Ok(offset)
+    }
+}
+
+/// The end of a partition: the high watermark a fetch reports (some brokers answer the Latest
+/// offset request with a batch's base offset).
+async fn end_offset(client: &PartitionClient) -> Result<i64> {
+    let earliest = client
+        .get_offset(OffsetAt::Earliest)
+        .await
+        .map_err(|e| kafka_error("earliest offset", e))?;
+    let (_, high) = client
+        .fetch_records(earliest, 1..1024, 0)
+        .await
+        .map_err(|e| kafka_error("fetch", e))?;
+    Ok(high)
 }
 
 /// What a fetcher hands the writer.
@@ -534,8 +550,12 @@ async fn fetch_partition(
             match fetch_from(&partition_client, next, &mut floor).await {
                 Ok((records, high)) => {
                     wait = Duration::from_millis(200);
-                    if let Some(last) = records.last() {
-                        next = last.offset + 1;
+                    match records.last() {
+                        Some(last) => next = last.offset + 1,
+                        // Nothing readable although the partition goes on (transaction
+                        // markers, an open transaction): ask again in a while.
+                        None if high > next => tokio::time::sleep(Duration::from_millis(500)).await,
+                        None => {}
                     }
                     let fetched = Fetched {
                         partition,

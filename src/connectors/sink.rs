@@ -281,10 +281,18 @@ impl Sinks {
             state: Mutex::new(SourceState::Running),
             note: Mutex::new(None),
         });
+        // The stream keeps its log after the sink's position until the sink has sent it.
+        if let SinkInput::Stream(stream) = &input {
+            let after = std::fs::read_to_string(&position)
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| stream.appended_records());
+            stream.hold_log_after((id, 0), after);
+        }
         let task = {
             let status = Arc::clone(&status);
             tokio::spawn(async move {
-                let run = run(&sink, input, &status, position);
+                let run = run(id, &sink, input, &status, position);
                 let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run))
                     .await
                     .unwrap_or_else(|_| Err(Error::Internal("the sink panicked".to_string())));
@@ -483,6 +491,7 @@ async fn produce(clients: &[PartitionClient], messages: Vec<Message>, status: &S
 }
 
 async fn run(
+    id: u64,
     sink: &KafkaSink,
     input: SinkInput,
     status: &SinkStatus,
@@ -521,6 +530,12 @@ async fn run(
                 }
             };
             let mut subscription = stream.subscribe();
+            if after < subscription.flushed_seq && !stream.log_has_after(after) {
+                return Err(Error::Storage(format!(
+                    "stream \"{}\" no longer holds the rows after the sink's position {after}",
+                    stream.def().name
+                )));
+            }
             let mut records = if after < subscription.flushed_seq {
                 stream.records_between(after, subscription.flushed_seq)?
             } else {
@@ -537,6 +552,7 @@ async fn run(
                 stream.wait_durable(seq).await?;
                 sent =
                     send_record(sink, &clients, status, &schema, seq, batches, &position).await?;
+                stream.hold_log_after((id, 0), sent);
             }
             while let Some((seq, batches, _)) = subscription.live.recv().await {
                 if seq <= sent {
@@ -545,6 +561,7 @@ async fn run(
                 stream.wait_durable(seq).await?;
                 sent =
                     send_record(sink, &clients, status, &schema, seq, batches, &position).await?;
+                stream.hold_log_after((id, 0), sent);
             }
             Err(Error::Internal(format!(
                 "stream \"{}\" was dropped",

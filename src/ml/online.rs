@@ -141,6 +141,21 @@ impl Online {
                 .filter(|n| (1..=1_000_000).contains(n))
                 .ok_or_else(|| bad("batch_size", text, "a whole number from 1 to 1000000"))?,
         };
+        if algorithm == Algorithm::KMeans {
+            let k = option(options, "k")
+                .and_then(|k| k.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if k == 0 || k > batch_size {
+                return Err(bad(
+                    "k",
+                    option(options, "k").unwrap_or(""),
+                    &format!(
+                        "a whole number from 1 to batch_size ({batch_size}): the first \
+                         mini-batch places the k centroids"
+                    ),
+                ));
+            }
+        }
         if algorithm == Algorithm::NaiveBayes && batch_size < 2 {
             return Err(bad(
                 "batch_size",
@@ -505,7 +520,8 @@ impl Learner {
             let fitted = algorithms::learn(
                 self.algorithm,
                 &self.hyper,
-                self.state.fitted.take(),
+                // Kept as it was if the step fails.
+                self.state.fitted.clone(),
                 &rows,
                 &targets,
                 batch,

@@ -21,6 +21,7 @@ use crate::ml::registry::Model;
 use crate::ml::schedule::Promote;
 use crate::parser::extensions::CreateModel;
 use crate::storage::{ModelDef, ViewDef};
+use crate::streaming::view::Status;
 
 fn command(tag: &str) -> Output {
     Output::Command {
@@ -202,6 +203,14 @@ impl Engine {
                 let current = engine.models().get(&scheduled.qualified());
                 if !current.is_some_and(|m| Arc::ptr_eq(&m, &scheduled)) {
                     return;
+                }
+                // Versions come from the whole history: none while the view backfills.
+                let backfilling = engine
+                    .learner_view(&scheduled)
+                    .and_then(|view| engine.catalog.view(&view).ok())
+                    .is_some_and(|view| view.status() == Status::Backfilling);
+                if backfilling {
+                    continue;
                 }
                 match engine.snapshot_online(&scheduled).await {
                     Ok(Some(summary)) => tracing::info!(%summary, "online model snapshot"),

@@ -107,6 +107,15 @@ impl Engine {
             match def {
                 Some(def) => {
                     self.catalog.sinks().stop(def.id).await;
+                    if let Some((schema, name)) = def.from.split_once('.') {
+                        let from = QualifiedName {
+                            schema: schema.to_string(),
+                            name: name.to_string(),
+                        };
+                        if let Ok(Relation::Stream(stream)) = self.catalog.relation(&from).await {
+                            stream.release_log_holds(def.id);
+                        }
+                    }
                     self.catalog.storage().drop_sink(def.id)?;
                 }
                 None if if_exists => {}
