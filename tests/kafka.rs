@@ -24,21 +24,6 @@ fn payment(id: i64) -> (i32, Option<String>, Option<String>) {
     )
 }
 
-async fn wait_for(client: &tokio_postgres::Client, sql: &str, expected: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = common::scalar(client, sql).await;
-        if got == expected {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{sql}: {got}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Every message reaches the stream and its views exactly once although the server is killed
 /// in the middle of reading each round; the bad records of each round are dead letters, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,13 +86,13 @@ async fn a_topic_reaches_views_exactly_once_across_kills() {
     }
     let client = process.connect().await;
     let total = TOTAL_ROUNDS * PER_ROUND;
-    wait_for(&client, "SELECT count(*) FROM payments", total).await;
+    common::wait_for(&client, "SELECT count(*) FROM payments", total).await;
     assert_eq!(
         common::scalar(&client, "SELECT count(DISTINCT id) FROM payments").await,
         total,
         "a message was read twice"
     );
-    wait_for(&client, "SELECT n FROM totals", total).await;
+    common::wait_for(&client, "SELECT n FROM totals", total).await;
     assert_eq!(
         common::scalar(&client, "SELECT ids FROM totals").await,
         total
@@ -116,7 +101,7 @@ async fn a_topic_reaches_views_exactly_once_across_kills() {
         common::scalar(&client, "SELECT id_sum FROM totals").await,
         total * (total - 1) / 2
     );
-    wait_for(&client, "SELECT sum(n)::BIGINT FROM per_card", total).await;
+    common::wait_for(&client, "SELECT sum(n)::BIGINT FROM per_card", total).await;
     // The metadata columns: offsets are dense per partition, keys as produced.
     assert_eq!(
         common::scalar(
@@ -138,7 +123,7 @@ async fn a_topic_reaches_views_exactly_once_across_kills() {
         "the offsets not in the stream are exactly the bad records'"
     );
     // Each bad record once, with its bytes, error and position.
-    wait_for(
+    common::wait_for(
         &client,
         "SELECT count(*) FROM eddy_catalog.dead_letters WHERE source = 'public.payments'",
         TOTAL_ROUNDS * 2,
@@ -172,7 +157,7 @@ async fn a_topic_reaches_views_exactly_once_across_kills() {
         TOTAL_ROUNDS * 2
     );
     // Caught up: no lag in any partition, in the system table and in /metrics (promtool).
-    wait_for(
+    common::wait_for(
         &client,
         "SELECT coalesce(sum(lag), 0)::BIGINT + count(*) FROM eddy_catalog.source_partitions",
         3,

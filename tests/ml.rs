@@ -232,7 +232,7 @@ async fn models_predict_what_linfa_predicts_and_survive_a_restart() {
              AND s.p = PREDICT_PROBA(logistic${version}, p.amount, p.velocity, p.merchant_risk)"
         )
     };
-    wait_for(&client, &scored_as("1", "<= 25"), 25).await;
+    common::wait_for(&client, &scored_as("1", "<= 25"), 25).await;
     client
         .batch_execute(&format!(
             "RETRAIN MODEL logistic AS SELECT {FEATURES}, is_fraud FROM tx WHERE id <= 150 ORDER BY id"
@@ -243,7 +243,7 @@ async fn models_predict_what_linfa_predicts_and_survive_a_restart() {
         .batch_execute("INSERT INTO tx_live SELECT id, amount, velocity, merchant_risk FROM points WHERE id > 25")
         .await
         .expect("insert");
-    wait_for(&client, &scored_as("2", "> 25"), 25).await;
+    common::wait_for(&client, &scored_as("2", "> 25"), 25).await;
     // The two versions differ, so the check above could fail.
     let differ = common::scalar(
         &client,
@@ -308,28 +308,12 @@ async fn models_predict_what_linfa_predicts_and_survive_a_restart() {
         .await,
         2
     );
-    wait_for(
+    common::wait_for(
         &client,
         "SELECT count(*) FROM eddy_catalog.materialized_views WHERE name = 'scored' AND status = 'running'",
         1,
     )
     .await;
-}
-
-/// Wait until `sql` counts `expected`.
-async fn wait_for(client: &tokio_postgres::Client, sql: &str, expected: i64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let got = common::scalar(client, sql).await;
-        if got == expected {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{sql}: {got}, expected {expected}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 /// Sensor readings whose temperature shifts up by two standard deviations from row 3000
@@ -409,7 +393,7 @@ async fn monitors_shadow_scoring_and_model_metrics() {
         .expect("monitor");
     let drift_events =
         "SELECT count(*) FROM eddy_catalog.drift_events WHERE monitor = 'health_watch'";
-    wait_for(&client, drift_events, 4).await;
+    common::wait_for(&client, drift_events, 4).await;
     let metrics = common::http::metrics(process.http).await;
     let drift = common::http::sample(
         &metrics,
@@ -428,7 +412,7 @@ async fn monitors_shadow_scoring_and_model_metrics() {
     process.kill();
     let process = EddyProcess::start(data_dir.path(), &[]);
     let client = process.connect().await;
-    wait_for(
+    common::wait_for(
         &client,
         "SELECT count(*) FROM eddy_catalog.materialized_views WHERE name = 'health_watch' AND status = 'running'",
         1,
@@ -842,7 +826,7 @@ async fn training_and_backfill_report_progress() {
         Some("57014"),
         "{error}"
     );
-    wait_for(
+    common::wait_for(
         &client,
         "SELECT count(*) FROM eddy_catalog.materialized_views WHERE name = 'watch'",
         0,

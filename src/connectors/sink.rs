@@ -48,13 +48,7 @@ pub type Message = (Option<Vec<u8>>, Option<Vec<u8>>);
 /// Messages per produce request, at most.
 const PRODUCE_MESSAGES: usize = 5_000;
 
-fn option<'a>(options: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    options
-        .iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
+use crate::parser::last_option as option;
 
 /// A Kafka sink's settings, checked against the rows it sends.
 #[derive(Debug, Clone)]

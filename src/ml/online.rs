@@ -50,13 +50,7 @@ pub fn learner_view_name(model: &str) -> String {
     format!("{model}_learner")
 }
 
-fn option<'a>(options: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    options
-        .iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
+use crate::parser::last_option as option;
 
 fn bad(name: &str, value: &str, want: &str) -> Error {
     Error::InvalidValue(format!(

@@ -62,13 +62,7 @@ pub struct Schedule {
     pub time_column: String,
 }
 
-fn option<'a>(options: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    options
-        .iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
+use crate::parser::last_option as option;
 
 impl Schedule {
     /// The schedule the options ask for; None for a batch model. Schedule options without

@@ -707,6 +707,15 @@ pub fn text_backed_type_name(t: &SqlType) -> Option<&'static str> {
     }
 }
 
+/// The value of `WITH` option `name` (the last one, if given twice).
+pub fn last_option<'a>(options: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    options
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,6 +130,22 @@ pub async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
         .get(0)
 }
 
+/// Wait until `sql` counts `expected` (panics after a minute).
+pub async fn wait_for(client: &tokio_postgres::Client, sql: &str, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = scalar(client, sql).await;
+        if got == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql}: {got}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Wait until every connector source has written all it will (panics if one failed).
 pub async fn wait_sources_finished(client: &tokio_postgres::Client) {
     let deadline = Instant::now() + Duration::from_secs(300);
