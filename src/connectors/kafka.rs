@@ -618,18 +618,32 @@ pub async fn run(stream: &StreamStore, status: &SourceStatus) -> Result<()> {
         if next.contains_key(partition) {
             continue;
         }
-        let partition_client = client
-            .partition_client(
-                source.topic.clone(),
-                *partition,
-                UnknownTopicHandling::Retry,
-            )
-            .await
-            .map_err(|e| kafka_error("partition", e))?;
-        next.insert(
-            *partition,
-            start_offset(&partition_client, source.start).await?,
-        );
+        // Retried like the connection: the broker may be briefly unavailable.
+        let mut wait = Duration::from_millis(200);
+        let start = loop {
+            let attempt = async {
+                let partition_client = client
+                    .partition_client(
+                        source.topic.clone(),
+                        *partition,
+                        UnknownTopicHandling::Retry,
+                    )
+                    .await
+                    .map_err(|e| kafka_error("partition", e))?;
+                start_offset(&partition_client, source.start).await
+            };
+            match attempt.await {
+                Ok(start) => break start,
+                Err(e) => {
+                    tracing::warn!(stream = %status.stream, partition, error = %e, "kafka start offset; retrying");
+                    status.set_note(Some(e.to_string()));
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        status.set_note(None);
+        next.insert(*partition, start);
         added = true;
     }
     if added {
