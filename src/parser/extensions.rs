@@ -220,6 +220,7 @@ fn mentions_extension(sql: &str) -> bool {
         "close",
         "checkpoint",
         "model",
+        "sink",
     ]
     .iter()
     .any(|w| lower.contains(w))
