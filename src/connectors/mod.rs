@@ -15,6 +15,7 @@
 pub mod datagen;
 pub mod dead_letters;
 pub mod kafka;
+pub mod kafka_producer;
 pub mod nexmark;
 pub mod sink;
 

@@ -1,7 +1,8 @@
 //! Sinks: a materialized view's changes, or a stream's new rows, written to a Kafka topic.
 //!
 //! ```text
-//!  CREATE SINK s FROM v WITH (connector = 'kafka', brokers = ..., topic = ..., [key = 'a, b'])
+//!  CREATE SINK s FROM v WITH (connector = 'kafka', brokers = ..., topic = ..., [key = 'a, b'],
+//!                             [delivery = 'exactly_once'])
 //!     view v: its rows now (as inserts), then every change ─┐
 //!     stream: every row appended after the sink starts ──────┴─► JSON messages ─► produce
 //! ```
@@ -14,12 +15,19 @@
 //! order); messages without a key all go to partition 0, the only way their order (a delete
 //! before the insert that replaces it) survives.
 //!
-//! Delivery is at least once. A view's sink sends the view's rows again after every start
-//! (with `key`, a consumer or a compacted topic ends with the same state); a stream's sink
-//! keeps the stream position it has sent up to in `sinks/<id>.position`, written after the
-//! broker acknowledged the messages, and resumes after it. Exactly-once delivery with Kafka
-//! transactions is not available: the client library, rskafka, has no transactional
-//! producer.
+//! Delivery is at least once by default. A stream's sink keeps the stream position it has
+//! sent up to ([`SinkProgress`], `sinks/<id>.position`), written after the broker
+//! acknowledged the messages, and resumes after it; a view's sink sends the view's rows again
+//! whenever it (re)connects. With `delivery = 'exactly_once'` each message set is one Kafka
+//! transaction ([`super::kafka_producer`]) and the progress commits with it, in two steps: the
+//! progress is written to `<id>.pending` with the transaction's producer id and epoch once the
+//! broker holds every message, then the transaction is committed, then the progress becomes
+//! the committed one. A restart finds a pending file and commits that transaction (a commit
+//! already done succeeds again) or, if the broker aborted it, sends its messages again; any
+//! transaction left open is aborted by the new producer epoch. A view's exactly-once progress
+//! is the rows the topic has committed, so after a restart it sends only the difference
+//! between those and the view. Consumers reading with `isolation.level = read_committed` see
+//! every change once.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -29,24 +37,51 @@ use std::time::Duration;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
-use rskafka::record::Record;
 
 use super::SourceState;
+pub use super::kafka_producer::Message;
+use super::kafka_producer::{KafkaError, Producer, TransactionHandle};
 use crate::error::{Error, Result};
 use crate::storage::StreamStore;
 use crate::streaming::ChangeBatch;
+use crate::streaming::operators::RowBag;
+use crate::streaming::state::{StateReader, StateWriter};
 use crate::streaming::view::{View, ViewEvent};
 
 /// Options of a sink.
-pub const OPTIONS: &[&str] = &["connector", "brokers", "topic", "format", "key"];
+pub const OPTIONS: &[&str] = &[
+    "connector",
+    "brokers",
+    "topic",
+    "format",
+    "key",
+    "delivery",
+    "transactional_id",
+];
 
-/// A message: its key and its value (None: a tombstone).
-pub type Message = (Option<Vec<u8>>, Option<Vec<u8>>);
+/// Messages per transaction (or acknowledged set), at most.
+const TRANSACTION_MESSAGES: usize = 50_000;
 
-/// Messages per produce request, at most.
-const PRODUCE_MESSAGES: usize = 5_000;
+/// How long an exactly-once sink gathers changes before a transaction, so that a trickle of
+/// changes does not cost a commit (and a progress write) each.
+const TRANSACTION_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long the broker keeps a transaction open before aborting it: after a crash, how long
+/// read-committed consumers may wait behind it if the server does not come back.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The tag of a view sink's committed rows.
+const SENT_ROWS: &str = "sink-rows";
+
+/// How a sink delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    AtLeastOnce,
+    /// In Kafka transactions under this transactional id.
+    ExactlyOnce {
+        transactional_id: String,
+    },
+}
 
 use crate::parser::last_option as option;
 
@@ -58,10 +93,12 @@ pub struct KafkaSink {
     schema: SchemaRef,
     /// Key columns; empty: messages carry an `op` field instead.
     key: Vec<usize>,
+    pub delivery: Delivery,
 }
 
 impl KafkaSink {
-    pub fn new(options: &[(String, String)], schema: &SchemaRef) -> Result<KafkaSink> {
+    /// The sink `name` (schema-qualified) with `options`, sending rows of `schema`.
+    pub fn new(name: &str, options: &[(String, String)], schema: &SchemaRef) -> Result<KafkaSink> {
         for (name, _) in options {
             if !OPTIONS.contains(&name.as_str()) {
                 return Err(Error::InvalidValue(format!(
@@ -126,11 +163,38 @@ impl KafkaSink {
                     .to_string(),
             ));
         }
+        let transactional_id = option(options, "transactional_id")
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty());
+        let delivery = match option(options, "delivery")
+            .map(|d| d.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("at_least_once") => {
+                if transactional_id.is_some() {
+                    return Err(Error::InvalidValue(
+                        "sink option \"transactional_id\" needs delivery = 'exactly_once'"
+                            .to_string(),
+                    ));
+                }
+                Delivery::AtLeastOnce
+            }
+            Some("exactly_once") => Delivery::ExactlyOnce {
+                transactional_id: transactional_id.unwrap_or_else(|| format!("eddydb-{name}")),
+            },
+            Some(other) => {
+                return Err(Error::InvalidValue(format!(
+                    "invalid value for sink option \"delivery\": \"{other}\" \
+                     (at_least_once, exactly_once)"
+                )));
+            }
+        };
         Ok(KafkaSink {
             brokers,
             topic,
             schema: SchemaRef::clone(schema),
             key,
+            delivery,
         })
     }
 
@@ -256,8 +320,10 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// Start sink `id` (`schema.name`) of `input` with `sink`'s settings; a stream's sink keeps
-    /// its position at `position`.
+    /// Start sink `id` (`schema.name`) of `input` with `sink`'s settings. A stream's sink
+    /// resumes after its committed position, or sends from `start` (the stream's length when
+    /// the sink was created) if it has none.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         &self,
         id: u64,
@@ -265,7 +331,8 @@ impl Sinks {
         from: String,
         sink: KafkaSink,
         input: SinkInput,
-        position: PathBuf,
+        progress: SinkProgress,
+        start: Option<u64>,
     ) {
         let status = Arc::new(SinkStatus {
             name,
@@ -276,17 +343,26 @@ impl Sinks {
             note: Mutex::new(None),
         });
         // The stream keeps its log after the sink's position until the sink has sent it.
-        if let SinkInput::Stream(stream) = &input {
-            let after = std::fs::read_to_string(&position)
-                .ok()
-                .and_then(|text| text.trim().parse::<u64>().ok())
-                .unwrap_or_else(|| stream.appended_records());
-            stream.hold_log_after((id, 0), after);
-        }
+        let start = match &input {
+            SinkInput::Stream(stream) => {
+                let start = start.unwrap_or_else(|| stream.appended_records());
+                stream.hold_log_after((id, 0), progress.position().unwrap_or(start));
+                start
+            }
+            SinkInput::View(_) => 0,
+        };
         let task = {
             let status = Arc::clone(&status);
+            let task = SinkTask {
+                id,
+                sink,
+                input,
+                status: Arc::clone(&status),
+                progress,
+                start,
+            };
             tokio::spawn(async move {
-                let run = run(id, &sink, input, &status, position);
+                let run = run(&task);
                 let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run))
                     .await
                     .unwrap_or_else(|_| Err(Error::Internal("the sink panicked".to_string())));
@@ -387,49 +463,341 @@ impl Sinks {
     }
 }
 
-/// The topic's partitions, connected, retrying until the brokers answer and the topic exists.
-async fn partitions(sink: &KafkaSink, status: &SinkStatus) -> Vec<PartitionClient> {
+/// A stream sink's durable record of what it has delivered: the committed position (or, for
+/// an exactly-once view sink, the committed rows) in `<id>.position`, and while a transaction
+/// commits, its producer id, epoch and the payload it will commit in `<id>.pending`.
+#[derive(Debug, Clone)]
+pub struct SinkProgress {
+    committed: PathBuf,
+    pending: PathBuf,
+}
+
+impl SinkProgress {
+    pub fn new(committed: PathBuf) -> SinkProgress {
+        let pending = committed.with_extension("pending");
+        SinkProgress { committed, pending }
+    }
+
+    fn committed(&self) -> Option<Vec<u8>> {
+        std::fs::read(&self.committed).ok()
+    }
+
+    /// The committed stream position, if one was written.
+    pub fn position(&self) -> Option<u64> {
+        self.committed()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| text.trim().parse().ok())
+    }
+
+    fn commit(&self, payload: &[u8]) -> Result<()> {
+        crate::storage::cold::write_atomically(&self.committed, payload)?;
+        self.discard_pending()
+    }
+
+    /// Record, before the commit request, what a transaction commits.
+    fn prepare(&self, handle: TransactionHandle, payload: &[u8]) -> Result<()> {
+        let mut bytes = format!("{} {}\n", handle.producer_id, handle.epoch).into_bytes();
+        bytes.extend_from_slice(payload);
+        crate::storage::cold::write_atomically(&self.pending, &bytes)
+    }
+
+    fn prepared(&self) -> Option<(TransactionHandle, Vec<u8>)> {
+        let bytes = std::fs::read(&self.pending).ok()?;
+        let newline = bytes.iter().position(|b| *b == b'\n')?;
+        let header = std::str::from_utf8(&bytes[..newline]).ok()?;
+        let (producer_id, epoch) = header.split_once(' ')?;
+        let handle = TransactionHandle {
+            producer_id: producer_id.parse().ok()?,
+            epoch: epoch.parse().ok()?,
+        };
+        Some((handle, bytes[newline + 1..].to_vec()))
+    }
+
+    fn discard_pending(&self) -> Result<()> {
+        match std::fs::remove_file(&self.pending) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Storage(format!(
+                "could not remove {}: {e}",
+                self.pending.display()
+            ))),
+        }
+    }
+
+    /// Both files, when the sink is dropped.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.committed);
+        let _ = std::fs::remove_file(&self.pending);
+    }
+}
+
+/// Why a sink session ended: the broker (retried unless permanent) or anything else (fatal).
+enum Stop {
+    Kafka(KafkaError),
+    Fatal(Error),
+}
+
+impl From<KafkaError> for Stop {
+    fn from(e: KafkaError) -> Stop {
+        Stop::Kafka(e)
+    }
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Stop {
+        Stop::Fatal(e)
+    }
+}
+
+/// What one running sink works with.
+struct SinkTask {
+    id: u64,
+    sink: KafkaSink,
+    input: SinkInput,
+    status: Arc<SinkStatus>,
+    progress: SinkProgress,
+    /// A stream sink's start when it has no committed position yet.
+    start: u64,
+}
+
+/// Run the sink until it fails for good: each session connects, finishes what a previous one
+/// prepared, and delivers from the committed position; a broker error ends the session and a
+/// new one starts after a pause (re-sending what was not committed).
+async fn run(task: &SinkTask) -> Result<()> {
     let mut wait = Duration::from_millis(200);
     loop {
-        let attempt = async {
-            let client: Client = ClientBuilder::new(sink.brokers.clone())
-                .client_id("eddydb")
-                .build()
-                .await
-                .map_err(|e| format!("cannot reach brokers {}: {e}", sink.brokers.join(",")))?;
-            let topics = client.list_topics().await.map_err(|e| e.to_string())?;
-            let topic = topics
-                .into_iter()
-                .find(|t| t.name == sink.topic)
-                .ok_or_else(|| format!("topic \"{}\" does not exist (yet)", sink.topic))?;
-            let mut clients = Vec::new();
-            for partition in topic.partitions {
-                clients.push(
-                    client
-                        .partition_client(
-                            sink.topic.clone(),
-                            partition,
-                            UnknownTopicHandling::Retry,
-                        )
-                        .await
-                        .map_err(|e| e.to_string())?,
-                );
+        let started = std::time::Instant::now();
+        match session(task).await {
+            Stop::Fatal(e) => return Err(e),
+            Stop::Kafka(e) if e.is_permanent() => {
+                return Err(Error::InvalidValue(format!(
+                    "kafka sink \"{}\": {e}",
+                    task.status.name
+                )));
             }
-            Ok::<_, String>(clients)
-        };
-        match attempt.await {
-            Ok(clients) if !clients.is_empty() => {
-                status.set_note(None);
-                return clients;
+            Stop::Kafka(e) => {
+                tracing::warn!(sink = %task.status.name, error = %e, "kafka sink retrying");
+                task.status.set_note(Some(e.message));
             }
-            Ok(_) => status.set_note(Some(format!("topic \"{}\" has no partitions", sink.topic))),
-            Err(note) => {
-                tracing::warn!(sink = %status.name, error = %note, "kafka sink retrying");
-                status.set_note(Some(note));
-            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            wait = Duration::from_millis(200);
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// One connection's worth of delivery; returns why it stopped.
+async fn session(task: &SinkTask) -> Stop {
+    let mut producer = match Producer::connect(&task.sink.brokers, &task.sink.topic).await {
+        Ok(producer) => producer,
+        Err(e) => return e.into(),
+    };
+    if let Delivery::ExactlyOnce { transactional_id } = &task.sink.delivery
+        && let Err(stop) = recover(task, &mut producer, transactional_id).await
+    {
+        return stop;
+    }
+    task.status.set_note(None);
+    let stopped = match &task.input {
+        SinkInput::View(view) => view_session(task, &mut producer, view).await,
+        SinkInput::Stream(stream) => stream_session(task, &mut producer, stream).await,
+    };
+    match stopped {
+        Ok(()) => Stop::Fatal(Error::Internal(format!(
+            "\"{}\", which the sink reads, stopped",
+            task.status.from
+        ))),
+        Err(stop) => stop,
+    }
+}
+
+/// Finish the transaction a previous session prepared, then take a new producer epoch
+/// (aborting any transaction left open and fencing older producers of the id).
+async fn recover(
+    task: &SinkTask,
+    producer: &mut Producer,
+    transactional_id: &str,
+) -> std::result::Result<(), Stop> {
+    if let Some((handle, payload)) = task.progress.prepared() {
+        match producer.commit_prepared(transactional_id, handle).await {
+            Ok(()) => task.progress.commit(&payload)?,
+            // The broker says no: the transaction was aborted, its messages are invisible to
+            // read-committed consumers and are sent again from the committed position.
+            Err(e) if e.code.is_some() && !e.is_retriable() => {
+                tracing::info!(sink = %task.status.name, error = %e,
+                    "prepared transaction was aborted by the broker; re-sending it");
+                task.progress.discard_pending()?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    producer
+        .init_transactions(transactional_id, TRANSACTION_TIMEOUT)
+        .await?;
+    Ok(())
+}
+
+/// Send `messages` (each to the partition its key picks, without a key to partition 0, in
+/// order) and record `progress` (if the sink keeps any) with them: in one transaction for
+/// exactly-once delivery, or after the broker's acknowledgement for at-least-once.
+async fn deliver(
+    task: &SinkTask,
+    producer: &mut Producer,
+    messages: Vec<Message>,
+    progress: Option<&[u8]>,
+) -> std::result::Result<(), Stop> {
+    let count = messages.len() as u64;
+    let partitions = producer.partitions();
+    let mut by_partition: Vec<Vec<Message>> = vec![Vec::new(); partitions];
+    for message in messages {
+        let partition = match &message.0 {
+            Some(key) => (key_hash(key) % partitions as u64) as usize,
+            None => 0,
+        };
+        by_partition[partition].push(message);
+    }
+    for (partition, messages) in by_partition.iter().enumerate() {
+        if !messages.is_empty() {
+            producer.send(partition, messages).await?;
+        }
+    }
+    if let Some(handle) = producer.handle() {
+        task.progress
+            .prepare(handle, progress.unwrap_or_default())?;
+        producer.end_transaction(true).await?;
+    }
+    if let Some(progress) = progress {
+        task.progress.commit(progress)?;
+    }
+    task.status.messages.fetch_add(count, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A view sink: the view's rows, then its changes. Exactly once, the first message set is the
+/// difference between the rows the broker has committed and the view now.
+async fn view_session(
+    task: &SinkTask,
+    producer: &mut Producer,
+    view: &View,
+) -> std::result::Result<(), Stop> {
+    let reader = view.read(None)?;
+    let mut events = reader.events;
+    let exactly_once = matches!(task.sink.delivery, Delivery::ExactlyOnce { .. });
+    let mut sent = RowBag::new(reader.rows.schema())?;
+    let first = if exactly_once {
+        if let Some(bytes) = task.progress.committed() {
+            sent.restore(&mut StateReader::new(&bytes, SENT_ROWS)?)?;
+        }
+        ChangeBatch::difference(&sent.contents()?, &reader.rows)?
+    } else {
+        ChangeBatch::inserts(reader.rows)
+    };
+    let mut changes = vec![first];
+    loop {
+        if changes.iter().all(|c| c.rows.num_rows() == 0) {
+            changes.clear();
+            match events.recv().await {
+                Some(ViewEvent::Changes { batch, .. }) => changes.push(batch),
+                None => return Ok(()),
+            }
+            if exactly_once {
+                tokio::time::sleep(TRANSACTION_INTERVAL).await;
+            }
+        }
+        let mut rows = changes.iter().map(|c| c.rows.num_rows()).sum::<usize>();
+        while rows < TRANSACTION_MESSAGES
+            && let Ok(ViewEvent::Changes { batch, .. }) = events.try_recv()
+        {
+            rows += batch.rows.num_rows();
+            changes.push(batch);
+        }
+        let mut messages = Vec::new();
+        for change in &changes {
+            messages.extend(task.sink.messages(change)?);
+            if exactly_once {
+                sent.apply(change)?;
+            }
+        }
+        if exactly_once {
+            let mut w = StateWriter::new(SENT_ROWS);
+            sent.snapshot(&mut w);
+            deliver(task, producer, messages, Some(&w.finish())).await?;
+        } else if !messages.is_empty() {
+            deliver(task, producer, messages, None).await?;
+        }
+        changes.clear();
+    }
+}
+
+/// A stream sink: the rows appended after the committed position, in order.
+async fn stream_session(
+    task: &SinkTask,
+    producer: &mut Producer,
+    stream: &StreamStore,
+) -> std::result::Result<(), Stop> {
+    let after = task.progress.position().unwrap_or(task.start);
+    let mut subscription = stream.subscribe();
+    if after < subscription.flushed_seq && !stream.log_has_after(after) {
+        return Err(Error::Storage(format!(
+            "stream \"{}\" no longer holds the rows after the sink's position {after}",
+            stream.def().name
+        ))
+        .into());
+    }
+    let mut ready: std::collections::VecDeque<(u64, Vec<RecordBatch>)> =
+        if after < subscription.flushed_seq {
+            stream
+                .records_between(after, subscription.flushed_seq)?
+                .into()
+        } else {
+            Default::default()
+        };
+    ready.extend(
+        std::mem::take(&mut subscription.hot)
+            .into_iter()
+            .filter(|(seq, _)| *seq > after),
+    );
+    let exactly_once = matches!(task.sink.delivery, Delivery::ExactlyOnce { .. });
+    let schema = stream.schema();
+    let mut sent = after;
+    loop {
+        if ready.is_empty() {
+            match subscription.live.recv().await {
+                Some((seq, batches, _)) => ready.push_back((seq, batches)),
+                None => return Ok(()),
+            }
+            if exactly_once {
+                tokio::time::sleep(TRANSACTION_INTERVAL).await;
+            }
+        }
+        while let Ok((seq, batches, _)) = subscription.live.try_recv() {
+            ready.push_back((seq, batches));
+        }
+        let mut messages = Vec::new();
+        let mut upto = sent;
+        while messages.len() < TRANSACTION_MESSAGES
+            && let Some((seq, batches)) = ready.pop_front()
+        {
+            if seq <= sent {
+                continue;
+            }
+            stream.wait_durable(seq).await?;
+            for batch in batches {
+                let batch =
+                    RecordBatch::try_new(SchemaRef::clone(&schema), batch.columns().to_vec())
+                        .map_err(Error::from)?;
+                messages.extend(task.sink.messages(&ChangeBatch::inserts(batch))?);
+            }
+            upto = seq;
+        }
+        if upto == sent {
+            continue;
+        }
+        deliver(task, producer, messages, Some(upto.to_string().as_bytes())).await?;
+        sent = upto;
+        stream.hold_log_after((task.id, 0), sent);
     }
 }
 
@@ -438,152 +806,6 @@ fn key_hash(key: &[u8]) -> u64 {
     key.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-/// Produce `messages`, retrying until the broker acknowledges them all.
-async fn produce(clients: &[PartitionClient], messages: Vec<Message>, status: &SinkStatus) {
-    let mut by_partition: Vec<Vec<Record>> = vec![Vec::new(); clients.len()];
-    for (key, value) in messages {
-        // Changes without a key stay in order only within one partition.
-        let partition = match &key {
-            Some(key) => (key_hash(key) % clients.len() as u64) as usize,
-            None => 0,
-        };
-        by_partition[partition].push(Record {
-            key,
-            value,
-            headers: Default::default(),
-            timestamp: chrono::Utc::now(),
-        });
-    }
-    for (client, records) in clients.iter().zip(by_partition) {
-        for chunk in records.chunks(PRODUCE_MESSAGES) {
-            let mut wait = Duration::from_millis(100);
-            loop {
-                match client
-                    .produce(chunk.to_vec(), Compression::NoCompression)
-                    .await
-                {
-                    Ok(_) => {
-                        status.set_note(None);
-                        status
-                            .messages
-                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e) => {
-                        let note = format!("produce to partition {}: {e}", client.partition());
-                        tracing::warn!(sink = %status.name, error = %note, "kafka sink retrying");
-                        status.set_note(Some(note));
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(10));
-                    }
-                }
-            }
-        }
-    }
-}
-
-async fn run(
-    id: u64,
-    sink: &KafkaSink,
-    input: SinkInput,
-    status: &SinkStatus,
-    position: PathBuf,
-) -> Result<()> {
-    let clients = partitions(sink, status).await;
-    match input {
-        SinkInput::View(view) => {
-            let reader = view.read(None)?;
-            let mut events = reader.events;
-            produce(
-                &clients,
-                sink.messages(&ChangeBatch::inserts(reader.rows))?,
-                status,
-            )
-            .await;
-            while let Some(ViewEvent::Changes { batch, .. }) = events.recv().await {
-                produce(&clients, sink.messages(&batch)?, status).await;
-            }
-            Err(Error::Internal(format!(
-                "materialized view \"{}\" stopped",
-                view.def.name
-            )))
-        }
-        SinkInput::Stream(stream) => {
-            // Rows appended after the sink started, resumed after the last acknowledged ones.
-            let stored = std::fs::read_to_string(&position)
-                .ok()
-                .and_then(|text| text.trim().parse::<u64>().ok());
-            let after = match stored {
-                Some(seq) => seq,
-                None => {
-                    let now = stream.appended_records();
-                    crate::storage::cold::write_atomically(&position, now.to_string().as_bytes())?;
-                    now
-                }
-            };
-            let mut subscription = stream.subscribe();
-            if after < subscription.flushed_seq && !stream.log_has_after(after) {
-                return Err(Error::Storage(format!(
-                    "stream \"{}\" no longer holds the rows after the sink's position {after}",
-                    stream.def().name
-                )));
-            }
-            let mut records = if after < subscription.flushed_seq {
-                stream.records_between(after, subscription.flushed_seq)?
-            } else {
-                Vec::new()
-            };
-            records.extend(
-                std::mem::take(&mut subscription.hot)
-                    .into_iter()
-                    .filter(|(seq, _)| *seq > after),
-            );
-            let mut sent = after;
-            let schema = stream.schema();
-            for (seq, batches) in records {
-                stream.wait_durable(seq).await?;
-                sent =
-                    send_record(sink, &clients, status, &schema, seq, batches, &position).await?;
-                stream.hold_log_after((id, 0), sent);
-            }
-            while let Some((seq, batches, _)) = subscription.live.recv().await {
-                if seq <= sent {
-                    continue;
-                }
-                stream.wait_durable(seq).await?;
-                sent =
-                    send_record(sink, &clients, status, &schema, seq, batches, &position).await?;
-                stream.hold_log_after((id, 0), sent);
-            }
-            Err(Error::Internal(format!(
-                "stream \"{}\" was dropped",
-                stream.def().name
-            )))
-        }
-    }
-}
-
-/// Send one stream record's rows and record that they were acknowledged.
-#[allow(clippy::too_many_arguments)]
-async fn send_record(
-    sink: &KafkaSink,
-    clients: &[PartitionClient],
-    status: &SinkStatus,
-    schema: &SchemaRef,
-    seq: u64,
-    batches: Vec<RecordBatch>,
-    position: &std::path::Path,
-) -> Result<u64> {
-    let mut messages = Vec::new();
-    for batch in batches {
-        let batch = RecordBatch::try_new(SchemaRef::clone(schema), batch.columns().to_vec())?;
-        messages.extend(sink.messages(&ChangeBatch::inserts(batch))?);
-    }
-    produce(clients, messages, status).await;
-    crate::storage::cold::write_atomically(position, seq.to_string().as_bytes())?;
-    Ok(seq)
 }
 
 #[cfg(test)]
@@ -620,7 +842,7 @@ mod tests {
     #[test]
     fn messages_carry_the_change_kind_or_upsert_by_key() {
         let base = [("connector", "kafka"), ("brokers", "b:1"), ("topic", "t")];
-        let sink = KafkaSink::new(&options(&base), &schema()).expect("sink");
+        let sink = KafkaSink::new("s", &options(&base), &schema()).expect("sink");
         let messages = sink
             .messages(&change(&[1, 2], &[Some(3), None], &[false, true]))
             .expect("messages");
@@ -637,7 +859,7 @@ mod tests {
         );
         let mut keyed = options(&base);
         keyed.push(("key".into(), "card".into()));
-        let sink = KafkaSink::new(&keyed, &schema()).expect("keyed");
+        let sink = KafkaSink::new("s", &keyed, &schema()).expect("keyed");
         // An update of card 1 (delete and insert) is one upsert; card 2 is deleted: a tombstone.
         let messages = sink
             .messages(&change(
@@ -655,14 +877,15 @@ mod tests {
         assert_eq!(messages[1], (Some(b"2".to_vec()), None));
         assert!(
             KafkaSink::new(
+                "s",
                 &options(&[("connector", "kafka"), ("topic", "t")]),
                 &schema()
             )
             .is_err()
         );
-        assert!(KafkaSink::new(&options(&[("connector", "s3")]), &schema()).is_err());
+        assert!(KafkaSink::new("s", &options(&[("connector", "s3")]), &schema()).is_err());
         let mut bad_key = options(&base);
         bad_key.push(("key".into(), "nope".into()));
-        assert!(KafkaSink::new(&bad_key, &schema()).is_err());
+        assert!(KafkaSink::new("s", &bad_key, &schema()).is_err());
     }
 }

@@ -8,7 +8,7 @@ use datafusion::sql::sqlparser::ast::ObjectName;
 use super::views::name_of;
 use super::{Engine, Output};
 use crate::catalog::QualifiedName;
-use crate::connectors::sink::{KafkaSink, SinkInput};
+use crate::connectors::sink::{KafkaSink, SinkInput, SinkProgress};
 use crate::error::{Error, Result};
 use crate::parser::extensions::CreateSink;
 use crate::storage::{Relation, SinkDef};
@@ -40,14 +40,16 @@ impl Engine {
             SinkInput::View(view) => std::sync::Arc::clone(&view.schema),
             SinkInput::Stream(stream) => stream.schema(),
         };
-        let sink = KafkaSink::new(&def.options, &schema)?;
+        let name = format!("{}.{}", def.schema_name, def.name);
+        let sink = KafkaSink::new(&name, &def.options, &schema)?;
         self.catalog.sinks().start(
             def.id,
-            format!("{}.{}", def.schema_name, def.name),
+            name,
             def.from.clone(),
             sink,
             input,
-            self.catalog.storage().sink_position_path(def.id),
+            SinkProgress::new(self.catalog.storage().sink_position_path(def.id)),
+            def.start,
         );
         Ok(())
     }
@@ -76,21 +78,21 @@ impl Engine {
             SinkInput::Stream(stream) => stream.schema(),
         };
         // Checked before anything is recorded.
-        KafkaSink::new(&create.options, &schema)?;
+        KafkaSink::new(&name.to_string(), &create.options, &schema)?;
+        // A stream's sink sends the rows appended from now on: its start is fixed before the
+        // statement returns, not when its task gets going.
+        let start = match &input {
+            SinkInput::Stream(stream) => Some(stream.appended_records()),
+            SinkInput::View(_) => None,
+        };
         let def = self.catalog.storage().create_sink(SinkDef {
             id: 0,
             schema_name: name.schema,
             name: name.name,
             from: from.to_string(),
             options: create.options.clone(),
+            start,
         })?;
-        // A stream's sink sends the rows appended from now on: its start is fixed before the
-        // statement returns, not when its task gets going.
-        if let SinkInput::Stream(stream) = &input {
-            let position = self.catalog.storage().sink_position_path(def.id);
-            let now = stream.appended_records().to_string();
-            crate::storage::cold::write_atomically(&position, now.as_bytes())?;
-        }
         self.start_sink(&def, input)?;
         Ok(command("CREATE SINK"))
     }
@@ -117,6 +119,7 @@ impl Engine {
                         }
                     }
                     self.catalog.storage().drop_sink(def.id)?;
+                    SinkProgress::new(self.catalog.storage().sink_position_path(def.id)).remove();
                 }
                 None if if_exists => {}
                 None => {

@@ -432,6 +432,10 @@ pub struct SinkDef {
     /// The view or stream it reads, as `schema.name`.
     pub from: String,
     pub options: Vec<(String, String)>,
+    /// A stream sink's first position: the stream's length at CREATE SINK (rows appended
+    /// before it are not sent). Recorded with the sink, so a crash cannot move it.
+    #[serde(default)]
+    pub start: Option<u64>,
 }
 
 /// A model as stored: how it is trained and the record of every version.
@@ -861,11 +865,10 @@ impl Storage {
             catalog.sinks = before;
             return Err(e);
         }
-        let _ = std::fs::remove_file(self.sink_position_path(id));
         Ok(())
     }
 
-    /// Where a stream sink keeps the position it has sent up to.
+    /// Where a sink keeps what it has delivered (its pending transaction beside it).
     pub fn sink_position_path(&self, id: u64) -> PathBuf {
         let dir = self.data_dir.join("sinks");
         let _ = std::fs::create_dir_all(&dir);

@@ -3,15 +3,70 @@
   kafka_client.py BROKER create TOPIC PARTITIONS
   kafka_client.py BROKER produce TOPIC        < JSON lines {"partition": p, "key": k|null, "value": v|null}
   kafka_client.py BROKER consume TOPIC IDLE_MS > JSON lines {"partition", "offset", "key", "value"}
+  kafka_client.py BROKER consume_committed TOPIC IDLE_MS > the same, committed records only
 
 Keys and values are text (UTF-8); `consume` reads every partition from the start until no
-record has come for IDLE_MS.
+record has come for IDLE_MS. `consume_committed` reads as an `isolation_level =
+read_committed` consumer does, deciding itself which transactions committed from the
+transaction markers in the log (a broker's fetch response may list the aborted transactions,
+which kafka-python relies on, but not every Kafka-compatible broker fills that list): records
+of a transaction that was aborted, or that is still open, are left out.
 """
 import json
 import sys
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.consumer.fetcher import Fetcher
+
+# Every record batch the consumer read: (partition, base offset) -> what it is.
+BATCHES = {}
+
+
+class BatchSpy:
+    """Stands in for a fetch response's records, noting each batch the consumer unpacks."""
+
+    def __init__(self, partition, records):
+        self.partition, self.records = partition, records
+
+    def next_batch(self, *args, **kwargs):
+        batch = self.records.next_batch(*args, **kwargs)
+        if batch is not None and batch.magic == 2:
+            info = {"last": batch.last_offset, "producer": batch.producer_id,
+                    "transactional": batch.is_transactional, "control": batch.is_control_batch}
+            if batch.is_control_batch:
+                # A control record's key: version (int16), type (int16: 0 abort, 1 commit).
+                info["commit"] = any(r.key[2:4] == b"\x00\x01" for r in batch)
+            BATCHES[(self.partition, batch.base_offset)] = info
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.records, name)
+
+
+def spy_on_batches():
+    unpack = Fetcher.PartitionRecords._unpack_records
+
+    def spying(self, tp, records, *args):
+        return unpack(self, tp, BatchSpy(tp.partition, records), *args)
+
+    Fetcher.PartitionRecords._unpack_records = spying
+
+
+def committed_offsets():
+    """(partition, offset) of every record whose transaction committed, or that had none."""
+    visible, open_txns = set(), {}
+    for (partition, base), b in sorted(BATCHES.items()):
+        offsets = [(partition, o) for o in range(base, b["last"] + 1)]
+        if b["control"]:
+            records = open_txns.pop((partition, b["producer"]), [])
+            if b["commit"]:
+                visible.update(records)
+        elif b["transactional"]:
+            open_txns.setdefault((partition, b["producer"]), []).extend(offsets)
+        else:
+            visible.update(offsets)
+    return visible
 
 
 def text(b):
@@ -35,7 +90,10 @@ def main():
             producer.send(topic, key=key, value=value, partition=m.get("partition"))
         producer.flush()
         producer.close()
-    elif command == "consume":
+    elif command in ("consume", "consume_committed"):
+        committed = command == "consume_committed"
+        if committed:
+            spy_on_batches()
         consumer = KafkaConsumer(
             bootstrap_servers=broker,
             enable_auto_commit=False,
@@ -45,10 +103,13 @@ def main():
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         consumer.seek_to_beginning(*assigned)
-        for m in consumer:
-            print(json.dumps({"partition": m.partition, "offset": m.offset,
-                              "key": text(m.key), "value": text(m.value)}))
+        messages = [m for m in consumer]
         consumer.close()
+        visible = committed_offsets() if committed else None
+        for m in messages:
+            if visible is None or (m.partition, m.offset) in visible:
+                print(json.dumps({"partition": m.partition, "offset": m.offset,
+                                  "key": text(m.key), "value": text(m.value)}))
     else:
         sys.exit("unknown command " + command)
 

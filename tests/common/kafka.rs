@@ -130,7 +130,17 @@ impl Broker {
 
     /// Every message of `topic`, read until none has come for `idle`.
     pub fn consume(&self, topic: &str, idle: Duration) -> Vec<serde_json::Value> {
-        self.client(&["consume", topic, &idle.as_millis().to_string()], None)
+        self.read("consume", topic, idle)
+    }
+
+    /// The messages of `topic` a read-committed consumer sees: none of an aborted or open
+    /// transaction.
+    pub fn consume_committed(&self, topic: &str, idle: Duration) -> Vec<serde_json::Value> {
+        self.read("consume_committed", topic, idle)
+    }
+
+    fn read(&self, command: &str, topic: &str, idle: Duration) -> Vec<serde_json::Value> {
+        self.client(&[command, topic, &idle.as_millis().to_string()], None)
             .lines()
             .map(|line| serde_json::from_str(line).expect("consumer output"))
             .collect()
