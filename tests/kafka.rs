@@ -350,6 +350,63 @@ async fn sinks_write_views_and_streams_to_topics() {
     assert_eq!(error.as_db_error().map(|e| e.code().code()), Some("2BP01"));
 }
 
+/// A topic that holds fewer messages than the stream has read (deleted and created again, or
+/// a rebuilt cluster, here an empty broker at the same address): the source fails and says so
+/// instead of waiting forever with a lag of 0, and the stream keeps its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_fails_the_source_with_the_reason() {
+    let mut broker = Broker::start();
+    broker.create_topic("again", 1);
+    let messages: Vec<(i32, Option<&str>, Option<&str>)> = ["{\"id\": 1}"; 5]
+        .iter()
+        .map(|v| (0, None, Some(*v)))
+        .collect();
+    broker.produce("again", &messages);
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM again (id BIGINT) WITH (connector = 'kafka', brokers = '{}', \
+             topic = 'again')",
+            broker.address
+        ))
+        .await
+        .expect("stream");
+    common::wait_for(&client, "SELECT count(*) FROM again", 5).await;
+    // The server goes first, so that the broker's port has no connections left to linger
+    // (tansu cannot listen again on a port with connections in TIME_WAIT).
+    process.kill();
+    broker.restart_empty();
+    broker.create_topic("again", 1);
+    broker.produce("again", &messages[..2]);
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    common::wait_for(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.sources WHERE source = 'public.again' \
+         AND status = 'failed'",
+        1,
+    )
+    .await;
+    let error: String = client
+        .query_one(
+            "SELECT error FROM eddy_catalog.sources WHERE source = 'public.again'",
+            &[],
+        )
+        .await
+        .expect("sources")
+        .get(0);
+    assert!(
+        error.contains("ends at offset 2, before the stream's position 5"),
+        "{error}"
+    );
+    assert_eq!(
+        common::scalar(&client, "SELECT count(*) FROM again").await,
+        5
+    );
+}
+
 /// A broker that does not serve Kafka transactions (tansu 0.6 has no EndTxn) gets no
 /// exactly-once sink: the sink fails before sending anything, saying why and what to use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

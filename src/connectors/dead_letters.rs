@@ -119,6 +119,7 @@ impl DeadLetterLog {
         }
         let _turn = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let fail = |e: std::io::Error| Error::Storage(format!("{}: {e}", self.path.display()));
+        let created = !self.path.exists();
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -126,6 +127,10 @@ impl DeadLetterLog {
             .map_err(fail)?;
         file.write_all(&text).map_err(fail)?;
         file.sync_data().map_err(fail)?;
+        // A new file's name is durable once its directory is synced.
+        if created && let Some(dir) = self.path.parent() {
+            crate::storage::log::sync_dir(dir)?;
+        }
         let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
         for letter in &fresh {
             let entry = newest.entry(letter.partition).or_insert(letter.offset);

@@ -412,6 +412,19 @@ async fn connect(source: &KafkaSource, status: &SourceStatus) -> Client {
     }
 }
 
+/// Why a fetch failed: the partition no longer holds the stream's position (the source
+/// cannot go on without skipping or repeating records), or anything worth retrying.
+enum FetchFailure {
+    PositionLost(Error),
+    Transient(Error),
+}
+
+impl From<Error> for FetchFailure {
+    fn from(e: Error) -> FetchFailure {
+        FetchFailure::Transient(e)
+    }
+}
+
 /// Records at or after `from` and the partition's high watermark. A broker that returns
 /// nothing for an offset inside a record batch is asked again from earlier offsets (batch
 /// starts), keeping only what comes at or after `from`.
@@ -419,7 +432,7 @@ async fn fetch_from(
     client: &PartitionClient,
     from: i64,
     floor: &mut i64,
-) -> Result<(Vec<RecordAndOffset>, i64)> {
+) -> std::result::Result<(Vec<RecordAndOffset>, i64), FetchFailure> {
     let mut at = from;
     let mut step = 1;
     // Once the search has read from the floor and come back without a record at or after
@@ -441,11 +454,11 @@ async fn fetch_from(
                     .await
                     .map_err(|e| kafka_error("earliest offset", e))?;
                 if earliest > from {
-                    return Err(Error::Storage(format!(
+                    return Err(FetchFailure::PositionLost(Error::Storage(format!(
                         "kafka: partition {} no longer holds offset {from} (retention removed \
                          it; the earliest is {earliest})",
                         client.partition()
-                    )));
+                    ))));
                 }
                 *floor = earliest;
                 if at == earliest {
@@ -455,14 +468,22 @@ async fn fetch_from(
                 step *= 2;
                 continue;
             }
-            Err(e) => return Err(kafka_error("fetch", e)),
+            Err(e) => return Err(kafka_error("fetch", e).into()),
         };
         let kept: Vec<RecordAndOffset> = records
             .iter()
             .filter(|r| r.offset >= from)
             .cloned()
             .collect();
-        if !kept.is_empty() || high <= from {
+        if high < from {
+            return Err(FetchFailure::PositionLost(Error::Storage(format!(
+                "kafka: partition {} ends at offset {high}, before the stream's position {from} \
+                 (the topic was deleted and created again, or truncated); the stream keeps its \
+                 rows and reads no more from this topic: recreate the stream to read it anew",
+                client.partition()
+            ))));
+        }
+        if !kept.is_empty() || high == from {
             return Ok((kept, high));
         }
         if let Some(last) = records.last() {
@@ -566,11 +587,11 @@ async fn fetch_partition(
                         return;
                     }
                 }
-                Err(e) if e.to_string().contains("no longer holds") => {
+                Err(FetchFailure::PositionLost(e)) => {
                     let _ = out.send(Err(e)).await;
                     return;
                 }
-                Err(e) => {
+                Err(FetchFailure::Transient(e)) => {
                     tracing::warn!(%topic, partition, error = %e, "kafka fetch failed; retrying");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(10));

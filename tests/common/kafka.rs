@@ -44,7 +44,20 @@ impl Broker {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let address = format!("127.0.0.1:{port}");
+        Self::start_at(format!("127.0.0.1:{port}"))
+    }
+
+    /// Stop the broker and start an empty one at the same address (its storage is memory:
+    /// every topic and message is gone, as after a cluster was rebuilt).
+    pub fn restart_empty(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        *self = Self::start_at(self.address.clone());
+    }
+
+    fn start_at(address: String) -> Broker {
         let url = format!("tcp://{address}");
         let child = Command::new(tansu())
             .args([
