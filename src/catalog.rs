@@ -10,6 +10,7 @@
 //! view (one table provider per relation, see [`crate::storage`]) in step with the durable
 //! catalog in [`Storage`]: at start every stored relation is registered again under its name.
 
+pub mod activity;
 pub mod information_schema;
 pub mod pg_attribute;
 pub mod pg_functions;
@@ -41,6 +42,7 @@ struct SystemTable {
     sources: Arc<Sources>,
     sinks: Arc<crate::connectors::sink::Sinks>,
     models: Arc<Models>,
+    activity: Arc<activity::Activity>,
 }
 
 #[async_trait::async_trait]
@@ -70,6 +72,7 @@ impl TableProvider for SystemTable {
             "source_partitions" => self.sources.partitions_batch()?,
             "dead_letters" => self.sources.dead_letters_batch()?,
             "sinks" => self.sinks.system_batch()?,
+            "sessions" | "pg_stat_activity" => self.activity.batch()?,
             _ => self.sources.system_batch()?,
         };
         Ok(
@@ -99,6 +102,7 @@ pub struct Catalog {
     sources: Arc<Sources>,
     sinks: Arc<crate::connectors::sink::Sinks>,
     models: Arc<Models>,
+    activity: Arc<activity::Activity>,
 }
 
 /// Schema of EddyDB's system tables.
@@ -131,6 +135,7 @@ impl Catalog {
         let sources = Arc::new(Sources::default());
         let sinks = Arc::new(crate::connectors::sink::Sinks::default());
         let models = Arc::new(Models::new(Arc::clone(&storage)));
+        let activity = Arc::new(activity::Activity::default());
         let system = MemorySchemaProvider::new();
         for table in [
             "materialized_views",
@@ -143,6 +148,7 @@ impl Catalog {
             "model_versions",
             "model_monitors",
             "drift_events",
+            "sessions",
         ] {
             let schema = match table {
                 "sources" => Sources::system_schema(),
@@ -151,6 +157,7 @@ impl Catalog {
                 "sinks" => crate::connectors::sink::Sinks::system_schema(),
                 "models" | "model_versions" => crate::planner::models::system_schema(table),
                 "model_monitors" | "drift_events" => crate::planner::monitors::system_schema(table),
+                "sessions" => activity::Activity::schema(),
                 _ => crate::planner::views::system_schema(table)?,
             };
             system.register_table(
@@ -162,6 +169,7 @@ impl Catalog {
                     sources: Arc::clone(&sources),
                     sinks: Arc::clone(&sinks),
                     models: Arc::clone(&models),
+                    activity: Arc::clone(&activity),
                 }),
             )?;
         }
@@ -173,6 +181,7 @@ impl Catalog {
             sources,
             sinks,
             models,
+            activity,
         };
         for relation in catalog.storage.relations() {
             let def = relation.def();
@@ -185,6 +194,24 @@ impl Catalog {
             }
         }
         Ok(Arc::new(catalog))
+    }
+
+    /// `pg_stat_activity`, served by the `pg_catalog` schema (see [`pg_attribute::install`]).
+    pub fn pg_stat_activity(&self) -> Arc<dyn TableProvider> {
+        Arc::new(SystemTable {
+            name: "pg_stat_activity",
+            schema: activity::Activity::schema(),
+            views: Arc::clone(&self.views),
+            sources: Arc::clone(&self.sources),
+            sinks: Arc::clone(&self.sinks),
+            models: Arc::clone(&self.models),
+            activity: Arc::clone(&self.activity),
+        })
+    }
+
+    /// Connected backends and the server's connection and statement figures.
+    pub fn activity(&self) -> &Arc<activity::Activity> {
+        &self.activity
     }
 
     /// The durable storage behind the catalog.

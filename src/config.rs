@@ -68,6 +68,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub tls_key: Option<PathBuf>,
+
+    /// Also run the demo: a generated auction site with live views and a model (sql/demo)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub demo: bool,
 }
 
 const CONFIG_HELP: &str = "\
@@ -81,6 +86,7 @@ CONFIGURATION
   log_level = \"info\"                 EDDY_LOG_LEVEL        tracing filter (RUST_LOG overrides)
   log_format = \"text\"                EDDY_LOG_FORMAT       text or json
   object_store = \"s3://bucket/eddy\"  EDDY_OBJECT_STORE     cold tier (default: <data_dir>/cold)
+  demo = false                       EDDY_DEMO             set up the demo (sql/demo) at start
   [storage]
   sync = \"fsync\"                     EDDY_STORAGE__SYNC    fsync: acknowledge after fsync (group
                                      commit); none: after the OS has the write (survives a
@@ -128,6 +134,8 @@ pub struct Config {
     pub streaming: StreamingConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    /// Set up the demo (`sql/demo/*.sql`) once the server is ready, unless it is already there.
+    pub demo: bool,
 }
 
 /// How data is kept: the log's durability, the hot tier's size, and when data moves to Parquet.
@@ -256,6 +264,7 @@ impl Default for Config {
             streaming: StreamingConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            demo: false,
         }
     }
 }

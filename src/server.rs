@@ -6,6 +6,7 @@
 //! accepting, lets running connections finish for a grace period, then returns.
 
 pub mod auth;
+pub mod demo;
 pub mod encode;
 pub mod handler;
 pub mod http;
@@ -16,6 +17,7 @@ pub mod settings;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pgwire::api::cancel::DefaultCancelHandler;
@@ -128,6 +130,9 @@ pub async fn start(
         "EddyDB {} ready to accept connections",
         env!("CARGO_PKG_VERSION")
     );
+    if config.demo {
+        demo::spawn(Arc::clone(&engine), addrs.pg);
+    }
 
     let task = tokio::spawn(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -148,10 +153,14 @@ pub async fn start(
                         let _ = socket.set_nodelay(true);
                         let handlers = Arc::clone(&handlers);
                         let tls = tls_acceptor.clone();
+                        let activity = Arc::clone(engine.catalog().activity());
+                        activity.connections.fetch_add(1, Ordering::Relaxed);
+                        activity.connections_total.fetch_add(1, Ordering::Relaxed);
                         connections.spawn(async move {
                             if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
+                            activity.connections.fetch_sub(1, Ordering::Relaxed);
                         });
                     }
                     Err(e) => {

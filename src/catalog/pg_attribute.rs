@@ -5,7 +5,9 @@
 //! `text` in psql's `\d` and in drivers' column metadata while query results say `jsonb`. This
 //! wraps its `pg_catalog` schema: `pg_attribute` scans the original table, then replaces each
 //! `atttypid` with [`pg_type_of_field`] of the live column, the same mapping the encoder uses, by
-//! resolving `attrelid` through `pg_class` and `pg_namespace`. Every other table passes through.
+//! resolving `attrelid` through `pg_class` and `pg_namespace`. The wrapper also serves the
+//! `pg_catalog` tables EddyDB computes itself (`pg_stat_activity`, see [`super::activity`]).
+//! Every other table passes through.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -24,15 +26,24 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 
 use crate::catalog::pg_types::{pg_type_of_field, type_modifier};
 
-/// Replace the catalog's `pg_catalog` schema with one whose `pg_attribute` reports EddyDB types.
-pub fn install(catalogs: Arc<dyn CatalogProviderList>, database: &str) -> crate::Result<()> {
+/// Replace the catalog's `pg_catalog` schema with one whose `pg_attribute` reports EddyDB types
+/// and that also holds `own` tables.
+pub fn install(
+    catalogs: Arc<dyn CatalogProviderList>,
+    database: &str,
+    own: Vec<(&'static str, Arc<dyn TableProvider>)>,
+) -> crate::Result<()> {
     let catalog = catalogs
         .catalog(database)
         .ok_or_else(|| crate::Error::Internal(format!("catalog {database} is missing")))?;
     let inner = catalog
         .schema("pg_catalog")
         .ok_or_else(|| crate::Error::Internal("pg_catalog is not set up".into()))?;
-    let wrapped = Arc::new(PgCatalogSchema { inner, catalogs });
+    let wrapped = Arc::new(PgCatalogSchema {
+        inner,
+        catalogs,
+        own: own.into_iter().collect(),
+    });
     catalog.register_schema("pg_catalog", wrapped)?;
     Ok(())
 }
@@ -41,15 +52,21 @@ pub fn install(catalogs: Arc<dyn CatalogProviderList>, database: &str) -> crate:
 struct PgCatalogSchema {
     inner: Arc<dyn SchemaProvider>,
     catalogs: Arc<dyn CatalogProviderList>,
+    own: HashMap<&'static str, Arc<dyn TableProvider>>,
 }
 
 #[async_trait]
 impl SchemaProvider for PgCatalogSchema {
     fn table_names(&self) -> Vec<String> {
-        self.inner.table_names()
+        let mut names = self.inner.table_names();
+        names.extend(self.own.keys().map(|n| n.to_string()));
+        names
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if let Some(own) = self.own.get(name) {
+            return Ok(Some(Arc::clone(own)));
+        }
         let table = self.inner.table(name).await?;
         if name != "pg_attribute" {
             return Ok(table);
@@ -70,7 +87,7 @@ impl SchemaProvider for PgCatalogSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.inner.table_exist(name)
+        self.own.contains_key(name) || self.inner.table_exist(name)
     }
 }
 

@@ -275,6 +275,56 @@ pub fn session_setting_functions(settings: SharedSettings) -> Vec<ScalarUDF> {
     udfs
 }
 
+/// `pg_cancel_backend(pid)`: cancel the statement backend `pid` runs, as a CancelRequest
+/// would; true if the backend exists (PostgreSQL's answer also when it is idle), false if not.
+pub fn pg_cancel_backend(activity: Arc<crate::catalog::activity::Activity>) -> ScalarUDF {
+    let cancel = move |args: &[ColumnarValue]| {
+        let arrays = ColumnarValue::values_to_arrays(args)?;
+        let pids = datafusion::arrow::compute::cast(&arrays[0], &DataType::Int64)?;
+        let pids = pids.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let found: datafusion::arrow::array::BooleanArray = pids
+            .iter()
+            .map(|pid| {
+                let pid = i32::try_from(pid?).ok()?;
+                if !activity.exists(pid) {
+                    return Some(false);
+                }
+                let activity = Arc::clone(&activity);
+                tokio::spawn(async move { activity.cancel(pid).await });
+                Some(true)
+            })
+            .collect();
+        let found: ArrayRef = Arc::new(found);
+        Ok(if all_scalars(args) {
+            ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&found, 0)?)
+        } else {
+            ColumnarValue::Array(found)
+        })
+    };
+    datafusion::logical_expr::create_udf(
+        "pg_cancel_backend",
+        vec![DataType::Int64],
+        DataType::Boolean,
+        datafusion::logical_expr::Volatility::Volatile,
+        Arc::new(cancel),
+    )
+}
+
+/// `pg_backend_pid()` for one session: the process id its connection was given.
+pub fn pg_backend_pid(pid: i32) -> ScalarUDF {
+    datafusion::logical_expr::create_udf(
+        "pg_backend_pid",
+        vec![],
+        DataType::Int32,
+        datafusion::logical_expr::Volatility::Stable,
+        Arc::new(move |_: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(
+                datafusion::common::ScalarValue::Int32(Some(pid)),
+            ))
+        }),
+    )
+}
+
 /// The `version()` string: PostgreSQL's shape, so version sniffers (SQLAlchemy's
 /// `PostgreSQL (\d+)\.(\d+)`) see the server version EddyDB reports in `server_version`.
 pub fn version_string() -> String {

@@ -27,7 +27,7 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
-use crate::storage::StreamStore;
+use crate::storage::{IngestPath, StreamStore};
 
 /// The option naming a stream's connector.
 pub const CONNECTOR: &str = "connector";
@@ -469,7 +469,7 @@ async fn run_nexmark(stream: &StreamStore, status: &SourceStatus) -> Result<()> 
         }
         tokio::time::sleep(source.delay_before(chunk)).await;
         let batch = source.chunk(chunk, &schema)?;
-        stream.append(vec![batch]).await?;
+        stream.append(IngestPath::Source, vec![batch]).await?;
         chunk += 1;
         report(chunk);
     }
@@ -492,7 +492,7 @@ async fn run_datagen(stream: &StreamStore, status: &SourceStatus) -> Result<()> 
         }
         tokio::time::sleep(source.delay_before(chunk)).await;
         let batch = source.chunk(chunk)?;
-        stream.append(vec![batch]).await?;
+        stream.append(IngestPath::Source, vec![batch]).await?;
         chunk += 1;
         report(chunk);
     }

@@ -205,7 +205,41 @@ fn parse_standard(sql: &str) -> Result<Vec<Statement>> {
         // sqlparser does not know PostgreSQL's ABORT, a synonym of ROLLBACK.
         Err(e) => return abort_as_rollback(&sql).ok_or(Error::Parse(e)),
     };
-    statements.into_iter().map(classify).collect()
+    statements
+        .into_iter()
+        .map(|mut statement| {
+            let _ = statement.visit(&mut QualifyOwnPgCatalogTables);
+            classify(statement)
+        })
+        .collect()
+}
+
+/// `pg_catalog` tables EddyDB computes itself (see [`crate::catalog::activity`]).
+const OWN_PG_CATALOG_TABLES: &[&str] = &["pg_stat_activity"];
+
+/// PostgreSQL looks in `pg_catalog` first, so `pg_stat_activity` unqualified is
+/// `pg_catalog.pg_stat_activity`; datafusion-pg-catalog qualifies its own tables the same way.
+struct QualifyOwnPgCatalogTables;
+
+impl VisitorMut for QualifyOwnPgCatalogTables {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut ast::TableFactor) -> ControlFlow<()> {
+        if let ast::TableFactor::Table {
+            name, args: None, ..
+        } = factor
+            && let [ast::ObjectNamePart::Identifier(ident)] = name.0.as_slice()
+            && OWN_PG_CATALOG_TABLES
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(&ident.value))
+        {
+            *name = ast::ObjectName(vec![
+                ast::ObjectNamePart::Identifier(ast::Ident::new("pg_catalog")),
+                ast::ObjectNamePart::Identifier(ident.clone()),
+            ]);
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// How clients read the search path in SQL.

@@ -136,9 +136,16 @@ impl Engine {
         let catalog = Catalog::install(&ctx, storage)?;
         datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE_NAME, EmptyContextProvider)
             .map_err(|e| Error::from(*e))?;
-        pg_attribute::install(Arc::clone(ctx.state().catalog_list()), DATABASE_NAME)?;
+        pg_attribute::install(
+            Arc::clone(ctx.state().catalog_list()),
+            DATABASE_NAME,
+            vec![("pg_stat_activity", catalog.pg_stat_activity())],
+        )?;
         information_schema::register_information_schema(&ctx, DATABASE_NAME)?;
         pg_functions::register_pg_functions(&ctx);
+        ctx.register_udf(pg_functions::pg_cancel_backend(Arc::clone(
+            catalog.activity(),
+        )));
         crate::streaming::windows::register(&ctx);
         crate::ml::functions::register(&ctx, catalog.models());
         crate::ml::aggregates::register(&ctx);

@@ -68,12 +68,28 @@ impl QueryHandler {
 
 /// The connection's session, created on first use from the startup parameters.
 fn session_of<C: ClientInfo>(client: &C, engine: &Arc<Engine>) -> Arc<Session> {
+    if let Some(session) = client.session_extensions().get::<Session>() {
+        return session;
+    }
+    // Read before get_or_insert_with, which holds the extensions' lock while it builds.
+    let cancel = client
+        .session_extensions()
+        .get::<Arc<ConnectionHandle>>()
+        .map(|handle| Arc::clone(&*handle));
     client.session_extensions().get_or_insert_with(|| {
         let metadata = client.metadata();
-        Session::new(
+        let session = Session::new(
             Arc::clone(engine),
             metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        )
+        );
+        let (pid, _) = client.pid_and_secret_key();
+        session.set_backend(crate::catalog::activity::Backend::new(
+            pid,
+            metadata,
+            Some(client.socket_addr()),
+            cancel,
+        ));
+        session
     })
 }
 
@@ -116,17 +132,23 @@ enum Cancellation {
 /// Run `work` under the session's statement timeout and, if asked, the connection's cancel
 /// signal, forwarding the progress it reports to the client as NOTICEs while it runs (a
 /// model's training, a view's backfill). Err only when the client cannot be written to.
-async fn guarded<C, T>(
+async fn guarded<C>(
     client: &mut C,
     session: &Session,
     cancellation: Cancellation,
-    work: impl std::future::Future<Output = crate::Result<T>>,
-) -> PgWireResult<crate::Result<T>>
+    query: &str,
+    work: impl std::future::Future<Output = crate::Result<crate::server::session::Executed>>,
+) -> PgWireResult<crate::Result<crate::server::session::Executed>>
 where
     C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
     C::Error: Debug,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
+    let backend = session.backend();
+    if let Some(backend) = &backend {
+        backend.started(query, session.application_name());
+    }
+    let started = std::time::Instant::now();
     let cancel = match (
         cancellation,
         client.session_extensions().get::<Arc<ConnectionHandle>>(),
@@ -175,6 +197,18 @@ where
     while let Ok(report) = reports.try_recv() {
         client.feed(notice(&report)).await?;
     }
+    if let Some(backend) = backend {
+        backend.finished();
+    }
+    let kind = match &result {
+        Ok(executed) if matches!(executed.output, Output::Rows { .. }) => 0,
+        _ => 1,
+    };
+    session
+        .engine()
+        .catalog()
+        .activity()
+        .statement_done(kind, started.elapsed());
     Ok(result)
 }
 
@@ -484,6 +518,7 @@ impl SimpleQueryHandler for QueryHandler {
                 client,
                 &session,
                 Cancellation::Watch,
+                query,
                 session.execute(statement, &[], Vec::new()),
             )
             .await?
@@ -592,7 +627,7 @@ impl QueryParser for StatementParser {
             return Ok(None);
         };
         let prepared = session
-            .prepare(statement, types.to_vec())
+            .prepare(sql, statement, types.to_vec())
             .await
             .map_err(|e| {
                 session.statement_failed();
@@ -745,6 +780,7 @@ impl ExtendedQueryHandler for QueryHandler {
                     client,
                     &session,
                     Cancellation::ByCaller,
+                    &prepared.sql,
                     session.execute(&prepared.statement, &prepared.declared_types, params),
                 )
                 .await?

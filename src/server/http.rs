@@ -26,6 +26,7 @@ use crate::catalog::{DEFAULT_SCHEMA, QualifiedName};
 use crate::error::{Error, Result};
 use crate::ingest::{CopyFormat, CopyKind, RowDecoder};
 use crate::planner::Engine;
+use crate::storage::IngestPath;
 
 /// The largest request body accepted for ingest.
 pub const MAX_INGEST_BYTES: usize = 256 << 20;
@@ -130,7 +131,7 @@ async fn ingest_rows(
         }
         decoder.push(&chunk)?;
     }
-    relation.insert(decoder.finish()?).await
+    relation.insert(decoder.finish()?, IngestPath::Http).await
 }
 
 /// The body's format: `?format=` wins over `Content-Type`; JSON lines by default.

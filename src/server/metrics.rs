@@ -8,21 +8,30 @@
 //! no value for a family (no checkpoint yet, not restored) has no sample in it. Model families
 //! are labelled `model="schema.name"` and `version`, and read the model's usage counters
 //! (rows scored, time, shadow agreement), its recorded holdout metrics, and per monitor the
-//! newest window's drift and the drift events recorded.
+//! newest window's drift and the drift events recorded. Streams report rows, log bytes and
+//! ingest latency per write path (insert, copy, http, source) and their flushes and
+//! compactions (from [`StreamCounters`](crate::storage::stream::StreamCounters)); the server,
+//! its connections and statement durations ([`crate::catalog::activity::Activity`]) and the
+//! object store's failed requests. Latencies are histograms with the buckets of
+//! [`crate::telemetry::LATENCY_BUCKETS`].
 
 use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use crate::catalog::activity::STATEMENT_KINDS;
 use crate::ml::registry::{ModelUsage, VersionUsage};
 use crate::planner::Engine;
 use crate::storage::ModelDef;
+use crate::storage::stream::{IngestCounters, StreamStore};
+use crate::storage::{IngestPath, Relation};
 use crate::streaming::view::{Status, ViewStats};
+use crate::telemetry::Histogram;
 
 /// The metrics text for one scrape.
 pub fn render(engine: &Engine) -> String {
-    let views: Vec<(String, Status, ViewStats)> = engine
-        .catalog()
-        .views()
-        .all()
+    let all_views = engine.catalog().views().all();
+    let views: Vec<(String, Status, ViewStats)> = all_views
         .iter()
         .map(|v| {
             (
@@ -112,9 +121,151 @@ pub fn render(engine: &Engine) -> String {
         "Time the view took at start to load and restore its checkpoint.",
         &per_view(&|_, s| s.checkpoint.recovery_ms.map(|ms| ms / 1000.0)),
     );
+    out.labelled_family(
+        "eddy_view_late_rows_total",
+        "counter",
+        "Rows that arrived behind the watermark and were left out of windowed results (kept in the stream).",
+        &all_views
+            .iter()
+            .map(|v| {
+                (
+                    vec![("view", format!("{}.{}", v.def.schema_name, v.def.name))],
+                    v.late.count() as f64,
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
     model_families(engine, &mut out);
     connector_families(engine, &mut out);
+    storage_families(engine, &mut out);
+    server_families(engine, &mut out);
     out.0
+}
+
+/// Per stream and write path: rows, bytes and ingest latency; per stream: flushes and
+/// compactions; and the object store's failed requests.
+fn storage_families(engine: &Engine, out: &mut Exposition) {
+    let storage = engine.catalog().storage();
+    let streams: Vec<(String, Arc<StreamStore>)> = storage
+        .relations()
+        .into_iter()
+        .filter_map(|r| match r {
+            Relation::Stream(s) => {
+                let def = s.def();
+                Some((format!("{}.{}", def.schema_name, def.name), s))
+            }
+            Relation::Table(_) => None,
+        })
+        .collect();
+    // One sample per stream and path that has been written through.
+    let per_path = |value: &dyn Fn(&IngestCounters) -> f64| {
+        streams
+            .iter()
+            .flat_map(|(name, stream)| {
+                IngestPath::ALL
+                    .iter()
+                    .zip(&stream.counters.ingested)
+                    .filter(|(_, c)| c.rows.load(Ordering::Relaxed) > 0)
+                    .map(|(path, c)| {
+                        (
+                            vec![("stream", name.clone()), ("path", path.name().to_string())],
+                            value(c),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    out.labelled_family(
+        "eddy_stream_rows_total",
+        "counter",
+        "Rows written to the stream since the server started, by path (insert, copy, http, source).",
+        &per_path(&|c| c.rows.load(Ordering::Relaxed) as f64),
+    );
+    out.labelled_family(
+        "eddy_stream_bytes_total",
+        "counter",
+        "Bytes of log records written to the stream since the server started, by path.",
+        &per_path(&|c| c.bytes.load(Ordering::Relaxed) as f64),
+    );
+    let latencies: Vec<(Vec<(&str, String)>, &Histogram)> = streams
+        .iter()
+        .flat_map(|(name, stream)| {
+            IngestPath::ALL
+                .iter()
+                .zip(&stream.counters.ingested)
+                .filter(|(_, c)| c.rows.load(Ordering::Relaxed) > 0)
+                .map(|(path, c)| {
+                    (
+                        vec![("stream", name.clone()), ("path", path.name().to_string())],
+                        &c.latency,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.histogram(
+        "eddy_ingest_duration_seconds",
+        "Time from a write's arrival at the stream to its durability (the acknowledgement).",
+        &latencies,
+    );
+    let per_stream = |value: &dyn Fn(&StreamStore) -> f64| {
+        streams
+            .iter()
+            .map(|(name, stream)| (vec![("stream", name.clone())], value(stream)))
+            .collect::<Vec<_>>()
+    };
+    out.labelled_family(
+        "eddy_tier_flushes_total",
+        "counter",
+        "Flushes of the stream's hot tier to Parquet files on the object store.",
+        &per_stream(&|s| s.counters.flushes.load(Ordering::Relaxed) as f64),
+    );
+    out.labelled_family(
+        "eddy_tier_compactions_total",
+        "counter",
+        "Compactions that merged the stream's small Parquet files.",
+        &per_stream(&|s| s.counters.compactions.load(Ordering::Relaxed) as f64),
+    );
+    out.labelled_family(
+        "eddy_object_store_errors_total",
+        "counter",
+        "Object-store requests of flushes, compactions, checkpoints and models that failed.",
+        &[(Vec::new(), storage.cold_store().errors() as f64)],
+    );
+}
+
+/// Connections and statement durations.
+fn server_families(engine: &Engine, out: &mut Exposition) {
+    let activity = engine.catalog().activity();
+    out.labelled_family(
+        "eddy_connections",
+        "gauge",
+        "PostgreSQL protocol connections open now.",
+        &[(
+            Vec::new(),
+            activity.connections.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    out.labelled_family(
+        "eddy_connections_total",
+        "counter",
+        "PostgreSQL protocol connections accepted since the server started.",
+        &[(
+            Vec::new(),
+            activity.connections_total.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    let statements: Vec<(Vec<(&str, String)>, &Histogram)> = STATEMENT_KINDS
+        .iter()
+        .zip(&activity.statements)
+        .map(|(kind, h)| (vec![("kind", kind.to_string())], h))
+        .collect();
+    out.histogram(
+        "eddy_query_duration_seconds",
+        "Statement durations from the client's request to the result (query: returns rows; command: the others and errors).",
+        &statements,
+    );
 }
 
 /// Per source: rows, dead letters, and per Kafka partition the consumer lag; per sink: messages.
@@ -326,11 +477,51 @@ impl Exposition {
         let _ = writeln!(self.0, "# HELP {name} {help}");
         let _ = writeln!(self.0, "# TYPE {name} {kind}");
         for (labels, value) in samples {
-            let labels: Vec<String> = labels
-                .iter()
-                .map(|(label, v)| format!("{label}=\"{}\"", escape_label(v)))
-                .collect();
-            let _ = writeln!(self.0, "{name}{{{}}} {}", labels.join(","), number(*value));
+            self.sample(name, labels, None, *value);
+        }
+    }
+
+    /// One histogram family: per label set its cumulative buckets, sum and count.
+    fn histogram(&mut self, name: &str, help: &str, samples: &[(Vec<(&str, String)>, &Histogram)]) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} histogram");
+        for (labels, histogram) in samples {
+            let (buckets, sum, count) = histogram.snapshot();
+            for (bound, cumulative) in buckets {
+                let le = if bound.is_infinite() {
+                    "+Inf".to_string()
+                } else {
+                    bound.to_string()
+                };
+                self.sample(
+                    &format!("{name}_bucket"),
+                    labels,
+                    Some(("le", le)),
+                    cumulative as f64,
+                );
+            }
+            self.sample(&format!("{name}_sum"), labels, None, sum);
+            self.sample(&format!("{name}_count"), labels, None, count as f64);
+        }
+    }
+
+    fn sample(
+        &mut self,
+        name: &str,
+        labels: &[(&str, String)],
+        extra: Option<(&str, String)>,
+        value: f64,
+    ) {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(label, v)| (*label, v.as_str()))
+            .chain(extra.as_ref().map(|(l, v)| (*l, v.as_str())))
+            .map(|(label, v)| format!("{label}=\"{}\"", escape_label(v)))
+            .collect();
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {}", number(value));
+        } else {
+            let _ = writeln!(self.0, "{name}{{{}}} {}", labels.join(","), number(value));
         }
     }
 }

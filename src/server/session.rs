@@ -28,7 +28,7 @@ use crate::ingest::RowDecoder;
 use crate::parser::Statement;
 use crate::planner::{self, Engine, Output, Progress};
 use crate::server::settings::{Settings, SharedSettings};
-use crate::storage::Relation;
+use crate::storage::{IngestPath, Relation};
 use crate::streaming::subscribe::Subscription;
 
 /// Where the session is with respect to a transaction block.
@@ -104,6 +104,8 @@ impl Executed {
 /// planned once so its parameter and result types can be described without executing it.
 #[derive(Debug, Clone)]
 pub struct Prepared {
+    /// The text the client sent, for `pg_stat_activity`.
+    pub sql: String,
     pub statement: Statement,
     /// Parameter types declared by the client in Parse (None where it sent 0).
     pub declared_types: Vec<Option<Type>>,
@@ -126,6 +128,8 @@ pub struct Session {
     cursors: tokio::sync::Mutex<HashMap<String, Subscription>>,
     /// Where the running statement reports progress (the handler forwards it as NOTICEs).
     progress: Mutex<Progress>,
+    /// The session's place in `pg_stat_activity` (none for the server's own sessions).
+    backend: Mutex<Option<crate::catalog::activity::Registration>>,
 }
 
 /// A COPY FROM STDIN in progress: rows decoded as CopyData arrives, stored at CopyDone.
@@ -166,7 +170,33 @@ impl Session {
             copy: Mutex::new(None),
             cursors: tokio::sync::Mutex::new(HashMap::new()),
             progress: Mutex::new(Progress::none()),
+            backend: Mutex::new(None),
         }
+    }
+
+    /// List the session in `pg_stat_activity` as `backend`; `pg_backend_pid()` returns its pid.
+    pub fn set_backend(&self, backend: crate::catalog::activity::Backend) {
+        let pid = backend.pid;
+        let registration = self.engine.catalog().activity().register(backend);
+        *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = Some(registration);
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let _ = datafusion::execution::FunctionRegistry::register_udf(
+            &mut *state,
+            Arc::new(crate::catalog::pg_functions::pg_backend_pid(pid)),
+        );
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The listed backend, if any.
+    pub fn backend(&self) -> Option<Arc<crate::catalog::activity::Backend>> {
+        self.backend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|r| Arc::clone(&r.backend))
     }
 
     /// Start receiving COPY data for `relation`.
@@ -201,7 +231,7 @@ impl Session {
         let result = match copy.error {
             Some(e) => Err(e),
             None => match copy.decoder.finish() {
-                Ok(batches) => copy.relation.insert(batches).await,
+                Ok(batches) => copy.relation.insert(batches, IngestPath::Copy).await,
                 Err(e) => Err(e),
             },
         };
@@ -252,9 +282,15 @@ impl Session {
         read(&self.settings).statement_timeout_ms()
     }
 
+    /// The `application_name` setting now.
+    pub fn application_name(&self) -> Option<String> {
+        read(&self.settings).get_opt("application_name")
+    }
+
     /// Parse-time work for the extended protocol.
     pub async fn prepare(
         &self,
+        sql: &str,
         statement: Statement,
         declared_types: Vec<Option<Type>>,
     ) -> Result<Prepared> {
@@ -333,6 +369,7 @@ impl Session {
             _ => (Vec::new(), None),
         };
         Ok(Prepared {
+            sql: sql.to_string(),
             statement,
             declared_types,
             param_types,

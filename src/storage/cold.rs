@@ -116,6 +116,8 @@ pub struct ColdStore {
     unsynced: tokio::sync::Mutex<Vec<String>>,
     /// Where the store points, for logs and `SHOW`: the URL or the local directory.
     location: String,
+    /// Failed requests, see [`ColdStore::errors`].
+    errors: std::sync::atomic::AtomicU64,
 }
 
 impl ColdStore {
@@ -137,7 +139,20 @@ impl ColdStore {
             location,
             local_root,
             unsynced: tokio::sync::Mutex::new(Vec::new()),
+            errors: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// A failed object-store request: counted for `/metrics`, then the error.
+    fn store_error(&self, message: String) -> Error {
+        self.errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Error::Storage(message)
+    }
+
+    /// Object-store requests of flushes, compactions and reads that failed since the start.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where the files go, as configured.
@@ -184,7 +199,7 @@ impl ColdStore {
         self.store
             .put(&StorePath::from(path), PutPayload::from(buffer))
             .await
-            .map_err(|e| Error::Storage(format!("could not write {path}: {e}")))?;
+            .map_err(|e| self.store_error(format!("could not write {path}: {e}")))?;
         if self.local_root.is_some() {
             self.unsynced.lock().await.push(path.to_string());
         }
@@ -236,7 +251,7 @@ impl ColdStore {
         self.store
             .put(&StorePath::from(path), PutPayload::from(bytes))
             .await
-            .map_err(|e| Error::Storage(format!("could not write {path}: {e}")))?;
+            .map_err(|e| self.store_error(format!("could not write {path}: {e}")))?;
         if self.local_root.is_some() {
             self.unsynced.lock().await.push(path.to_string());
             self.sync_written().await?;
@@ -249,11 +264,11 @@ impl ColdStore {
         match self.store.get(&StorePath::from(path)).await {
             Ok(found) => {
                 Ok(Some(found.bytes().await.map_err(|e| {
-                    Error::Storage(format!("could not read {path}: {e}"))
+                    self.store_error(format!("could not read {path}: {e}"))
                 })?))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Error::Storage(format!("could not read {path}: {e}"))),
+            Err(e) => Err(self.store_error(format!("could not read {path}: {e}"))),
         }
     }
 
@@ -266,7 +281,7 @@ impl ColdStore {
             .list(Some(&prefix))
             .try_collect()
             .await
-            .map_err(|e| Error::Storage(format!("could not list {prefix}: {e}")))?;
+            .map_err(|e| self.store_error(format!("could not list {prefix}: {e}")))?;
         Ok(objects
             .into_iter()
             .map(|o| o.location.to_string())
@@ -279,10 +294,10 @@ impl ColdStore {
             .store
             .get(&StorePath::from(path))
             .await
-            .map_err(|e| Error::Storage(format!("could not read {path}: {e}")))?
+            .map_err(|e| self.store_error(format!("could not read {path}: {e}")))?
             .bytes()
             .await
-            .map_err(|e| Error::Storage(format!("could not read {path}: {e}")))?;
+            .map_err(|e| self.store_error(format!("could not read {path}: {e}")))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.build())
             .map_err(|e| Error::Storage(format!("unreadable parquet file {path}: {e}")))?;
@@ -296,7 +311,7 @@ impl ColdStore {
         for path in paths {
             match self.store.delete(&StorePath::from(path.as_str())).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(Error::Storage(format!("could not delete {path}: {e}"))),
+                Err(e) => return Err(self.store_error(format!("could not delete {path}: {e}"))),
             }
         }
         Ok(())
@@ -310,7 +325,7 @@ impl ColdStore {
             .list(Some(&StorePath::from(prefix)))
             .try_collect()
             .await
-            .map_err(|e| Error::Storage(format!("could not list {prefix}: {e}")))?;
+            .map_err(|e| self.store_error(format!("could not list {prefix}: {e}")))?;
         let orphans: Vec<String> = listed
             .into_iter()
             .map(|m| m.location.to_string())

@@ -309,9 +309,9 @@ impl Relation {
         Ok(())
     }
 
-    /// Insert rows atomically and durably (INSERT, COPY, HTTP): all of them or, on any error,
-    /// none. Returns the row count.
-    pub async fn insert(&self, batches: Vec<RecordBatch>) -> Result<u64> {
+    /// Insert rows atomically and durably (INSERT, COPY, HTTP: `path`): all of them or, on any
+    /// error, none. Returns the row count.
+    pub async fn insert(&self, batches: Vec<RecordBatch>, path: IngestPath) -> Result<u64> {
         self.check_writable()?;
         let schema = self.schema();
         let batches = batches
@@ -331,8 +331,36 @@ impl Relation {
             }
         }
         match self {
-            Relation::Stream(s) => s.append(batches).await,
+            Relation::Stream(s) => s.append(path, batches).await,
             Relation::Table(t) => t.insert(batches, OnConflict::Error).await,
+        }
+    }
+}
+
+/// How rows reached a stream, for its ingest counters and latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestPath {
+    Insert,
+    Copy,
+    Http,
+    /// The stream's connector (Nexmark, datagen, Kafka).
+    Source,
+}
+
+impl IngestPath {
+    pub const ALL: [IngestPath; 4] = [
+        IngestPath::Insert,
+        IngestPath::Copy,
+        IngestPath::Http,
+        IngestPath::Source,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IngestPath::Insert => "insert",
+            IngestPath::Copy => "copy",
+            IngestPath::Http => "http",
+            IngestPath::Source => "source",
         }
     }
 }
@@ -976,20 +1004,29 @@ impl Storage {
         streams.sort_by_key(|s| std::cmp::Reverse(s.hot_bytes()));
         for stream in streams {
             let name = stream.def().name;
-            if stream.wants_flush(&self.config, over_budget)
-                && let Err(e) = stream.flush().await
-            {
-                tracing::warn!(stream = %name, error = %e, "flush to the cold tier failed; will retry");
-                continue;
+            if stream.wants_flush(&self.config, over_budget) {
+                match stream.flush().await {
+                    Ok(_) => stream.counters.flushes.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::warn!(stream = %name, error = %e, "flush to the cold tier failed; will retry");
+                        continue;
+                    }
+                };
             }
-            if let Err(e) = stream
+            match stream
                 .compact(
                     self.config.compact_min_files,
                     self.config.compact_target_bytes,
                 )
                 .await
             {
-                tracing::warn!(stream = %name, error = %e, "compaction failed; will retry");
+                Ok(0) => {}
+                Ok(_) => {
+                    stream.counters.compactions.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %name, error = %e, "compaction failed; will retry");
+                }
             }
             if let Err(e) = stream.expire().await {
                 tracing::warn!(stream = %name, error = %e, "retention failed; will retry");
@@ -1047,7 +1084,7 @@ impl DataSink for InsertSink {
         while let Some(batch) = data.next().await {
             batches.push(batch?);
         }
-        Ok(self.relation.insert(batches).await?)
+        Ok(self.relation.insert(batches, IngestPath::Insert).await?)
     }
 }
 

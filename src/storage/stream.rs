@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -46,7 +47,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::cold::{ColdFile, ColdStore, Manifest};
 use super::log::{Log, Record};
-use super::{HotMemory, InsertSink, RelationDef, StorageConfig, codec};
+use super::{HotMemory, IngestPath, InsertSink, RelationDef, StorageConfig, codec};
 use crate::error::{Error, Result};
 
 /// Log record kind: a batch of appended rows.
@@ -143,6 +144,27 @@ pub struct StreamStore {
     graveyard: std::sync::Mutex<Vec<(String, Instant)>>,
     /// Per (view, input): the log position its checkpoint replays from.
     log_holds: std::sync::Mutex<std::collections::HashMap<(u64, usize), u64>>,
+    /// What reached the stream and what maintenance did, since the server started.
+    pub counters: StreamCounters,
+}
+
+/// A stream's counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    /// Per [`IngestPath`] (in [`IngestPath::ALL`] order): rows, log bytes and the time from
+    /// the write to its durability.
+    pub ingested: [IngestCounters; 4],
+    /// Flushes of the hot tier to Parquet.
+    pub flushes: AtomicU64,
+    /// Compactions that merged Parquet files.
+    pub compactions: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    pub rows: AtomicU64,
+    pub bytes: AtomicU64,
+    pub latency: crate::telemetry::Histogram,
 }
 
 /// How long a file replaced by compaction stays readable for scans that listed it.
@@ -202,6 +224,7 @@ impl StreamStore {
             memory,
             graveyard: std::sync::Mutex::new(Vec::new()),
             log_holds: std::sync::Mutex::new(std::collections::HashMap::new()),
+            counters: StreamCounters::default(),
         })
     }
 
@@ -236,15 +259,16 @@ impl StreamStore {
     }
 
     /// Append rows atomically and durably; returns the number of rows.
-    pub async fn append(&self, batches: Vec<RecordBatch>) -> Result<u64> {
-        self.append_record(batches, None).await
+    pub async fn append(&self, path: IngestPath, batches: Vec<RecordBatch>) -> Result<u64> {
+        self.append_record(path, batches, None).await
     }
 
     /// Append rows and the connector position they bring the stream to, as one atomic,
     /// durable record (also with no rows, so a position past input that produced none is
     /// kept); [`StreamStore::source_position`] then returns it, also after a crash.
     pub async fn append_at(&self, batches: Vec<RecordBatch>, position: String) -> Result<u64> {
-        self.append_record(batches, Some(position)).await
+        self.append_record(IngestPath::Source, batches, Some(position))
+            .await
     }
 
     /// The position of the newest durable positioned record (or, after a flush, the one the
@@ -263,6 +287,7 @@ impl StreamStore {
 
     async fn append_record(
         &self,
+        path: IngestPath,
         batches: Vec<RecordBatch>,
         position: Option<String>,
     ) -> Result<u64> {
@@ -270,6 +295,7 @@ impl StreamStore {
         if rows == 0 && position.is_none() {
             return Ok(0);
         }
+        let started = Instant::now();
         self.memory.wait_for_room().await;
         let (kind, payload) = match &position {
             None => (KIND_ROWS, codec::encode_batches(&self.schema, &batches)?),
@@ -298,7 +324,12 @@ impl StreamStore {
             seq
         })?;
         self.memory.add(bytes);
+        let logged = payload.len() as u64;
         self.log.sync_to(seq).await?;
+        let counters = &self.counters.ingested[path as usize];
+        counters.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        counters.bytes.fetch_add(logged, Ordering::Relaxed);
+        counters.latency.observe(started.elapsed());
         Ok(rows as u64)
     }
 
