@@ -361,3 +361,288 @@ ORDER BY 1";
     let from_to = "SELECT count(*) FROM games WHERE ts >= '2018-04-12T18:00:00Z' AND ts < '2018-04-12T18:05:00Z'";
     assert_eq!(simple_rows(&client, from_to).await, strings(&[&["3"]]));
 }
+
+/// The time range a dashboard query is expanded with: the last hour and the next.
+fn dashboard_range() -> (String, String) {
+    let now = chrono::Utc::now();
+    let format = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    (
+        format(now - chrono::Duration::hours(1)),
+        format(now + chrono::Duration::hours(1)),
+    )
+}
+
+/// A Grafana interval (`'10s'`, `'1m'`, `'20ms'`) in seconds, as `macros.go` prints it.
+fn interval_seconds(interval: &str) -> String {
+    let interval = interval.trim().trim_matches('\'');
+    let (number, unit) = interval.split_at(
+        interval
+            .find(|c: char| c.is_alphabetic())
+            .unwrap_or(interval.len()),
+    );
+    let number: f64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("interval {interval}"));
+    let seconds = number
+        * match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            other => panic!("interval unit {other}"),
+        };
+    format!("{seconds}")
+}
+
+/// Grafana's macro expansion (`macros.go` of its PostgreSQL data source, as
+/// `../shared/conformance/postgres-clients.md` gives it) for the range `from`..`to`. A macro
+/// this does not know fails the test, so a dashboard cannot use one the test skips.
+fn expand_macros(sql: &str, from: &str, to: &str) -> String {
+    let mut out = String::new();
+    let mut rest = sql;
+    while let Some(at) = rest.find("$__") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 3..];
+        let name_len = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
+        let name = &after[..name_len];
+        let open = &after[name_len..];
+        assert!(
+            open.starts_with('('),
+            "macro $__{name} without arguments in {sql}"
+        );
+        let mut depth = 0;
+        let close = open
+            .char_indices()
+            .find(|(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map(|(i, _)| i)
+            .unwrap_or_else(|| panic!("unclosed macro in {sql}"));
+        let args: Vec<&str> = open[1..close].split(',').map(str::trim).collect();
+        let expanded = match name {
+            "time" => format!("{} AS \"time\"", args[0]),
+            "timeEpoch" => format!("extract(epoch from {}) as \"time\"", args[0]),
+            "timeFilter" => format!("{} BETWEEN '{from}' AND '{to}'", args[0]),
+            "timeFrom" => format!("'{from}'"),
+            "timeTo" => format!("'{to}'"),
+            "timeGroup" | "timeGroupAlias" => {
+                let n = interval_seconds(args[1]);
+                let group = format!("floor(extract(epoch from {})/{n})*{n}", args[0]);
+                if name == "timeGroupAlias" {
+                    format!("{group} AS \"time\"")
+                } else {
+                    group
+                }
+            }
+            other => panic!("the test does not expand $__{other}: add it as macros.go does"),
+        };
+        out.push_str(&expanded);
+        rest = &open[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every (dashboard title, panel title, format, SQL or PromQL) of the shipped dashboards; the
+/// bool says whether it is SQL for the EddyDB data source (else PromQL for Prometheus).
+fn dashboard_queries() -> Vec<(String, String, String, String, bool)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/grafana/dashboards");
+    let mut queries = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("docker/grafana/dashboards")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("dashboard");
+        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+        let title = dashboard["title"].as_str().unwrap_or_default().to_string();
+        let mut panels: Vec<serde_json::Value> =
+            dashboard["panels"].as_array().cloned().unwrap_or_default();
+        while let Some(panel) = panels.pop() {
+            panels.extend(panel["panels"].as_array().cloned().unwrap_or_default());
+            for target in panel["targets"].as_array().cloned().unwrap_or_default() {
+                let source = target["datasource"]["uid"]
+                    .as_str()
+                    .or(panel["datasource"]["uid"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let (query, sql) = match (target["rawSql"].as_str(), target["expr"].as_str()) {
+                    (Some(sql), _) => (sql.to_string(), true),
+                    (None, Some(expr)) => (expr.to_string(), false),
+                    _ => continue,
+                };
+                assert_eq!(
+                    source,
+                    if sql { "eddydb" } else { "prometheus" },
+                    "{title}: {}",
+                    panel["title"]
+                );
+                queries.push((
+                    title.clone(),
+                    panel["title"].as_str().unwrap_or_default().to_string(),
+                    target["format"]
+                        .as_str()
+                        .unwrap_or("time_series")
+                        .to_string(),
+                    query,
+                    sql,
+                ));
+            }
+        }
+    }
+    queries
+}
+
+/// The demo (`--demo`) and the dashboards shipped in `docker/grafana`: every SQL query of
+/// every panel, with Grafana's macros expanded, runs against a server running the demo and
+/// returns rows of the types Grafana needs (a `time` column of a time type or epoch number,
+/// numeric values, at most a text `metric`); every PromQL expression is valid (`promtool check
+/// rules`) and names only metric families `/metrics` serves. A restart with `--demo` keeps
+/// what exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_feeds_every_shipped_dashboard_query() {
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let process = common::process::EddyProcess::start_with_args(data_dir.path(), &["--demo"], &[]);
+    let client = process.connect().await;
+    let queries = dashboard_queries();
+    let sql: Vec<_> = queries.iter().filter(|q| q.4).collect();
+    assert!(sql.len() >= 8, "{} SQL panels", sql.len());
+    let (from, to) = dashboard_range();
+    // Closed minutes come within about a minute of the start; until then some panels are empty.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    for (dashboard, panel, format, query, _) in &sql {
+        let expanded = expand_macros(query, &from, &to);
+        loop {
+            let rows = simple_rows(&client, &expanded).await;
+            if !rows.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{dashboard} / {panel}: no rows from\n{expanded}"
+            );
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+        let columns = described(&client, &expanded).await;
+        let numeric = |t: &Type| {
+            [
+                Type::INT2,
+                Type::INT4,
+                Type::INT8,
+                Type::FLOAT4,
+                Type::FLOAT8,
+                Type::NUMERIC,
+            ]
+            .contains(t)
+        };
+        if format == "time_series" {
+            let time = columns
+                .iter()
+                .find(|(name, _)| name == "time")
+                .unwrap_or_else(|| panic!("{panel}: a time series needs a \"time\" column"));
+            assert!(
+                [Type::TIMESTAMPTZ, Type::TIMESTAMP, Type::DATE].contains(&time.1)
+                    || numeric(&time.1),
+                "{panel}: time column of type {}",
+                time.1
+            );
+            for (name, t) in columns.iter().filter(|(name, _)| name != "time") {
+                assert!(
+                    numeric(t) || (name == "metric" && *t == Type::TEXT),
+                    "{panel}: column {name} of type {t} is neither a value nor the metric"
+                );
+            }
+        }
+    }
+
+    // PromQL: valid, and naming only families the server serves.
+    let metrics = common::http::metrics(process.http).await;
+    let families: std::collections::HashSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
+    for (i, (_, panel, _, expr, _)) in queries.iter().filter(|q| !q.4).enumerate() {
+        // Grafana's global variables, as it substitutes them before asking Prometheus.
+        let expr = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__interval", "15s")
+            .replace("$__range", "1h");
+        assert!(
+            !expr.contains('$'),
+            "{panel}: a variable the test does not substitute: {expr}"
+        );
+        rules.push_str(&format!(
+            "      - record: dashboard_query_{i}\n        expr: {}\n",
+            serde_json::to_string(&expr).expect("quoted")
+        ));
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("eddy_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|f| families.contains(f))
+                .unwrap_or(&name);
+            assert!(
+                families.contains(family),
+                "{panel}: {name} is not served by /metrics"
+            );
+            rest = &rest[at + name.len()..];
+        }
+    }
+    let file = data_dir.path().join("dashboard_rules.yml");
+    std::fs::write(&file, rules).expect("rules file");
+    let checked = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool (apt-get install prometheus; .ci/run does)");
+    assert!(
+        checked.status.success(),
+        "promtool rejects a dashboard expression: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // A restart with --demo leaves the demo as it is.
+    let views = common::scalar(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.materialized_views",
+    )
+    .await;
+    process.kill();
+    let process = common::process::EddyProcess::start_with_args(data_dir.path(), &["--demo"], &[]);
+    let client = process.connect().await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        common::scalar(
+            &client,
+            "SELECT count(*) FROM eddy_catalog.materialized_views"
+        )
+        .await,
+        views
+    );
+    assert_eq!(
+        common::scalar(&client, "SELECT count(*) FROM category").await,
+        5
+    );
+    assert!(
+        process.logged("demo").is_empty(),
+        "{:?}",
+        process.logged("demo")
+    );
+}
