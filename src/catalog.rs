@@ -43,6 +43,7 @@ struct SystemTable {
     sinks: Arc<crate::connectors::sink::Sinks>,
     models: Arc<Models>,
     activity: Arc<activity::Activity>,
+    storage: Arc<Storage>,
 }
 
 #[async_trait::async_trait]
@@ -73,6 +74,13 @@ impl TableProvider for SystemTable {
             "dead_letters" => self.sources.dead_letters_batch()?,
             "sinks" => self.sinks.system_batch()?,
             "sessions" | "pg_stat_activity" => self.activity.batch()?,
+            "streams" => {
+                crate::planner::relations::relations_batch(&self.storage, RelationKind::Stream)?
+            }
+            "tables" => {
+                crate::planner::relations::relations_batch(&self.storage, RelationKind::Table)?
+            }
+            "storage_files" => crate::planner::relations::storage_files_batch(&self.storage)?,
             _ => self.sources.system_batch()?,
         };
         Ok(
@@ -149,6 +157,9 @@ impl Catalog {
             "model_monitors",
             "drift_events",
             "sessions",
+            "streams",
+            "tables",
+            "storage_files",
         ] {
             let schema = match table {
                 "sources" => Sources::system_schema(),
@@ -158,6 +169,17 @@ impl Catalog {
                 "models" | "model_versions" => crate::planner::models::system_schema(table),
                 "model_monitors" | "drift_events" => crate::planner::monitors::system_schema(table),
                 "sessions" => activity::Activity::schema(),
+                "streams" => {
+                    crate::planner::relations::relations_batch(&storage, RelationKind::Stream)?
+                        .schema()
+                }
+                "tables" => {
+                    crate::planner::relations::relations_batch(&storage, RelationKind::Table)?
+                        .schema()
+                }
+                "storage_files" => {
+                    crate::planner::relations::storage_files_batch(&storage)?.schema()
+                }
                 _ => crate::planner::views::system_schema(table)?,
             };
             system.register_table(
@@ -170,6 +192,7 @@ impl Catalog {
                     sinks: Arc::clone(&sinks),
                     models: Arc::clone(&models),
                     activity: Arc::clone(&activity),
+                    storage: Arc::clone(&storage),
                 }),
             )?;
         }
@@ -206,6 +229,7 @@ impl Catalog {
             sinks: Arc::clone(&self.sinks),
             models: Arc::clone(&self.models),
             activity: Arc::clone(&self.activity),
+            storage: Arc::clone(&self.storage),
         })
     }
 

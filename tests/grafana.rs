@@ -158,9 +158,13 @@ async fn frontend_schema_browser() {
             &["eddy_catalog.model_monitors"],
             &["eddy_catalog.model_versions"],
             &["eddy_catalog.models"],
+            &["eddy_catalog.sessions"],
             &["eddy_catalog.sinks"],
             &["eddy_catalog.source_partitions"],
-            &["eddy_catalog.sources"]
+            &["eddy_catalog.sources"],
+            &["eddy_catalog.storage_files"],
+            &["eddy_catalog.streams"],
+            &["eddy_catalog.tables"]
         ])
     );
     assert_eq!(

@@ -49,7 +49,7 @@ use crate::storage::{Relation, RelationKind, Storage};
 pub mod models;
 pub mod monitors;
 mod online;
-mod relations;
+pub mod relations;
 mod sinks;
 pub mod views;
 

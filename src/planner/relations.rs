@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{
+    ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::DFSchema;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, ExprSchemable, LogicalPlan, WriteOp};
@@ -25,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::ingest::{CopyFormat, RowDecoder};
 use crate::parser::extensions::CreateStream;
 use crate::storage::table::OnConflict;
-use crate::storage::{Relation, RelationDef, RelationKind};
+use crate::storage::{Relation, RelationDef, RelationKind, Storage};
 
 impl Engine {
     /// `CREATE STREAM`: plan the columns as a table's, check the watermark, store.
@@ -186,98 +188,169 @@ impl Engine {
         })
     }
 
-    /// `SHOW STREAMS` / `SHOW TABLES`: one row per relation of that kind.
+    /// `SHOW STREAMS` / `SHOW TABLES`: one row per relation of that kind, as
+    /// `eddy_catalog.streams` / `eddy_catalog.tables` show them.
     pub fn show_relations(&self, kind: RelationKind) -> Result<Output> {
-        let relations: Vec<Relation> = self
-            .catalog
-            .storage()
-            .relations()
-            .into_iter()
-            .filter(|r| r.def().kind == kind)
-            .collect();
-        let text =
-            |values: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(values)) };
-        let (fields, columns): (Vec<Field>, Vec<ArrayRef>) = match kind {
-            RelationKind::Stream => {
-                let defs: Vec<RelationDef> = relations.iter().map(Relation::def).collect();
-                let stats: Vec<_> = relations
-                    .iter()
-                    .filter_map(|r| match r {
-                        Relation::Stream(s) => Some(s.stats()),
-                        Relation::Table(_) => None,
-                    })
-                    .collect();
-                (
-                    vec![
-                        Field::new("name", DataType::Utf8, false),
-                        Field::new("event_time", DataType::Utf8, true),
-                        Field::new("watermark", DataType::Utf8, true),
-                        Field::new("retention", DataType::Utf8, true),
-                        Field::new("hot_rows", DataType::UInt64, false),
-                        Field::new("cold_rows", DataType::UInt64, false),
-                        Field::new("cold_files", DataType::UInt64, false),
-                    ],
-                    vec![
-                        text(defs.iter().map(|d| Some(d.name.clone())).collect()),
-                        text(defs.iter().map(|d| d.event_time.clone()).collect()),
-                        text(defs.iter().map(|d| d.watermark.clone()).collect()),
-                        text(
-                            defs.iter()
-                                .map(|d| d.options.get("retention").cloned())
-                                .collect(),
-                        ),
-                        Arc::new(UInt64Array::from_iter_values(
-                            stats.iter().map(|s| s.hot_rows),
-                        )),
-                        Arc::new(UInt64Array::from_iter_values(
-                            stats
-                                .iter()
-                                .map(|s| s.cold_files.iter().map(|f| f.rows).sum::<u64>()),
-                        )),
-                        Arc::new(UInt64Array::from_iter_values(
-                            stats.iter().map(|s| s.cold_files.len() as u64),
-                        )),
-                    ],
-                )
-            }
-            RelationKind::Table => {
-                let defs: Vec<RelationDef> = relations.iter().map(Relation::def).collect();
-                let rows: Vec<u64> = relations
-                    .iter()
-                    .map(|r| match r {
-                        Relation::Table(t) => t.contents().num_rows() as u64,
-                        Relation::Stream(_) => 0,
-                    })
-                    .collect();
-                (
-                    vec![
-                        Field::new("name", DataType::Utf8, false),
-                        Field::new("primary_key", DataType::Utf8, true),
-                        Field::new("rows", DataType::UInt64, false),
-                    ],
-                    vec![
-                        text(defs.iter().map(|d| Some(d.name.clone())).collect()),
-                        text(
-                            defs.iter()
-                                .map(|d| {
-                                    (!d.primary_key.is_empty()).then(|| d.primary_key.join(", "))
-                                })
-                                .collect(),
-                        ),
-                        Arc::new(UInt64Array::from(rows)),
-                    ],
-                )
-            }
-        };
-        let schema = Arc::new(Schema::new(fields));
-        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+        let batch = relations_batch(self.catalog.storage(), kind)?;
         Ok(Output::Rows {
-            schema,
+            schema: batch.schema(),
             batches: vec![batch],
             verb: "SHOW",
         })
     }
+}
 
+/// `eddy_catalog.storage_files`: where each stream's rows are, per tier: one `hot` row per
+/// stream (the rows in memory and in the log, not yet in Parquet) and one `cold` row per Parquet
+/// file on the object store.
+pub fn storage_files_batch(storage: &Storage) -> Result<RecordBatch> {
+    let mut stream = Vec::new();
+    let mut tier = Vec::new();
+    let mut path: Vec<Option<String>> = Vec::new();
+    let mut rows = Vec::new();
+    let mut bytes = Vec::new();
+    let mut min_time: Vec<Option<i64>> = Vec::new();
+    let mut max_time: Vec<Option<i64>> = Vec::new();
+    let mut created: Vec<Option<i64>> = Vec::new();
+    for relation in storage.relations() {
+        let Relation::Stream(s) = relation else {
+            continue;
+        };
+        let def = s.def();
+        let name = format!("{}.{}", def.schema_name, def.name);
+        let stats = s.stats();
+        stream.push(name.clone());
+        tier.push("hot");
+        path.push(None);
+        rows.push(stats.hot_rows);
+        bytes.push(stats.hot_bytes);
+        min_time.push(None);
+        max_time.push(None);
+        created.push(None);
+        for file in stats.cold_files {
+            stream.push(name.clone());
+            tier.push("cold");
+            path.push(Some(file.path));
+            rows.push(file.rows);
+            bytes.push(file.bytes);
+            min_time.push(file.min_time);
+            max_time.push(file.max_time);
+            created.push(Some(file.created_at));
+        }
+    }
+    let time = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let times = |values: Vec<Option<i64>>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("stream", DataType::Utf8, false),
+        Field::new("tier", DataType::Utf8, false),
+        Field::new("path", DataType::Utf8, true),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("min_event_time", time(), true),
+        Field::new("max_event_time", time(), true),
+        Field::new("created_at", time(), true),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(stream)),
+            Arc::new(StringArray::from(tier)),
+            Arc::new(StringArray::from(path)),
+            Arc::new(UInt64Array::from(rows)),
+            Arc::new(UInt64Array::from(bytes)),
+            times(min_time),
+            times(max_time),
+            times(created),
+        ],
+    )?)
+}
+
+/// One row per stream or table (`kind`): `SHOW STREAMS`, `eddy_catalog.streams`, and the same
+/// for tables.
+pub fn relations_batch(storage: &Storage, kind: RelationKind) -> Result<RecordBatch> {
+    let relations: Vec<Relation> = storage
+        .relations()
+        .into_iter()
+        .filter(|r| r.def().kind == kind)
+        .collect();
+    let text = |values: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(values)) };
+    let (fields, columns): (Vec<Field>, Vec<ArrayRef>) = match kind {
+        RelationKind::Stream => {
+            let defs: Vec<RelationDef> = relations.iter().map(Relation::def).collect();
+            let stats: Vec<_> = relations
+                .iter()
+                .filter_map(|r| match r {
+                    Relation::Stream(s) => Some(s.stats()),
+                    Relation::Table(_) => None,
+                })
+                .collect();
+            (
+                vec![
+                    Field::new("name", DataType::Utf8, false),
+                    Field::new("event_time", DataType::Utf8, true),
+                    Field::new("watermark", DataType::Utf8, true),
+                    Field::new("retention", DataType::Utf8, true),
+                    Field::new("hot_rows", DataType::UInt64, false),
+                    Field::new("cold_rows", DataType::UInt64, false),
+                    Field::new("cold_files", DataType::UInt64, false),
+                ],
+                vec![
+                    text(defs.iter().map(|d| Some(d.name.clone())).collect()),
+                    text(defs.iter().map(|d| d.event_time.clone()).collect()),
+                    text(defs.iter().map(|d| d.watermark.clone()).collect()),
+                    text(
+                        defs.iter()
+                            .map(|d| d.options.get("retention").cloned())
+                            .collect(),
+                    ),
+                    Arc::new(UInt64Array::from_iter_values(
+                        stats.iter().map(|s| s.hot_rows),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(
+                        stats
+                            .iter()
+                            .map(|s| s.cold_files.iter().map(|f| f.rows).sum::<u64>()),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(
+                        stats.iter().map(|s| s.cold_files.len() as u64),
+                    )),
+                ],
+            )
+        }
+        RelationKind::Table => {
+            let defs: Vec<RelationDef> = relations.iter().map(Relation::def).collect();
+            let rows: Vec<u64> = relations
+                .iter()
+                .map(|r| match r {
+                    Relation::Table(t) => t.contents().num_rows() as u64,
+                    Relation::Stream(_) => 0,
+                })
+                .collect();
+            (
+                vec![
+                    Field::new("name", DataType::Utf8, false),
+                    Field::new("primary_key", DataType::Utf8, true),
+                    Field::new("rows", DataType::UInt64, false),
+                ],
+                vec![
+                    text(defs.iter().map(|d| Some(d.name.clone())).collect()),
+                    text(
+                        defs.iter()
+                            .map(|d| (!d.primary_key.is_empty()).then(|| d.primary_key.join(", ")))
+                            .collect(),
+                    ),
+                    Arc::new(UInt64Array::from(rows)),
+                ],
+            )
+        }
+    };
+    let schema = Arc::new(Schema::new(fields));
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+impl Engine {
     /// `COPY t FROM STDIN`: the relation and a decoder for the data the client will send.
     pub async fn copy_in(
         &self,
