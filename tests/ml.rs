@@ -771,6 +771,28 @@ async fn training_and_backfill_report_progress() {
             "no NOTICE starting {phase:?}: {training:?}"
         );
     }
+    // Meanwhile another session watches the backfill's progress in eddy_catalog.sessions.
+    let watcher = process.connect().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watching = {
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let rows = watcher
+                    .query(
+                        "SELECT progress FROM eddy_catalog.sessions \
+                         WHERE state = 'active' AND progress IS NOT NULL",
+                        &[],
+                    )
+                    .await
+                    .expect("sessions");
+                seen.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            seen
+        })
+    };
     client
         .batch_execute(
             "CREATE MATERIALIZED VIEW per_bucket AS
@@ -779,6 +801,13 @@ async fn training_and_backfill_report_progress() {
         )
         .await
         .expect("view");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = watching.await.expect("watcher");
+    assert!(
+        seen.iter()
+            .any(|p| p.starts_with("materialized view \"per_bucket\": backfilled ")),
+        "eddy_catalog.sessions never showed the backfill's progress: {seen:?}"
+    );
     let backfill = received(&mut notices);
     assert_eq!(
         backfill.first().map(String::as_str),

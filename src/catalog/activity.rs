@@ -12,7 +12,9 @@
 //! it in BackendKeyData (what `pg_backend_pid()` returns and a CancelRequest names); it is
 //! listed from its first statement until the connection closes, when the session (holding the
 //! [`Registration`]) is dropped. Cancelling fires the same signal a CancelRequest does, so the
-//! statement ends with 57014 and the session goes on.
+//! statement ends with 57014 and the session goes on. A running statement's progress reports
+//! (a view's backfill, a model's training phases), sent to its client as NOTICEs, also show in
+//! the `progress` column, an EddyDB addition.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -62,6 +64,8 @@ struct Current {
     /// As the session has it set now (`SET application_name` changes it).
     application_name: String,
     active: bool,
+    /// The running statement's latest progress report (a backfill, a training phase).
+    progress: Option<String>,
     query: String,
     query_start: Option<DateTime<Utc>>,
     state_change: DateTime<Utc>,
@@ -85,6 +89,7 @@ impl Backend {
             current: Mutex::new(Current {
                 application_name: setting("application_name"),
                 active: false,
+                progress: None,
                 query: String::new(),
                 query_start: None,
                 state_change: now,
@@ -104,16 +109,23 @@ impl Backend {
         *current = Current {
             application_name: application.unwrap_or_else(|| current.application_name.clone()),
             active: true,
+            progress: None,
             query: query.to_string(),
             query_start: Some(now),
             state_change: now,
         };
     }
 
+    /// The running statement reported `progress` (also sent to the client as a NOTICE).
+    pub fn progressed(&self, progress: &str) {
+        self.current().progress = Some(progress.to_string());
+    }
+
     /// The statement ended; the query text stays, as PostgreSQL shows an idle session's last.
     pub fn finished(&self) {
         let mut current = self.current();
         current.active = false;
+        current.progress = None;
         current.state_change = Utc::now();
     }
 }
@@ -192,6 +204,8 @@ impl Activity {
             Field::new("state", DataType::Utf8, false),
             Field::new("query", DataType::Utf8, false),
             Field::new("backend_type", DataType::Utf8, false),
+            // EddyDB's own: the running statement's latest progress report.
+            Field::new("progress", DataType::Utf8, true),
         ]))
     }
 
@@ -247,6 +261,12 @@ impl Activity {
                 current.iter().map(|c| c.query.as_str()),
             )),
             text(&|_| Some("client backend".to_string())),
+            Arc::new(StringArray::from(
+                current
+                    .iter()
+                    .map(|c| c.progress.clone())
+                    .collect::<Vec<_>>(),
+            )),
         ];
         Ok(RecordBatch::try_new(Self::schema(), columns)?)
     }

@@ -186,6 +186,9 @@ where
         tokio::select! {
             result = &mut run => break result,
             Some(report) = reports.recv() => {
+                if let Some(backend) = &backend {
+                    backend.progressed(&report);
+                }
                 if let Err(e) = client.send(notice(&report)).await {
                     session.set_progress(Progress::none());
                     return Err(e.into());
