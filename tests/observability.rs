@@ -37,7 +37,11 @@ async fn sessions_are_listed_and_their_statements_cancelled() {
 
     let running = {
         let worker = &worker;
-        async move { worker.simple_query(HEAVY).await }
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), worker.simple_query(HEAVY))
+                .await
+                .expect("the cancel stopped the statement")
+        }
     };
     let watch = async {
         // The worker's statement shows as active, with its text and start.

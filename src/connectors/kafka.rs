@@ -413,11 +413,17 @@ async fn connect(source: &KafkaSource, status: &SourceStatus) -> Client {
 }
 
 /// Why a fetch failed: the partition no longer holds the stream's position (the source
-/// cannot go on without skipping or repeating records), or anything worth retrying.
+/// cannot go on without skipping or repeating records); the partition ends before it, which is
+/// lost only if it lasts ([`BEHIND_GRACE`]: a new leader's high watermark can lag for a
+/// moment); or anything worth retrying.
 enum FetchFailure {
     PositionLost(Error),
+    Behind(Error),
     Transient(Error),
 }
+
+/// How long a partition may end before the stream's position before the position is lost.
+const BEHIND_GRACE: Duration = Duration::from_secs(10);
 
 impl From<Error> for FetchFailure {
     fn from(e: Error) -> FetchFailure {
@@ -476,7 +482,7 @@ async fn fetch_from(
             .cloned()
             .collect();
         if high < from {
-            return Err(FetchFailure::PositionLost(Error::Storage(format!(
+            return Err(FetchFailure::Behind(Error::Storage(format!(
                 "kafka: partition {} ends at offset {high}, before the stream's position {from} \
                  (the topic was deleted and created again, or truncated); the stream keeps its \
                  rows and reads no more from this topic: recreate the stream to read it anew",
@@ -567,9 +573,19 @@ async fn fetch_partition(
                 continue;
             }
         };
+        let mut behind_since: Option<std::time::Instant> = None;
         loop {
             match fetch_from(&partition_client, next, &mut floor).await {
+                Err(FetchFailure::Behind(e)) => {
+                    let since = *behind_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= BEHIND_GRACE {
+                        let _ = out.send(Err(e)).await;
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 Ok((records, high)) => {
+                    behind_since = None;
                     wait = Duration::from_millis(200);
                     match records.last() {
                         Some(last) => next = last.offset + 1,

@@ -31,6 +31,10 @@ pub type Message = (Option<Vec<u8>>, Option<Vec<u8>>);
 /// How long one request may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the broker may take to replicate a produce: less than [`REQUEST_TIMEOUT`], so its
+/// answer comes before the client gives up.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(25);
+
 /// The largest response accepted (a broker's answer to these requests is small).
 const MAX_RESPONSE: usize = 64 << 20;
 
@@ -74,10 +78,19 @@ impl KafkaError {
         }
     }
 
-    /// Another producer took over the transactional id: retrying cannot help.
+    /// Another producer took over the transactional id: retrying cannot help. (An epoch the
+    /// coordinator bumped itself, aborting a transaction that outlived its timeout, answers
+    /// INVALID_PRODUCER_EPOCH: a new session with a new epoch goes on.)
     pub fn is_fenced(&self) -> bool {
-        // INVALID_PRODUCER_EPOCH, PRODUCER_FENCED
-        matches!(self.code, Some(47 | 90))
+        // PRODUCER_FENCED
+        matches!(self.code, Some(90))
+    }
+
+    /// The broker says the transaction can no longer commit: it was aborted (timed out, or
+    /// a newer epoch took over) or is in no state to commit.
+    pub fn transaction_gone(&self) -> bool {
+        // INVALID_PRODUCER_EPOCH, INVALID_TXN_STATE, PRODUCER_FENCED
+        matches!(self.code, Some(47 | 48 | 90))
     }
 
     /// Worth trying again: no answer, or the broker is busy, moving or electing a leader.
@@ -141,6 +154,31 @@ fn error_name(code: i16) -> &'static str {
 /// Errors worth the same request again after a pause: the coordinator is moving or busy.
 fn retry_later(code: i16) -> bool {
     matches!(code, 7 | 14 | 15 | 16 | 51)
+}
+
+/// Pauses between repeats of a coordinator request: 20 ms doubling, for about 20 s in all.
+struct Backoff {
+    pause: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            pause: Duration::from_millis(20),
+        }
+    }
+}
+
+impl Backoff {
+    /// Whether an answer of `code` is worth repeating the request for, and time is left.
+    fn retries(&self, code: i16) -> bool {
+        retry_later(code) && self.pause < Duration::from_secs(20)
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.pause).await;
+        self.pause *= 2;
+    }
 }
 
 /// A request body or a response being encoded (big-endian, Kafka's non-flexible encoding).
@@ -654,7 +692,7 @@ impl Producer {
             .i64(-1) // no current producer id and epoch: the broker knows the id's
             .i16(-1)
             .uvarint(0);
-        let mut wait = Duration::from_millis(50);
+        let mut backoff = Backoff::default();
         let (producer_id, epoch) = loop {
             let response = self
                 .request(&coordinator, API_INIT_PRODUCER_ID, 3, &body.0)
@@ -671,10 +709,7 @@ impl Producer {
             match error {
                 0 => break (producer_id, epoch),
                 // The previous epoch's transaction is still being aborted.
-                code if retry_later(code) && wait < Duration::from_secs(20) => {
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
+                code if backoff.retries(code) => backoff.wait().await,
                 code => {
                     return Err(KafkaError::broker(
                         code,
@@ -705,7 +740,7 @@ impl Producer {
             .ok_or_else(|| KafkaError::io("no broker connection".to_string()))?;
         let mut body = Encoder::default();
         body.string(id).i8(1); // key type 1: a transaction
-        let mut wait = Duration::from_millis(50);
+        let mut backoff = Backoff::default();
         loop {
             let response = self.request(&any, API_FIND_COORDINATOR, 1, &body.0).await?;
             let mut d = Decoder {
@@ -720,10 +755,7 @@ impl Producer {
             let port = d.i32()?;
             match error {
                 0 => return Ok(format!("{host}:{port}")),
-                code if retry_later(code) && wait < Duration::from_secs(20) => {
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
+                code if backoff.retries(code) => backoff.wait().await,
                 code => {
                     return Err(KafkaError::broker(
                         code,
@@ -768,7 +800,7 @@ impl Producer {
             let mut body = Encoder::default();
             body.nullable_string(transactional_id.as_deref())
                 .i16(-1) // acks: all in-sync replicas
-                .i32(REQUEST_TIMEOUT.as_millis() as i32)
+                .i32(BROKER_TIMEOUT.as_millis() as i32)
                 .i32(1)
                 .string(&self.topic)
                 .i32(1)
@@ -796,7 +828,10 @@ impl Producer {
                 }
             }
             if let Some(t) = &mut self.transaction {
-                *t.sequences.entry(index).or_insert(0) += chunk.len() as i32;
+                let sequence = t.sequences.entry(index).or_insert(0);
+                // Sequences wrap to 0 after i32::MAX, as Kafka's producers do.
+                *sequence = ((i64::from(*sequence) + chunk.len() as i64)
+                    % (i64::from(i32::MAX) + 1)) as i32;
             }
         }
         Ok(())
@@ -818,7 +853,7 @@ impl Producer {
             .string(&self.topic)
             .i32(1)
             .i32(index);
-        let mut wait = Duration::from_millis(20);
+        let mut backoff = Backoff::default();
         loop {
             let response = self
                 .request(&coordinator, API_ADD_PARTITIONS_TO_TXN, 1, &body.0)
@@ -833,16 +868,16 @@ impl Producer {
                 let _topic = d.string()?;
                 for _ in 0..d.len()? {
                     let _index = d.i32()?;
-                    error = d.i16()?.max(error);
+                    let code = d.i16()?;
+                    if code != 0 {
+                        error = code;
+                    }
                 }
             }
             match error {
                 0 => break,
                 // The previous transaction is still completing.
-                code if retry_later(code) && wait < Duration::from_secs(20) => {
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
+                code if backoff.retries(code) => backoff.wait().await,
                 code => {
                     return Err(KafkaError::broker(
                         code,
@@ -907,7 +942,7 @@ impl Producer {
             .i64(handle.producer_id)
             .i16(handle.epoch)
             .i8(i8::from(commit));
-        let mut wait = Duration::from_millis(20);
+        let mut backoff = Backoff::default();
         loop {
             let response = self.request(coordinator, API_END_TXN, 1, &body.0).await?;
             let mut d = Decoder {
@@ -917,10 +952,7 @@ impl Producer {
             let _throttle = d.i32()?;
             match d.i16()? {
                 0 => return Ok(()),
-                code if retry_later(code) && wait < Duration::from_secs(20) => {
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
+                code if backoff.retries(code) => backoff.wait().await,
                 code => {
                     return Err(KafkaError::broker(
                         code,

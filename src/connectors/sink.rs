@@ -623,9 +623,10 @@ async fn recover(
     if let Some((handle, payload)) = task.progress.prepared() {
         match producer.commit_prepared(transactional_id, handle).await {
             Ok(()) => task.progress.commit(&payload)?,
-            // The broker says no: the transaction was aborted, its messages are invisible to
-            // read-committed consumers and are sent again from the committed position.
-            Err(e) if e.code.is_some() && !e.is_retriable() => {
+            // The broker says the transaction was aborted: its messages are invisible to
+            // read-committed consumers and are sent again from the committed position. Any
+            // other answer keeps the pending file: the commit may have happened.
+            Err(e) if e.transaction_gone() => {
                 tracing::info!(sink = %task.status.name, error = %e,
                     "prepared transaction was aborted by the broker; re-sending it");
                 task.progress.discard_pending()?;
@@ -694,24 +695,29 @@ async fn view_session(
     } else {
         ChangeBatch::inserts(reader.rows)
     };
-    let mut changes = vec![first];
+    let mut queue: std::collections::VecDeque<ChangeBatch> = pieces(first).into();
     loop {
-        if changes.iter().all(|c| c.rows.num_rows() == 0) {
-            changes.clear();
+        if queue.is_empty() {
             match events.recv().await {
-                Some(ViewEvent::Changes { batch, .. }) => changes.push(batch),
+                Some(ViewEvent::Changes { batch, .. }) => queue.extend(pieces(batch)),
                 None => return Ok(()),
             }
             if exactly_once {
                 tokio::time::sleep(TRANSACTION_INTERVAL).await;
             }
         }
-        let mut rows = changes.iter().map(|c| c.rows.num_rows()).sum::<usize>();
-        while rows < TRANSACTION_MESSAGES
-            && let Ok(ViewEvent::Changes { batch, .. }) = events.try_recv()
-        {
-            rows += batch.rows.num_rows();
-            changes.push(batch);
+        while let Ok(ViewEvent::Changes { batch, .. }) = events.try_recv() {
+            queue.extend(pieces(batch));
+        }
+        // At most TRANSACTION_MESSAGES rows per transaction (pieces are no larger).
+        let mut changes = Vec::new();
+        let mut rows = 0;
+        while let Some(next) = queue.front() {
+            if !changes.is_empty() && rows + next.rows.num_rows() > TRANSACTION_MESSAGES {
+                break;
+            }
+            rows += next.rows.num_rows();
+            changes.extend(queue.pop_front());
         }
         let mut messages = Vec::new();
         for change in &changes {
@@ -727,8 +733,25 @@ async fn view_session(
         } else if !messages.is_empty() {
             deliver(task, producer, messages, None).await?;
         }
-        changes.clear();
     }
+}
+
+/// `change` cut into pieces of at most [`TRANSACTION_MESSAGES`] rows, in order (none if empty).
+fn pieces(change: ChangeBatch) -> Vec<ChangeBatch> {
+    let total = change.rows.num_rows();
+    if total <= TRANSACTION_MESSAGES {
+        return if total == 0 { Vec::new() } else { vec![change] };
+    }
+    (0..total)
+        .step_by(TRANSACTION_MESSAGES)
+        .map(|offset| {
+            let len = TRANSACTION_MESSAGES.min(total - offset);
+            ChangeBatch {
+                rows: change.rows.slice(offset, len),
+                deletes: change.deletes.as_ref().map(|d| d.slice(offset, len)),
+            }
+        })
+        .collect()
 }
 
 /// A stream sink: the rows appended after the committed position, in order.

@@ -144,11 +144,8 @@ where
     C::Error: Debug,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
-    let backend = session.backend();
-    if let Some(backend) = &backend {
-        backend.started(query, session.application_name());
-    }
-    let started = std::time::Instant::now();
+    // The cancel signal is armed before the statement shows as active, so a
+    // pg_cancel_backend that sees it active reaches it.
     let cancel = match (
         cancellation,
         client.session_extensions().get::<Arc<ConnectionHandle>>(),
@@ -156,6 +153,11 @@ where
         (Cancellation::Watch, Some(handle)) => Some(handle.start_query().await),
         _ => None,
     };
+    let backend = session.backend();
+    if let Some(backend) = &backend {
+        backend.started(query, session.application_name());
+    }
+    let started = std::time::Instant::now();
     let timeout_ms = session.statement_timeout_ms();
     let timed = async {
         if timeout_ms == 0 {

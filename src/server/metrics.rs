@@ -158,22 +158,25 @@ fn storage_families(engine: &Engine, out: &mut Exposition) {
         })
         .collect();
     // One sample per stream and path that has been written through.
+    let written: Vec<(Vec<(&str, String)>, &IngestCounters)> = streams
+        .iter()
+        .flat_map(|(name, stream)| {
+            IngestPath::ALL
+                .iter()
+                .zip(&stream.counters.ingested)
+                .filter(|(_, c)| c.rows.load(Ordering::Relaxed) > 0)
+                .map(|(path, c)| {
+                    (
+                        vec![("stream", name.clone()), ("path", path.name().to_string())],
+                        c,
+                    )
+                })
+        })
+        .collect();
     let per_path = |value: &dyn Fn(&IngestCounters) -> f64| {
-        streams
+        written
             .iter()
-            .flat_map(|(name, stream)| {
-                IngestPath::ALL
-                    .iter()
-                    .zip(&stream.counters.ingested)
-                    .filter(|(_, c)| c.rows.load(Ordering::Relaxed) > 0)
-                    .map(|(path, c)| {
-                        (
-                            vec![("stream", name.clone()), ("path", path.name().to_string())],
-                            value(c),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            })
+            .map(|(labels, c)| (labels.clone(), value(c)))
             .collect::<Vec<_>>()
     };
     out.labelled_family(
@@ -188,21 +191,9 @@ fn storage_families(engine: &Engine, out: &mut Exposition) {
         "Bytes of log records written to the stream since the server started, by path.",
         &per_path(&|c| c.bytes.load(Ordering::Relaxed) as f64),
     );
-    let latencies: Vec<(Vec<(&str, String)>, &Histogram)> = streams
+    let latencies: Vec<(Vec<(&str, String)>, &Histogram)> = written
         .iter()
-        .flat_map(|(name, stream)| {
-            IngestPath::ALL
-                .iter()
-                .zip(&stream.counters.ingested)
-                .filter(|(_, c)| c.rows.load(Ordering::Relaxed) > 0)
-                .map(|(path, c)| {
-                    (
-                        vec![("stream", name.clone()), ("path", path.name().to_string())],
-                        &c.latency,
-                    )
-                })
-                .collect::<Vec<_>>()
-        })
+        .map(|(labels, c)| (labels.clone(), &c.latency))
         .collect();
     out.histogram(
         "eddy_ingest_duration_seconds",

@@ -326,10 +326,13 @@ impl StreamStore {
         self.memory.add(bytes);
         let logged = payload.len() as u64;
         self.log.sync_to(seq).await?;
-        let counters = &self.counters.ingested[path as usize];
-        counters.rows.fetch_add(rows as u64, Ordering::Relaxed);
-        counters.bytes.fetch_add(logged, Ordering::Relaxed);
-        counters.latency.observe(started.elapsed());
+        // A connector's position-only record (no rows) is not a write of rows.
+        if rows > 0 {
+            let counters = &self.counters.ingested[path as usize];
+            counters.rows.fetch_add(rows as u64, Ordering::Relaxed);
+            counters.bytes.fetch_add(logged, Ordering::Relaxed);
+            counters.latency.observe(started.elapsed());
+        }
         Ok(rows as u64)
     }
 
