@@ -208,12 +208,71 @@ impl SourceStatus {
 }
 
 /// A source's status and the task that runs it.
-type RunningSource = (Arc<SourceStatus>, tokio::task::JoinHandle<()>);
+/// Running connector tasks by id (a source by its stream's id, a sink by its own), each with
+/// the status it reports: what [`Sources`] and [`sink::Sinks`] share.
+#[derive(Debug)]
+pub struct Tasks<S> {
+    running: Mutex<HashMap<u64, Running<S>>>,
+}
+
+/// A task's status and its handle.
+type Running<S> = (Arc<S>, tokio::task::JoinHandle<()>);
+
+impl<S> Default for Tasks<S> {
+    fn default() -> Self {
+        Tasks {
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<S> Tasks<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Running<S>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start task `id` with what `start` returns, unless `replace` is false and one runs; a
+    /// task it replaces is aborted.
+    pub fn start(&self, id: u64, replace: bool, start: impl FnOnce() -> Running<S>) {
+        let mut running = self.lock();
+        if !replace && running.contains_key(&id) {
+            return;
+        }
+        if let Some((_, old)) = running.insert(id, start()) {
+            old.abort();
+        }
+    }
+
+    /// Stop task `id` (if any) and wait until it has stopped.
+    pub async fn stop(&self, id: u64) {
+        let running = self.lock().remove(&id);
+        if let Some((_, task)) = running {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Every task's status, in no particular order.
+    pub fn statuses(&self) -> Vec<Arc<S>> {
+        self.lock().values().map(|(s, _)| Arc::clone(s)).collect()
+    }
+}
+
+/// `run`, with a panic turned into an error: a bug in a connector fails its task, not the
+/// server.
+pub(crate) async fn unwind_safe(
+    run: impl std::future::Future<Output = Result<()>>,
+    what: &str,
+) -> Result<()> {
+    futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .await
+        .unwrap_or_else(|_| Err(Error::Internal(format!("the {what} panicked"))))
+}
 
 /// Every running source by stream id.
 #[derive(Debug, Default)]
 pub struct Sources {
-    running: Mutex<HashMap<u64, RunningSource>>,
+    tasks: Tasks<SourceStatus>,
 }
 
 impl Sources {
@@ -223,77 +282,57 @@ impl Sources {
         let Some(connector) = def.options.get(CONNECTOR).cloned() else {
             return;
         };
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if running.contains_key(&def.id) {
-            return;
-        }
-        let status = Arc::new(SourceStatus {
-            stream: format!("{}.{}", def.schema_name, def.name),
-            connector: connector.clone(),
-            position: AtomicU64::new(0),
-            rows: AtomicU64::new(0),
-            state: Mutex::new(SourceState::Running),
-            note: Mutex::new(None),
-            dead_letters: Mutex::new(None),
-            partitions: Mutex::new(BTreeMap::new()),
-        });
-        let task = {
-            let status = Arc::clone(&status);
-            tokio::spawn(async move {
-                let run = async {
-                    match connector.as_str() {
-                        "nexmark" => run_nexmark(&stream, &status).await,
-                        "datagen" => run_datagen(&stream, &status).await,
-                        "kafka" => {
-                            let stored = stream.stats();
-                            let rows = stored.hot_rows
-                                + stored.cold_files.iter().map(|f| f.rows).sum::<u64>();
-                            status.rows.store(rows, Ordering::Relaxed);
-                            kafka::run(&stream, &status).await
+        self.tasks.start(def.id, false, || {
+            let status = Arc::new(SourceStatus {
+                stream: format!("{}.{}", def.schema_name, def.name),
+                connector: connector.clone(),
+                position: AtomicU64::new(0),
+                rows: AtomicU64::new(0),
+                state: Mutex::new(SourceState::Running),
+                note: Mutex::new(None),
+                dead_letters: Mutex::new(None),
+                partitions: Mutex::new(BTreeMap::new()),
+            });
+            let task = {
+                let status = Arc::clone(&status);
+                tokio::spawn(async move {
+                    let run = async {
+                        match connector.as_str() {
+                            "nexmark" => run_nexmark(&stream, &status).await,
+                            "datagen" => run_datagen(&stream, &status).await,
+                            "kafka" => {
+                                let stored = stream.stats();
+                                let rows = stored.hot_rows
+                                    + stored.cold_files.iter().map(|f| f.rows).sum::<u64>();
+                                status.rows.store(rows, Ordering::Relaxed);
+                                kafka::run(&stream, &status).await
+                            }
+                            other => Err(Error::InvalidValue(format!(
+                                "unknown connector \"{other}\""
+                            ))),
                         }
-                        other => Err(Error::InvalidValue(format!(
-                            "unknown connector \"{other}\""
-                        ))),
+                    };
+                    match unwind_safe(run, "source").await {
+                        Ok(()) => status.set_state(SourceState::Finished),
+                        Err(e) => {
+                            tracing::error!(stream = %status.stream, error = %e, "source failed");
+                            status.set_state(SourceState::Failed(e.to_string()));
+                        }
                     }
-                };
-                // A bug in a connector fails its source, not the server.
-                let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run))
-                    .await
-                    .unwrap_or_else(|_| Err(Error::Internal("the source panicked".to_string())));
-                match result {
-                    Ok(()) => status.set_state(SourceState::Finished),
-                    Err(e) => {
-                        tracing::error!(stream = %status.stream, error = %e, "source failed");
-                        status.set_state(SourceState::Failed(e.to_string()));
-                    }
-                }
-            })
-        };
-        running.insert(def.id, (status, task));
+                })
+            };
+            (status, task)
+        });
     }
 
     /// Stop the source of stream `id` (if any) and wait until it no longer writes.
     pub async fn stop(&self, id: u64) {
-        let running = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        if let Some((_, task)) = running {
-            task.abort();
-            let _ = task.await;
-        }
+        self.tasks.stop(id).await;
     }
 
     /// All sources, by stream name.
     pub fn all(&self) -> Vec<Arc<SourceStatus>> {
-        let mut all: Vec<Arc<SourceStatus>> = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|(status, _)| Arc::clone(status))
-            .collect();
+        let mut all = self.tasks.statuses();
         all.sort_by(|a, b| a.stream.cmp(&b.stream));
         all
     }

@@ -29,7 +29,7 @@
 //! between those and the view. Consumers reading with `isolation.level = read_committed` see
 //! every change once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -311,12 +311,10 @@ impl SinkStatus {
     }
 }
 
-type RunningSink = (Arc<SinkStatus>, tokio::task::JoinHandle<()>);
-
 /// Every running sink by id.
 #[derive(Debug, Default)]
 pub struct Sinks {
-    running: Mutex<HashMap<u64, RunningSink>>,
+    tasks: super::Tasks<SinkStatus>,
 }
 
 impl Sinks {
@@ -362,47 +360,23 @@ impl Sinks {
                 start,
             };
             tokio::spawn(async move {
-                let run = run(&task);
-                let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run))
-                    .await
-                    .unwrap_or_else(|_| Err(Error::Internal("the sink panicked".to_string())));
-                if let Err(e) = result {
+                if let Err(e) = super::unwind_safe(run(&task), "sink").await {
                     tracing::error!(sink = %status.name, error = %e, "sink failed");
                     status.set_state(SourceState::Failed(e.to_string()));
                 }
             })
         };
-        if let Some((_, old)) = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, (status, task))
-        {
-            old.abort();
-        }
+        self.tasks.start(id, true, || (status, task));
     }
 
     /// Stop sink `id` and wait until it no longer writes.
     pub async fn stop(&self, id: u64) {
-        let running = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        if let Some((_, task)) = running {
-            task.abort();
-            let _ = task.await;
-        }
+        self.tasks.stop(id).await;
     }
 
+    /// All sinks, by name.
     pub fn all(&self) -> Vec<Arc<SinkStatus>> {
-        let mut all: Vec<Arc<SinkStatus>> = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|(s, _)| Arc::clone(s))
-            .collect();
+        let mut all = self.tasks.statuses();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
