@@ -23,10 +23,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{
-    ArrayRef, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use pgwire::api::ConnectionHandle;
 
 use crate::error::Result;
@@ -187,7 +185,7 @@ impl Activity {
 
     /// `pg_stat_activity`'s columns: PostgreSQL's, those EddyDB has values for.
     pub fn schema() -> SchemaRef {
-        let time = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        use crate::planner::views::timestamp_type as time;
         Arc::new(Schema::new(vec![
             Field::new("datname", DataType::Utf8, true),
             Field::new("pid", DataType::Int32, false),
@@ -219,9 +217,7 @@ impl Activity {
             ))
         };
         let micros = |t: DateTime<Utc>| t.timestamp_micros();
-        let times = |values: Vec<Option<i64>>| -> ArrayRef {
-            Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
-        };
+        use crate::planner::views::timestamp_array as times;
         let columns: Vec<ArrayRef> = vec![
             text(&|b| Some(b.database.clone()).filter(|d| !d.is_empty())),
             Arc::new(Int32Array::from_iter_values(backends.iter().map(|b| b.pid))),

@@ -778,14 +778,22 @@ fn syntax(message: impl Into<String>) -> Error {
     Error::Parse(ParserError::ParserError(message.into()))
 }
 
+/// A statement of `words` keywords and nothing after them (`SHOW SINKS`, `CHECKPOINT`).
+fn bare(tokens: &[Tok], words: usize, name: &str, statement: Statement) -> Result<Statement> {
+    if tokens.len() > words {
+        return Err(syntax(format!("{name} takes no arguments")));
+    }
+    Ok(statement)
+}
+
 fn parse_form(sql: &str, form: Form, tokens: &[Tok]) -> Result<Statement> {
     match form {
-        Form::ShowStreams => {
-            if tokens.len() > 2 {
-                return Err(syntax("SHOW STREAMS takes no arguments"));
-            }
-            Ok(Statement::ShowRelations(RelationKind::Stream))
-        }
+        Form::ShowStreams => bare(
+            tokens,
+            2,
+            "SHOW STREAMS",
+            Statement::ShowRelations(RelationKind::Stream),
+        ),
         Form::DropStream => parse_drop_stream(sql, &tokens[2..]),
         Form::AlterStream => parse_alter_stream(sql, &tokens[2..]),
         Form::CreateStream => parse_create_stream(sql, tokens),
@@ -798,12 +806,7 @@ fn parse_form(sql: &str, form: Form, tokens: &[Tok]) -> Result<Statement> {
             let (names, if_exists) = parse_names(sql, &tokens[3..])?;
             Ok(Statement::DropView { names, if_exists })
         }
-        Form::ShowViews => {
-            if tokens.len() > 3 {
-                return Err(syntax("SHOW MATERIALIZED VIEWS takes no arguments"));
-            }
-            Ok(Statement::ShowViews)
-        }
+        Form::ShowViews => bare(tokens, 3, "SHOW MATERIALIZED VIEWS", Statement::ShowViews),
         Form::ExplainView => {
             let (mut names, if_exists) = parse_names(sql, &tokens[3..])?;
             match (names.pop(), names.is_empty(), if_exists) {
@@ -858,24 +861,14 @@ fn parse_form(sql: &str, form: Form, tokens: &[Tok]) -> Result<Statement> {
             parser.expect_token(&Token::EOF)?;
             Ok(Statement::CloseCursor(cursor))
         }
-        Form::Checkpoint => {
-            if tokens.len() > 1 {
-                return Err(syntax("CHECKPOINT takes no arguments"));
-            }
-            Ok(Statement::Checkpoint)
-        }
+        Form::Checkpoint => bare(tokens, 1, "CHECKPOINT", Statement::Checkpoint),
         Form::CreateModel => parse_create_model(sql, tokens),
         Form::RetrainModel => parse_retrain_model(sql, &tokens[2..]),
         Form::DropModel => {
             let (names, if_exists) = parse_names(sql, &tokens[2..])?;
             Ok(Statement::DropModel { names, if_exists })
         }
-        Form::ShowModels => {
-            if tokens.len() > 2 {
-                return Err(syntax("SHOW MODELS takes no arguments"));
-            }
-            Ok(Statement::ShowModels)
-        }
+        Form::ShowModels => bare(tokens, 2, "SHOW MODELS", Statement::ShowModels),
         Form::ShowModelVersions => Ok(Statement::ShowModelVersions(parse_one_name(
             sql,
             &tokens[3..],
@@ -892,23 +885,13 @@ fn parse_form(sql: &str, form: Form, tokens: &[Tok]) -> Result<Statement> {
             let (names, if_exists) = parse_names(sql, &tokens[3..])?;
             Ok(Statement::DropMonitor { names, if_exists })
         }
-        Form::ShowMonitors => {
-            if tokens.len() > 3 {
-                return Err(syntax("SHOW MODEL MONITORS takes no arguments"));
-            }
-            Ok(Statement::ShowMonitors)
-        }
+        Form::ShowMonitors => bare(tokens, 3, "SHOW MODEL MONITORS", Statement::ShowMonitors),
         Form::CreateSink => parse_create_sink(sql, &tokens[2..]),
         Form::DropSink => {
             let (names, if_exists) = parse_names(sql, &tokens[2..])?;
             Ok(Statement::DropSink { names, if_exists })
         }
-        Form::ShowSinks => {
-            if tokens.len() > 2 {
-                return Err(syntax("SHOW SINKS takes no arguments"));
-            }
-            Ok(Statement::ShowSinks)
-        }
+        Form::ShowSinks => bare(tokens, 2, "SHOW SINKS", Statement::ShowSinks),
     }
 }
 

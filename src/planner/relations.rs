@@ -10,10 +10,8 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, ExprSchemable, LogicalPlan, WriteOp};
@@ -238,10 +236,7 @@ pub fn storage_files_batch(storage: &Storage) -> Result<RecordBatch> {
             created.push(Some(file.created_at));
         }
     }
-    let time = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let times = |values: Vec<Option<i64>>| -> ArrayRef {
-        Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
-    };
+    use super::views::{timestamp_array as times, timestamp_type as time};
     let schema = Arc::new(Schema::new(vec![
         Field::new("stream", DataType::Utf8, false),
         Field::new("tier", DataType::Utf8, false),

@@ -419,8 +419,14 @@ fn plan_rows(lines: Vec<String>) -> Output {
     }
 }
 
-pub(super) fn timestamp_type() -> DataType {
+/// The type of the system tables' time columns: microseconds, UTC.
+pub(crate) fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// A time column of the system tables from microseconds since the epoch.
+pub(crate) fn timestamp_array(values: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
 }
 
 /// `eddy_catalog.materialized_views` and `SHOW MATERIALIZED VIEWS`.
