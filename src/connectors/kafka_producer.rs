@@ -386,6 +386,44 @@ fn record_batch(
     batch.0
 }
 
+/// The transaction requests (at the versions this producer sends) that an ApiVersions v0
+/// response does not list, named like "EndTxn v1"; empty when the broker serves them all.
+fn missing_transaction_requests(response: &[u8]) -> KafkaResult<Vec<String>> {
+    let mut d = Decoder {
+        data: response,
+        what: "ApiVersions",
+    };
+    let error = d.i16()?;
+    if error != 0 {
+        return Err(KafkaError::broker(
+            error,
+            "asking the broker for its API versions",
+        ));
+    }
+    let mut served = HashMap::new();
+    for _ in 0..d.len()? {
+        let key = d.i16()?;
+        let min = d.i16()?;
+        let max = d.i16()?;
+        served.insert(key, (min, max));
+    }
+    let needed = [
+        (API_FIND_COORDINATOR, 1, "FindCoordinator"),
+        (API_INIT_PRODUCER_ID, 3, "InitProducerId"),
+        (API_ADD_PARTITIONS_TO_TXN, 1, "AddPartitionsToTxn"),
+        (API_END_TXN, 1, "EndTxn"),
+    ];
+    Ok(needed
+        .iter()
+        .filter(|(key, version, _)| {
+            !served
+                .get(key)
+                .is_some_and(|(min, max)| min <= version && version <= max)
+        })
+        .map(|(_, version, name)| format!("{name} v{version}"))
+        .collect())
+}
+
 /// `messages` cut into runs that each fit one record batch.
 pub fn batches(messages: &[Message]) -> Vec<&[Message]> {
     let mut out = Vec::new();
@@ -632,39 +670,7 @@ impl Producer {
     /// here, from its ApiVersions answer; an error names what it lacks.
     async fn check_transactions(&mut self, address: &str) -> KafkaResult<()> {
         let response = self.request(address, API_API_VERSIONS, 0, &[]).await?;
-        let mut d = Decoder {
-            data: &response,
-            what: "ApiVersions",
-        };
-        let error = d.i16()?;
-        if error != 0 {
-            return Err(KafkaError::broker(
-                error,
-                "asking the broker for its API versions",
-            ));
-        }
-        let mut served = HashMap::new();
-        for _ in 0..d.len()? {
-            let key = d.i16()?;
-            let min = d.i16()?;
-            let max = d.i16()?;
-            served.insert(key, (min, max));
-        }
-        let needed = [
-            (API_FIND_COORDINATOR, 1, "FindCoordinator"),
-            (API_INIT_PRODUCER_ID, 3, "InitProducerId"),
-            (API_ADD_PARTITIONS_TO_TXN, 1, "AddPartitionsToTxn"),
-            (API_END_TXN, 1, "EndTxn"),
-        ];
-        let missing: Vec<String> = needed
-            .iter()
-            .filter(|(key, version, _)| {
-                !served
-                    .get(key)
-                    .is_some_and(|(min, max)| min <= version && version <= max)
-            })
-            .map(|(_, version, name)| format!("{name} v{version}"))
-            .collect();
+        let missing = missing_transaction_requests(&response)?;
         if missing.is_empty() {
             return Ok(());
         }
@@ -1031,5 +1037,41 @@ mod tests {
         assert_eq!(d.i16().unwrap(), 1);
         assert!(d.i32().is_err());
         assert!(d.nullable_string().is_err());
+    }
+
+    /// A broker is refused for exactly-once delivery by what its ApiVersions answer lacks.
+    #[test]
+    fn a_broker_without_end_txn_is_named_as_lacking_it() {
+        let response = |apis: &[(i16, i16, i16)]| {
+            let mut e = Encoder::default();
+            e.i16(0).i32(apis.len() as i32);
+            for (key, min, max) in apis {
+                e.i16(*key).i16(*min).i16(*max);
+            }
+            e.0
+        };
+        let all = [
+            (API_FIND_COORDINATOR, 0, 4),
+            (API_INIT_PRODUCER_ID, 0, 5),
+            (API_ADD_PARTITIONS_TO_TXN, 0, 4),
+            (API_END_TXN, 0, 4),
+        ];
+        assert!(
+            missing_transaction_requests(&response(&all))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            missing_transaction_requests(&response(&all[..3])).unwrap(),
+            vec!["EndTxn v1"]
+        );
+        // Served, but not at the version sent here.
+        let old = [all[0], (API_INIT_PRODUCER_ID, 0, 2), all[2], all[3]];
+        assert_eq!(
+            missing_transaction_requests(&response(&old)).unwrap(),
+            vec!["InitProducerId v3"]
+        );
+        assert!(missing_transaction_requests(&response(&all)[..7]).is_err());
+        assert!(missing_transaction_requests(&[0, 35, 0, 0, 0, 0]).is_err());
     }
 }

@@ -32,6 +32,10 @@ class BatchSpy:
     def next_batch(self, *args, **kwargs):
         batch = self.records.next_batch(*args, **kwargs)
         if batch is not None and batch.magic == 2:
+            # The CRC is checked here, before the batch is read below (the consumer's own
+            # check must come before any reading, so it is off for this consumer).
+            if not batch.validate_crc():
+                raise RuntimeError("record batch at offset %d fails its CRC" % batch.base_offset)
             info = {"last": batch.last_offset, "producer": batch.producer_id,
                     "transactional": batch.is_transactional, "control": batch.is_control_batch}
             if batch.is_control_batch:
@@ -98,6 +102,7 @@ def main():
             bootstrap_servers=broker,
             enable_auto_commit=False,
             consumer_timeout_ms=int(sys.argv[4]),
+            check_crcs=not committed,
         )
         partitions = consumer.partitions_for_topic(topic) or set()
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]

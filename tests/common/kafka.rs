@@ -1,5 +1,5 @@
-//! A real Kafka-compatible broker for tests (tansu, installed by `.ci/run` with
-//! `cargo install tansu --features dynostore`), on a free loopback port with in-memory storage,
+//! A real Kafka-compatible broker for tests (tansu 0.6 with its EndTxn request routed, built by
+//! `.ci/install-tansu`, which `.ci/run` calls), on a free loopback port with in-memory storage,
 //! killed when dropped; and an independent client (kafka-python, `tests/clients/kafka_client.py`)
 //! to create topics, produce and read back, as another application on the same broker would.
 
@@ -14,10 +14,16 @@ pub struct Broker {
     child: Option<Child>,
 }
 
-/// The tansu binary: `TANSU` if set, else on the PATH, else in `~/.cargo/bin`.
+/// The tansu binary: `TANSU` if set, else the one `.ci/install-tansu` put in `~/.cargo/bin`,
+/// else one on the PATH.
 fn tansu() -> String {
     if let Ok(path) = std::env::var("TANSU") {
         return path;
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let installed = format!("{home}/.cargo/bin/tansu");
+    if std::path::Path::new(&installed).exists() {
+        return installed;
     }
     let on_path = Command::new("tansu")
         .arg("--help")
@@ -25,17 +31,11 @@ fn tansu() -> String {
         .stderr(Stdio::null())
         .status()
         .is_ok();
-    if on_path {
-        return "tansu".to_string();
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let installed = format!("{home}/.cargo/bin/tansu");
     assert!(
-        std::path::Path::new(&installed).exists(),
-        "no Kafka broker: install tansu (cargo install tansu --locked --features dynostore), \
-         as .ci/run does"
+        on_path,
+        "no Kafka broker: build tansu with .ci/install-tansu, as .ci/run does"
     );
-    installed
+    "tansu".to_string()
 }
 
 impl Broker {
