@@ -407,6 +407,139 @@ async fn a_recreated_topic_fails_the_source_with_the_reason() {
     );
 }
 
+/// Avro values, written by an independent encoder (fastavro), in Confluent's wire format and
+/// bare: the statement's schema decodes them into the stream's columns by field name (a
+/// timestamp-micros field into TIMESTAMPTZ, a null union branch into NULL); a truncated
+/// value, one without the wire format's magic byte and one written under another schema id
+/// are dead letters saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_values_decode_with_the_statements_schema() {
+    const SCHEMA: &str = r#"{"type": "record", "name": "payment", "fields": [
+        {"name": "id", "type": "long"}, {"name": "card", "type": "int"},
+        {"name": "amount", "type": "double"},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "note", "type": ["null", "string"], "default": null}]}"#;
+    let broker = Broker::start();
+    broker.create_topic("avro_framed", 1);
+    broker.create_topic("avro_bare", 1);
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    let payment = |id: i64, note: Option<&str>| {
+        serde_json::json!({"id": id, "card": id % 3, "amount": id as f64 * 1.5,
+                           "ts": 1_767_225_600_000_000i64 + id * 1_000_000, "note": note})
+    };
+    broker.produce_avro(
+        "avro_framed",
+        SCHEMA,
+        Some(7),
+        &[
+            payment(1, None),
+            payment(2, Some("second")),
+            serde_json::json!({"raw_hex": "000000000702"}),
+            serde_json::json!({"raw_hex": "0102030405060708"}),
+            payment(3, Some("third")),
+            serde_json::json!({"raw_hex": "00000000090204"}),
+        ],
+    );
+    broker.produce_avro(
+        "avro_bare",
+        SCHEMA,
+        None,
+        &[payment(10, None), payment(11, None)],
+    );
+    for (stream, topic, framing) in [
+        ("framed", "avro_framed", "avro.schema_id = '7'"),
+        ("bare", "avro_bare", "avro.framing = 'none'"),
+    ] {
+        client
+            .batch_execute(&format!(
+                "CREATE STREAM {stream} (id BIGINT, card BIGINT, amount DOUBLE PRECISION,
+                                         ts TIMESTAMPTZ, note TEXT) INCLUDE offset AS off
+                 WITH (connector = 'kafka', brokers = '{}', topic = '{topic}', format = 'avro',
+                       avro.schema = '{SCHEMA}', {framing})",
+                broker.address
+            ))
+            .await
+            .expect("avro stream");
+    }
+    common::wait_for(&client, "SELECT count(*) FROM framed", 3).await;
+    common::wait_for(&client, "SELECT count(*) FROM bare", 2).await;
+    let rows: Vec<String> = client
+        .query(
+            "SELECT id, card, amount, extract(epoch FROM ts)::BIGINT = 1767225600 + id,
+                    coalesce(note, '-'), off
+             FROM framed ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let (id, card, amount, ts_ok, note, off): (i64, i64, f64, bool, String, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+            format!("{id} {card} {amount} {ts_ok} {note} {off}")
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "1 1 1.5 true - 0",
+            "2 2 3 true second 1",
+            "3 0 4.5 true third 4"
+        ]
+    );
+    assert_eq!(
+        common::scalar(&client, "SELECT sum(id) FROM bare WHERE note IS NULL").await,
+        21
+    );
+    common::wait_for(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.dead_letters WHERE source = 'public.framed'",
+        3,
+    )
+    .await;
+    let letters: Vec<(i64, String)> = client
+        .query(
+            "SELECT \"offset\", error FROM eddy_catalog.dead_letters
+             WHERE source = 'public.framed' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("dead letters")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected = [
+        (2, "not a value of avro.schema"),
+        (3, "not in Confluent's Avro wire format"),
+        (5, "written with schema id 9; this stream reads schema id 7"),
+    ];
+    assert_eq!(letters.len(), expected.len(), "{letters:?}");
+    for ((offset, error), (want_offset, want)) in letters.iter().zip(expected) {
+        assert_eq!(*offset, want_offset, "{letters:?}");
+        assert!(error.contains(want), "offset {offset}: {error}");
+    }
+    // A field that cannot fill its column is refused when the stream is created.
+    let error = client
+        .batch_execute(&format!(
+            "CREATE STREAM wrong (id BOOLEAN) WITH (connector = 'kafka', brokers = '{}',
+               topic = 'avro_bare', format = 'avro',
+               avro.schema = '{{\"type\": \"record\", \"name\": \"r\", \"fields\": [
+                 {{\"name\": \"id\", \"type\": {{\"type\": \"array\", \"items\": \"long\"}}}}]}}')",
+            broker.address
+        ))
+        .await
+        .expect_err("array into boolean");
+    let db = error.as_db_error().expect("database error");
+    assert_eq!(db.code().code(), "42804", "{}", db.message());
+    assert!(
+        db.message().contains("cannot fill column"),
+        "{}",
+        db.message()
+    );
+}
+
 /// Sink options are checked at CREATE: a misspelt delivery guarantee or a transactional id
 /// without exactly-once delivery is refused with 22023 and says what is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  partition 0 ──fetcher──┐
-//!  partition 1 ──fetcher──┼─► writer: decode (JSON or CSV; metadata into INCLUDE columns)
+//!  partition 1 ──fetcher──┼─► writer: decode (JSON, CSV or Avro; metadata into INCLUDE columns)
 //!  partition n ──fetcher──┘      │ undecodable records ─► dead letters (fsynced first)
 //!                                ▼
 //!              stream.append_at(rows, "partition:next offset,...")  one atomic log record
@@ -35,6 +35,7 @@ use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 
+use super::avro::AvroValues;
 use super::dead_letters::{DeadLetter, DeadLetterLog, hex};
 use super::{PartitionProgress, SourceStatus};
 use crate::error::{Error, Result};
@@ -47,6 +48,9 @@ pub const OPTIONS: &[&str] = &[
     "brokers",
     "topic",
     "format",
+    "avro.schema",
+    "avro.framing",
+    "avro.schema_id",
     "start",
     "include.key",
     "include.partition",
@@ -68,6 +72,8 @@ pub enum Format {
     Json,
     /// One CSV record per message, the stream's columns (other than INCLUDE ones) in order.
     Csv,
+    /// One Avro record per message, with the schema in `avro.schema` (see [`AvroValues`]).
+    Avro,
 }
 
 /// Where a partition is first read from.
@@ -94,6 +100,8 @@ pub struct KafkaSource {
     timestamp_column: Option<usize>,
     /// The other columns, which the value fills.
     payload_columns: Vec<String>,
+    /// How Avro values decode (format 'avro' only).
+    avro: Option<AvroValues>,
 }
 
 fn bad(name: &str, value: &str, want: &str) -> Error {
@@ -133,7 +141,8 @@ impl KafkaSource {
             None => Format::Json,
             Some(f) if f == "json" => Format::Json,
             Some(f) if f == "csv" => Format::Csv,
-            Some(other) => return Err(bad("format", &other, "json or csv")),
+            Some(f) if f == "avro" => Format::Avro,
+            Some(other) => return Err(bad("format", &other, "json, csv or avro")),
         };
         let start = match options.get("start").map(|s| s.trim().to_string()) {
             None => Start::Earliest,
@@ -179,13 +188,24 @@ impl KafkaSource {
             |t| matches!(t, DataType::Timestamp(..)),
             "a timestamp",
         )?;
-        let payload_columns = schema
+        let payload_columns: Vec<String> = schema
             .fields()
             .iter()
             .enumerate()
             .filter(|(i, _)| !included.contains(i))
             .map(|(_, f)| f.name().clone())
             .collect();
+        let avro = match format {
+            Format::Avro => Some(AvroValues::new(options, schema, &payload_columns)?),
+            _ => {
+                if let Some(option) = options.keys().find(|k| k.starts_with("avro.")) {
+                    return Err(Error::InvalidValue(format!(
+                        "stream option \"{option}\" needs format = 'avro'"
+                    )));
+                }
+                None
+            }
+        };
         Ok(KafkaSource {
             brokers,
             topic,
@@ -197,39 +217,43 @@ impl KafkaSource {
             offset_column,
             timestamp_column,
             payload_columns,
+            avro,
         })
     }
 
-    fn decoder(&self, name: String) -> Result<RowDecoder> {
-        match self.format {
-            Format::Json => Ok(RowDecoder::new(
-                name,
-                SchemaRef::clone(&self.schema),
-                &[],
-                CopyFormat::new(CopyKind::JsonLines),
-            )?
-            .ignoring_unknown_keys()),
-            Format::Csv => RowDecoder::new(
-                name,
-                SchemaRef::clone(&self.schema),
-                &self.payload_columns,
-                CopyFormat::new(CopyKind::Csv),
-            ),
+    /// Decode message values, all or nothing, into batches of the stream's columns (INCLUDE
+    /// columns still to fill); `name` names them in errors.
+    fn decode_values(&self, name: String, values: &[&[u8]]) -> Result<Vec<RecordBatch>> {
+        let (format, columns): (CopyFormat, &[String]) = match self.format {
+            Format::Json => (CopyFormat::new(CopyKind::JsonLines), &[]),
+            Format::Csv => (CopyFormat::new(CopyKind::Csv), &self.payload_columns),
+            Format::Avro => {
+                let avro = self.avro.as_ref().ok_or_else(|| {
+                    Error::Internal("a Kafka source with format 'avro' has no schema".into())
+                })?;
+                // A dead letter names its partition and offset; the error says what is wrong.
+                return avro.decode(values).map(|batch| vec![batch]);
+            }
+        };
+        let mut decoder = RowDecoder::new(name, SchemaRef::clone(&self.schema), columns, format)?;
+        if self.format == Format::Json {
+            decoder = decoder.ignoring_unknown_keys();
         }
-    }
-
-    /// One message's value as a line of the decoder's input.
-    fn line(&self, value: &[u8], out: &mut Vec<u8>) {
-        match self.format {
-            // Line breaks in a JSON document are whitespace (inside strings they would be
-            // invalid anyway): one message, one line.
-            Format::Json => out.extend(value.iter().map(|b| match b {
-                b'\n' | b'\r' => b' ',
-                b => *b,
-            })),
-            Format::Csv => out.extend_from_slice(value),
+        // One message, one line. Line breaks in a JSON document are whitespace (inside
+        // strings they would be invalid anyway).
+        let mut input = Vec::new();
+        for value in values {
+            match self.format {
+                Format::Json => input.extend(value.iter().map(|b| match b {
+                    b'\n' | b'\r' => b' ',
+                    b => *b,
+                })),
+                _ => input.extend_from_slice(value),
+            }
+            input.push(b'\n');
         }
-        out.push(b'\n');
+        decoder.push(&input)?;
+        decoder.finish()
     }
 
     /// Decode `records` of `partition`: the rows (with the metadata columns filled) of those
@@ -260,22 +284,15 @@ impl KafkaSource {
             }
         }
         // All at once; if anything fails, one by one to find the bad ones.
-        let mut input = Vec::new();
-        for record in &valued {
-            self.line(
-                record.record.value.as_deref().unwrap_or_default(),
-                &mut input,
-            );
-        }
+        let values: Vec<&[u8]> = valued
+            .iter()
+            .map(|r| r.record.value.as_deref().unwrap_or_default())
+            .collect();
         let whole = self
-            .decoder(format!(
-                "kafka topic \"{}\" partition {partition}",
-                self.topic
-            ))
-            .and_then(|mut decoder| {
-                decoder.push(&input)?;
-                decoder.finish()
-            })
+            .decode_values(
+                format!("kafka topic \"{}\" partition {partition}", self.topic),
+                &values,
+            )
             .ok()
             .filter(|batches| {
                 batches.iter().map(RecordBatch::num_rows).sum::<usize>() == valued.len()
@@ -285,21 +302,14 @@ impl KafkaSource {
             None => {
                 let mut batches = Vec::new();
                 let mut kept = Vec::new();
-                for record in valued {
-                    let mut line = Vec::new();
-                    self.line(
-                        record.record.value.as_deref().unwrap_or_default(),
-                        &mut line,
-                    );
-                    let decoded = self
-                        .decoder(format!(
+                for (record, value) in valued.into_iter().zip(&values) {
+                    let decoded = self.decode_values(
+                        format!(
                             "kafka topic \"{}\" partition {partition} offset {}",
                             self.topic, record.offset
-                        ))
-                        .and_then(|mut decoder| {
-                            decoder.push(&line)?;
-                            decoder.finish()
-                        });
+                        ),
+                        &[*value],
+                    );
                     match decoded {
                         Ok(rows) if rows.iter().map(RecordBatch::num_rows).sum::<usize>() == 1 => {
                             batches.extend(rows);

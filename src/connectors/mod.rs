@@ -12,6 +12,7 @@
 //! lag and error, `eddy_catalog.source_partitions` each Kafka partition's offsets and lag, and
 //! `eddy_catalog.dead_letters` the records that could not be decoded.
 
+pub mod avro;
 pub mod datagen;
 pub mod dead_letters;
 pub mod kafka;

@@ -4,6 +4,10 @@
   kafka_client.py BROKER produce TOPIC        < JSON lines {"partition": p, "key": k|null, "value": v|null}
   kafka_client.py BROKER consume TOPIC IDLE_MS > JSON lines {"partition", "offset", "key", "value"}
   kafka_client.py BROKER consume_committed TOPIC IDLE_MS > the same, committed records only
+  kafka_client.py BROKER produce_avro TOPIC SCHEMA FRAMING < JSON lines {"partition": p,
+      "record": {...}} (encoded by fastavro with SCHEMA, a JSON text) or {"partition": p,
+      "raw_hex": "..."} (sent as is); FRAMING is a schema id (Confluent's wire format: byte 0,
+      the id as 4 bytes big-endian, the body) or "none" (the bare body)
 
 Keys and values are text (UTF-8); `consume` reads every partition from the start until no
 record has come for IDLE_MS. `consume_committed` reads as an `isolation_level =
@@ -92,6 +96,27 @@ def main():
             key = None if m.get("key") is None else m["key"].encode()
             value = None if m.get("value") is None else m["value"].encode()
             producer.send(topic, key=key, value=value, partition=m.get("partition"))
+        producer.flush()
+        producer.close()
+    elif command == "produce_avro":
+        import io
+        import fastavro
+        schema = fastavro.parse_schema(json.loads(sys.argv[4]))
+        framing = sys.argv[5]
+        producer = KafkaProducer(bootstrap_servers=broker, linger_ms=5)
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            m = json.loads(line)
+            if "raw_hex" in m:
+                value = bytes.fromhex(m["raw_hex"])
+            else:
+                body = io.BytesIO()
+                fastavro.schemaless_writer(body, schema, m["record"])
+                value = body.getvalue()
+                if framing != "none":
+                    value = b"\x00" + int(framing).to_bytes(4, "big") + value
+            producer.send(topic, value=value, partition=m.get("partition"))
         producer.flush()
         producer.close()
     elif command in ("consume", "consume_committed"):
