@@ -1,6 +1,8 @@
 //! Kafka in and out against a real broker (tansu) and an independent client (kafka-python):
 //! a topic read into a stream and its views exactly once while the server is killed with
-//! SIGKILL mid-stream, undecodable records kept once as dead letters, and the consumer lag.
+//! SIGKILL mid-stream, undecodable records kept once as dead letters, and the consumer lag;
+//! Avro values (fastavro); a transactional producer's topic read committed-only; sinks at
+//! least once and exactly once (Kafka transactions) across SIGKILLs, read back independently.
 
 mod common;
 
@@ -540,6 +542,71 @@ async fn avro_values_decode_with_the_statements_schema() {
     );
 }
 
+/// A topic that a transactional producer writes: the stream takes committed transactions and
+/// plain records, never an aborted transaction's records, and nothing that comes after a
+/// transaction still open until it ends (as a read-committed consumer), also across a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_reads_only_committed_transactions() {
+    let broker = Broker::start();
+    broker.create_topic("txn_in", 1);
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let mut process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM txn_in (id BIGINT) INCLUDE offset AS off
+             WITH (connector = 'kafka', brokers = '{}', topic = 'txn_in')",
+            broker.address
+        ))
+        .await
+        .expect("stream");
+    let mut producer = broker.transactor("txn_in");
+    for command in [
+        "plain {\"id\": 1}",
+        "begin",
+        "send {\"id\": 2}",
+        "plain {\"id\": 3}",
+    ] {
+        producer.run(command);
+    }
+    common::wait_for(&client, "SELECT count(*) FROM txn_in", 1).await;
+    // Record 3 comes after the open transaction: it waits with it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        common::scalar(&client, "SELECT max(id) FROM txn_in").await,
+        1
+    );
+    producer.run("commit");
+    common::wait_for(&client, "SELECT count(*) FROM txn_in", 3).await;
+    for command in ["begin", "send {\"id\": 4}", "abort", "plain {\"id\": 5}"] {
+        producer.run(command);
+    }
+    common::wait_for(&client, "SELECT count(*) FROM txn_in WHERE id = 5", 1).await;
+    // Killed and restarted: nothing read twice, the aborted record still left out.
+    process.kill();
+    process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    producer.run("plain {\"id\": 6}");
+    common::wait_for(&client, "SELECT count(*) FROM txn_in WHERE id = 6", 1).await;
+    let rows: Vec<(i64, i64)> = client
+        .query("SELECT id, off FROM txn_in ORDER BY off", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [1, 2, 3, 5, 6], "{rows:?}");
+    assert_eq!(
+        common::scalar(
+            &client,
+            "SELECT dead_letters::BIGINT FROM eddy_catalog.sources WHERE source = 'public.txn_in'"
+        )
+        .await,
+        0
+    );
+}
+
 /// Sink options are checked at CREATE: a misspelt delivery guarantee or a transactional id
 /// without exactly-once delivery is refused with 22023 and says what is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -681,6 +748,30 @@ async fn exactly_once_sinks_deliver_each_change_once_across_kills() {
             stored.len()
         );
     }
+    // Read back by a Kafka source of this server: the aborted transactions the kills left in
+    // the topic stay out, so the copy equals the stream.
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM echo (id BIGINT, card BIGINT, amount BIGINT)
+             WITH (connector = 'kafka', brokers = '{address}', topic = '{rows_topic}')"
+        ))
+        .await
+        .expect("echo stream");
+    let stored_count = stored.len() as i64;
+    common::wait_for(&client, "SELECT count(*) FROM echo", stored_count).await;
+    assert_eq!(
+        common::scalar(&client, "SELECT count(DISTINCT id) FROM echo").await,
+        stored_count
+    );
+    assert_eq!(
+        common::scalar(
+            &client,
+            "SELECT count(*) FROM echo e JOIN tx t ON e.id = t.id
+             WHERE e.card = t.card AND e.amount = t.amount"
+        )
+        .await,
+        stored_count
+    );
     let errors = client
         .query("SELECT sink, status, error FROM eddy_catalog.sinks", &[])
         .await

@@ -15,9 +15,12 @@
 //! The first start fixes the starting offsets (`start = 'earliest' | 'latest' | timestamp`) in
 //! the log before anything is read, so a crash right after it does not move them.
 //!
-//! Fetching goes through `rskafka` (pure Rust). A broker that answers a fetch from inside a
-//! record batch with nothing (as some do) is read from earlier offsets, keeping only what
-//! comes at or after the wanted one. Lag is the partition's high watermark (from every fetch)
+//! Fetching goes through [`super::kafka_consumer`], which reads committed data only: records of
+//! transactions their producer aborted never reach the stream, and records behind a
+//! transaction still open wait for it to end (the position stored is where the undecided part
+//! begins, so a restart reads it again). A broker that answers a fetch from inside a record
+//! batch with nothing (as some do) is read from earlier offsets, keeping only what comes at or
+//! after the wanted one. Lag is the partition's high watermark (from every fetch)
 //! minus the next offset; `eddy_catalog.source_partitions` and `/metrics` show it.
 
 use std::collections::BTreeMap;
@@ -30,13 +33,13 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
-use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 
 use super::avro::AvroValues;
 use super::dead_letters::{DeadLetter, DeadLetterLog, hex};
+use super::kafka_consumer::{
+    Batch, CommittedReader, Consumer, EARLIEST, OFFSET_OUT_OF_RANGE, Record,
+};
 use super::{PartitionProgress, SourceStatus};
 use crate::error::{Error, Result};
 use crate::ingest::decode::RowDecoder;
@@ -261,21 +264,21 @@ impl KafkaSource {
     pub fn decode(
         &self,
         partition: i32,
-        records: &[RecordAndOffset],
+        records: &[Record],
     ) -> Result<(Option<RecordBatch>, Vec<DeadLetter>)> {
         let now = chrono::Utc::now().timestamp_micros();
-        let letter = |record: &RecordAndOffset, error: String| DeadLetter {
+        let letter = |record: &Record, error: String| DeadLetter {
             partition,
             offset: record.offset,
-            key: record.record.key.as_deref().map(hex),
-            payload: record.record.value.as_deref().map(hex),
+            key: record.key.as_deref().map(hex),
+            payload: record.value.as_deref().map(hex),
             error,
             received_at: now,
         };
         let mut letters = Vec::new();
-        let mut valued: Vec<&RecordAndOffset> = Vec::with_capacity(records.len());
+        let mut valued: Vec<&Record> = Vec::with_capacity(records.len());
         for record in records {
-            match &record.record.value {
+            match &record.value {
                 Some(value) if !value.is_empty() => valued.push(record),
                 _ => letters.push(letter(
                     record,
@@ -286,7 +289,7 @@ impl KafkaSource {
         // All at once; if anything fails, one by one to find the bad ones.
         let values: Vec<&[u8]> = valued
             .iter()
-            .map(|r| r.record.value.as_deref().unwrap_or_default())
+            .map(|r| r.value.as_deref().unwrap_or_default())
             .collect();
         let whole = self
             .decode_values(
@@ -336,8 +339,7 @@ impl KafkaSource {
         fill(
             self.key_column,
             Arc::new(StringArray::from_iter(kept.iter().map(|r| {
-                r.record
-                    .key
+                r.key
                     .as_deref()
                     .map(|k| String::from_utf8_lossy(k).into_owned())
             }))),
@@ -354,7 +356,7 @@ impl KafkaSource {
             self.timestamp_column,
             Arc::new(
                 TimestampMicrosecondArray::from_iter_values(
-                    kept.iter().map(|r| r.record.timestamp.timestamp_micros()),
+                    kept.iter().map(|r| r.timestamp_ms.saturating_mul(1000)),
                 )
                 .with_timezone("+00:00"),
             ),
@@ -398,21 +400,18 @@ fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!("kafka: {what}: {e}"))
 }
 
-/// Connect, retrying until the brokers answer (the task is stopped with its stream).
-async fn connect(source: &KafkaSource, status: &SourceStatus) -> Client {
+/// Connect and learn the topic's partitions, retrying until the brokers answer and the topic
+/// exists (the task is stopped with its stream).
+async fn connect(source: &KafkaSource, status: &SourceStatus) -> Consumer {
     let mut wait = Duration::from_millis(200);
     loop {
-        match ClientBuilder::new(source.brokers.clone())
-            .client_id("eddydb")
-            .build()
-            .await
-        {
-            Ok(client) => {
+        match Consumer::connect(&source.brokers, &source.topic).await {
+            Ok(consumer) => {
                 status.set_note(None);
-                return client;
+                return consumer;
             }
             Err(e) => {
-                let note = format!("cannot reach brokers {}: {e}", source.brokers.join(","));
+                let note = format!("brokers {}: {e}", source.brokers.join(","));
                 tracing::warn!(stream = %status.stream, error = %note, "kafka source retrying");
                 status.set_note(Some(note));
                 tokio::time::sleep(wait).await;
@@ -435,45 +434,46 @@ enum FetchFailure {
 /// How long a partition may end before the stream's position before the position is lost.
 const BEHIND_GRACE: Duration = Duration::from_secs(10);
 
+/// Records held back behind one open transaction, at most, before a partition stops reading
+/// ahead (a broker that keeps a last stable offset never sends that much past one).
+const MAX_HELD_BYTES: usize = 256 << 20;
+
 impl From<Error> for FetchFailure {
     fn from(e: Error) -> FetchFailure {
         FetchFailure::Transient(e)
     }
 }
 
-/// Records at or after `from` and the partition's high watermark. A broker that returns
-/// nothing for an offset inside a record batch is asked again from earlier offsets (batch
-/// starts), keeping only what comes at or after `from`.
+/// Record batches reaching past `from` (records before it removed) and the partition's high
+/// watermark. A broker that returns nothing for an offset inside a record batch is asked
+/// again from earlier offsets (batch starts), keeping only what comes at or after `from`.
 async fn fetch_from(
-    client: &PartitionClient,
+    consumer: &mut Consumer,
+    partition: i32,
     from: i64,
     floor: &mut i64,
-) -> std::result::Result<(Vec<RecordAndOffset>, i64), FetchFailure> {
+) -> std::result::Result<(Vec<Batch>, i64), FetchFailure> {
     let mut at = from;
     let mut step = 1;
-    // Once the search has read from the floor and come back without a record at or after
-    // `from` (e.g. only transaction markers follow), there is nothing to read yet.
+    // Once the search has read from the floor and come back with nothing at or after `from`,
+    // there is nothing to read yet.
     let mut reached_floor = false;
     loop {
         reached_floor |= at <= *floor;
-        let fetched = client
-            .fetch_records(at, 1..FETCH_BYTES, FETCH_WAIT_MS)
-            .await;
-        let (records, high) = match fetched {
+        let fetched = match consumer
+            .fetch(partition, at, FETCH_BYTES, FETCH_WAIT_MS)
+            .await
+        {
             Ok(fetched) => fetched,
-            Err(rskafka::client::error::Error::ServerError {
-                protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
-                ..
-            }) => {
-                let earliest = client
-                    .get_offset(OffsetAt::Earliest)
+            Err(e) if e.code == Some(OFFSET_OUT_OF_RANGE) => {
+                let earliest = consumer
+                    .list_offset(partition, EARLIEST)
                     .await
                     .map_err(|e| kafka_error("earliest offset", e))?;
                 if earliest > from {
                     return Err(FetchFailure::PositionLost(Error::Storage(format!(
-                        "kafka: partition {} no longer holds offset {from} (retention removed \
-                         it; the earliest is {earliest})",
-                        client.partition()
+                        "kafka: partition {partition} no longer holds offset {from} (retention \
+                         removed it; the earliest is {earliest})"
                     ))));
                 }
                 *floor = earliest;
@@ -486,25 +486,30 @@ async fn fetch_from(
             }
             Err(e) => return Err(kafka_error("fetch", e).into()),
         };
-        let kept: Vec<RecordAndOffset> = records
-            .iter()
-            .filter(|r| r.offset >= from)
-            .cloned()
-            .collect();
+        let high = fetched.high_watermark;
         if high < from {
             return Err(FetchFailure::Behind(Error::Storage(format!(
-                "kafka: partition {} ends at offset {high}, before the stream's position {from} \
-                 (the topic was deleted and created again, or truncated); the stream keeps its \
-                 rows and reads no more from this topic: recreate the stream to read it anew",
-                client.partition()
+                "kafka: partition {partition} ends at offset {high}, before the stream's position \
+                 {from} (the topic was deleted and created again, or truncated); the stream keeps \
+                 its rows and reads no more from this topic: recreate the stream to read it anew"
             ))));
         }
+        let last_fetched = fetched.batches.last().map(|b| b.last_offset);
+        let kept: Vec<Batch> = fetched
+            .batches
+            .into_iter()
+            .filter(|b| b.last_offset >= from)
+            .map(|mut b| {
+                b.records.retain(|r| r.offset >= from);
+                b
+            })
+            .collect();
         if !kept.is_empty() || high == from {
             return Ok((kept, high));
         }
-        if let Some(last) = records.last() {
-            // Only earlier records came back: continue after them (a batch start).
-            at = last.offset + 1;
+        if let Some(last) = last_fetched {
+            // Only earlier batches came back: continue after them (a batch start).
+            at = last + 1;
             if at >= from && reached_floor {
                 return Ok((Vec::new(), high));
             }
@@ -519,21 +524,19 @@ async fn fetch_from(
 }
 
 /// The offset a partition is first read from.
-async fn start_offset(client: &PartitionClient, start: Start) -> Result<i64> {
+async fn start_offset(consumer: &mut Consumer, partition: i32, start: Start) -> Result<i64> {
     let at = match start {
-        Start::Earliest => OffsetAt::Earliest,
-        Start::Latest => return end_offset(client).await,
-        Start::At(millis) => {
-            OffsetAt::Timestamp(chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default())
-        }
+        Start::Earliest => EARLIEST,
+        Start::Latest => return end_offset(consumer, partition).await,
+        Start::At(millis) => millis,
     };
-    let offset = client
-        .get_offset(at)
+    let offset = consumer
+        .list_offset(partition, at)
         .await
         .map_err(|e| kafka_error("start offset", e))?;
     // -1: no record at or after that time yet; start at the end.
     if offset < 0 {
-        end_offset(client).await
+        end_offset(consumer, partition).await
     } else {
         Ok(offset)
     }
@@ -541,43 +544,48 @@ async fn start_offset(client: &PartitionClient, start: Start) -> Result<i64> {
 
 /// The end of a partition: the high watermark a fetch reports (some brokers answer the Latest
 /// offset request with a batch's base offset).
-async fn end_offset(client: &PartitionClient) -> Result<i64> {
-    let earliest = client
-        .get_offset(OffsetAt::Earliest)
+async fn end_offset(consumer: &mut Consumer, partition: i32) -> Result<i64> {
+    let earliest = consumer
+        .list_offset(partition, EARLIEST)
         .await
         .map_err(|e| kafka_error("earliest offset", e))?;
-    let (_, high) = client
-        .fetch_records(earliest, 1..1024, 0)
+    let fetched = consumer
+        .fetch(partition, earliest, 1024, 0)
         .await
         .map_err(|e| kafka_error("fetch", e))?;
-    Ok(high)
+    Ok(fetched.high_watermark)
 }
 
-/// What a fetcher hands the writer.
+/// What a fetcher hands the writer: the partition's newly decided records, where it resumes
+/// after them (past dropped aborted records and markers too), and its high watermark.
 struct Fetched {
     partition: i32,
-    records: Vec<RecordAndOffset>,
+    records: Vec<Record>,
+    next: i64,
     high: i64,
+    /// Why the partition is not moving, for the source's status.
+    note: Option<String>,
 }
 
-/// Read `partition` from `next` on, forever, retrying after errors.
+/// Read `partition` from `next` on, forever, retrying after errors: committed records only,
+/// in order (see [`CommittedReader`]).
 async fn fetch_partition(
-    client: Arc<Client>,
-    topic: String,
+    source: Arc<KafkaSource>,
     partition: i32,
     mut next: i64,
     out: mpsc::Sender<Result<Fetched>>,
 ) {
     let mut wait = Duration::from_millis(200);
     let mut floor = 0;
+    let mut reader = CommittedReader::default();
+    // Where the next fetch starts: after what the reader holds back.
+    let mut fetch_at = next;
+    let mut high_seen = next;
     loop {
-        let partition_client = match client
-            .partition_client(topic.clone(), partition, UnknownTopicHandling::Retry)
-            .await
-        {
+        let mut consumer = match Consumer::connect(&source.brokers, &source.topic).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(%topic, partition, error = %e, "kafka partition unavailable; retrying");
+                tracing::warn!(topic = %source.topic, partition, error = %e, "kafka partition unavailable; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(10));
                 continue;
@@ -585,7 +593,29 @@ async fn fetch_partition(
         };
         let mut behind_since: Option<std::time::Instant> = None;
         loop {
-            match fetch_from(&partition_client, next, &mut floor).await {
+            if reader.held_bytes() > MAX_HELD_BYTES {
+                let note = reader.waiting_for().map(|(producer, offset)| {
+                    format!(
+                        "partition {partition}: the transaction of producer {producer} open since \
+                         offset {offset} holds back more than {} MiB of later records; this \
+                         broker keeps no last stable offset, so reading waits here",
+                        MAX_HELD_BYTES >> 20
+                    )
+                });
+                let waiting = Fetched {
+                    partition,
+                    records: Vec::new(),
+                    next,
+                    high: high_seen,
+                    note,
+                };
+                if out.send(Ok(waiting)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+            match fetch_from(&mut consumer, partition, fetch_at, &mut floor).await {
                 Err(FetchFailure::Behind(e)) => {
                     let since = *behind_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() >= BEHIND_GRACE {
@@ -594,20 +624,28 @@ async fn fetch_partition(
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                Ok((records, high)) => {
+                Ok((batches, high)) => {
                     behind_since = None;
                     wait = Duration::from_millis(200);
-                    match records.last() {
-                        Some(last) => next = last.offset + 1,
-                        // Nothing readable although the partition goes on (transaction
-                        // markers, an open transaction): ask again in a while.
-                        None if high > next => tokio::time::sleep(Duration::from_millis(500)).await,
-                        None => {}
+                    high_seen = high;
+                    let fetched_any = !batches.is_empty();
+                    if let Some(last) = batches.last() {
+                        fetch_at = fetch_at.max(last.last_offset + 1);
+                    }
+                    reader.push(batches);
+                    let records = reader.take_decided();
+                    next = next.max(reader.resume_at().unwrap_or(next));
+                    // Nothing readable although the partition goes on (an open transaction
+                    // behind the broker's last stable offset): ask again in a while.
+                    if !fetched_any && high > fetch_at {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     let fetched = Fetched {
                         partition,
                         records,
+                        next,
                         high,
+                        note: None,
                     };
                     if out.send(Ok(fetched)).await.is_err() {
                         return;
@@ -618,7 +656,7 @@ async fn fetch_partition(
                     return;
                 }
                 Err(FetchFailure::Transient(e)) => {
-                    tracing::warn!(%topic, partition, error = %e, "kafka fetch failed; retrying");
+                    tracing::warn!(topic = %source.topic, partition, error = %e, "kafka fetch failed; retrying");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(10));
                     break;
@@ -630,29 +668,13 @@ async fn fetch_partition(
 
 /// Read the topic into `stream` from where its log says the source got to.
 pub async fn run(stream: &StreamStore, status: &SourceStatus) -> Result<()> {
-    let source = KafkaSource::new(&stream.def().options, &stream.schema())?;
+    let source = Arc::new(KafkaSource::new(&stream.def().options, &stream.schema())?);
     let letters = Arc::new(DeadLetterLog::open(
         &stream.dir().join("dead_letters.jsonl"),
     )?);
     status.set_dead_letters(Arc::clone(&letters));
-    let client = Arc::new(connect(&source, status).await);
-    let partitions: Vec<i32> = loop {
-        let topics = client
-            .list_topics()
-            .await
-            .map_err(|e| kafka_error("list topics", e));
-        match topics {
-            Ok(topics) => match topics.into_iter().find(|t| t.name == source.topic) {
-                Some(topic) => break topic.partitions.into_iter().collect(),
-                None => status.set_note(Some(format!(
-                    "topic \"{}\" does not exist (yet)",
-                    source.topic
-                ))),
-            },
-            Err(e) => status.set_note(Some(e.to_string())),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let mut consumer = connect(&source, status).await;
+    let partitions: Vec<i32> = (0..consumer.partitions() as i32).collect();
     status.set_note(None);
     let mut next = match stream.source_position() {
         Some(text) => decode_position(&text)?,
@@ -668,24 +690,14 @@ pub async fn run(stream: &StreamStore, status: &SourceStatus) -> Result<()> {
         // Retried like the connection: the broker may be briefly unavailable.
         let mut wait = Duration::from_millis(200);
         let start = loop {
-            let attempt = async {
-                let partition_client = client
-                    .partition_client(
-                        source.topic.clone(),
-                        *partition,
-                        UnknownTopicHandling::Retry,
-                    )
-                    .await
-                    .map_err(|e| kafka_error("partition", e))?;
-                start_offset(&partition_client, source.start).await
-            };
-            match attempt.await {
+            match start_offset(&mut consumer, *partition, source.start).await {
                 Ok(start) => break start,
                 Err(e) => {
                     tracing::warn!(stream = %status.stream, partition, error = %e, "kafka start offset; retrying");
                     status.set_note(Some(e.to_string()));
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(10));
+                    consumer = connect(&source, status).await;
                 }
             }
         };
@@ -702,8 +714,7 @@ pub async fn run(stream: &StreamStore, status: &SourceStatus) -> Result<()> {
         let from = next.get(partition).copied().unwrap_or(0);
         status.set_partition(*partition, from, from);
         fetchers.spawn(fetch_partition(
-            Arc::clone(&client),
-            source.topic.clone(),
+            Arc::clone(&source),
             *partition,
             from,
             sender.clone(),
@@ -730,8 +741,9 @@ pub async fn run(stream: &StreamStore, status: &SourceStatus) -> Result<()> {
         let mut decoded = Vec::new();
         let mut dead = Vec::new();
         for part in &batch {
-            if let Some(last) = part.records.last() {
-                next.insert(part.partition, last.offset + 1);
+            next.insert(part.partition, part.next);
+            if let Some(note) = &part.note {
+                status.set_note(Some(note.clone()));
             }
             if part.records.is_empty() {
                 continue;
@@ -771,7 +783,6 @@ pub fn lag(progress: &PartitionProgress) -> u64 {
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
-    use rskafka::record::Record;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -794,16 +805,12 @@ mod tests {
             .collect()
     }
 
-    fn record(offset: i64, value: &str) -> RecordAndOffset {
-        RecordAndOffset {
-            record: Record {
-                key: Some(b"card-1".to_vec()),
-                value: Some(value.as_bytes().to_vec()),
-                headers: BTreeMap::new(),
-                timestamp: chrono::DateTime::from_timestamp_millis(1_700_000_000_000)
-                    .unwrap_or_default(),
-            },
+    fn record(offset: i64, value: &str) -> Record {
+        Record {
             offset,
+            timestamp_ms: 1_700_000_000_000,
+            key: Some(b"card-1".to_vec()),
+            value: Some(value.as_bytes().to_vec()),
         }
     }
 

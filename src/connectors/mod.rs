@@ -16,7 +16,9 @@ pub mod avro;
 pub mod datagen;
 pub mod dead_letters;
 pub mod kafka;
+pub mod kafka_consumer;
 pub mod kafka_producer;
+pub mod kafka_protocol;
 pub mod nexmark;
 pub mod sink;
 

@@ -4,6 +4,9 @@
   kafka_client.py BROKER produce TOPIC        < JSON lines {"partition": p, "key": k|null, "value": v|null}
   kafka_client.py BROKER consume TOPIC IDLE_MS > JSON lines {"partition", "offset", "key", "value"}
   kafka_client.py BROKER consume_committed TOPIC IDLE_MS > the same, committed records only
+  kafka_client.py BROKER transact TOPIC < one command per line, each answered "ok" on
+      stdout once done: "plain VALUE" (a non-transactional producer), "begin", "send VALUE"
+      (sent and flushed inside the open transaction), "commit", "abort"
   kafka_client.py BROKER produce_avro TOPIC SCHEMA FRAMING < JSON lines {"partition": p,
       "record": {...}} (encoded by fastavro with SCHEMA, a JSON text) or {"partition": p,
       "raw_hex": "..."} (sent as is); FRAMING is a schema id (Confluent's wire format: byte 0,
@@ -98,6 +101,29 @@ def main():
             producer.send(topic, key=key, value=value, partition=m.get("partition"))
         producer.flush()
         producer.close()
+    elif command == "transact":
+        plain = KafkaProducer(bootstrap_servers=broker)
+        txn = KafkaProducer(bootstrap_servers=broker, transactional_id="test-" + topic)
+        txn.init_transactions()
+        for line in sys.stdin:
+            verb, _, value = line.strip().partition(" ")
+            if verb == "plain":
+                plain.send(topic, value=value.encode(), partition=0)
+                plain.flush()
+            elif verb == "begin":
+                txn.begin_transaction()
+            elif verb == "send":
+                txn.send(topic, value=value.encode(), partition=0)
+                txn.flush()
+            elif verb == "commit":
+                txn.commit_transaction()
+            elif verb == "abort":
+                txn.abort_transaction()
+            else:
+                sys.exit("unknown transact command " + line)
+            print("ok", flush=True)
+        plain.close()
+        txn.close()
     elif command == "produce_avro":
         import io
         import fastavro

@@ -167,6 +167,22 @@ impl Broker {
         self.client(&["produce_avro", topic, schema, &framing], Some(&lines));
     }
 
+    /// A producer session on partition 0 of `topic` that the test steps through: plain sends
+    /// and a transactional producer's transactions (see [`Transactor::run`]).
+    pub fn transactor(&self, topic: &str) -> Transactor {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/kafka_client.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(&self.address)
+            .args(["transact", topic])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("kafka client (python3 with kafka-python)");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        Transactor { child, stdout }
+    }
+
     /// Every message of `topic`, read until none has come for `idle`.
     pub fn consume(&self, topic: &str, idle: Duration) -> Vec<serde_json::Value> {
         self.read("consume", topic, idle)
@@ -192,5 +208,32 @@ impl Drop for Broker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A running `kafka_client.py transact` session.
+pub struct Transactor {
+    child: Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Transactor {
+    /// Run one command ("plain VALUE", "begin", "send VALUE", "commit", "abort") and wait
+    /// until the broker has it.
+    pub fn run(&mut self, command: &str) {
+        use std::io::BufRead;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{command}").expect("send command");
+        stdin.flush().expect("flush command");
+        let mut answer = String::new();
+        self.stdout.read_line(&mut answer).expect("answer");
+        assert_eq!(answer.trim(), "ok", "kafka client failed on {command:?}");
+    }
+}
+
+impl Drop for Transactor {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
     }
 }
