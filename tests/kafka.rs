@@ -607,6 +607,69 @@ async fn a_source_reads_only_committed_transactions() {
     );
 }
 
+/// Partitions that appear while a stream reads its topic (here the topic is deleted and made
+/// again with three partitions instead of one) are found within the discovery interval and
+/// read from their beginning; after a SIGKILL all three go on without reading anything twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_while_running_are_read() {
+    let broker = Broker::start();
+    broker.create_topic("grow", 1);
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let mut process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM grow (id BIGINT) INCLUDE partition AS part
+             WITH (connector = 'kafka', brokers = '{}', topic = 'grow', start = 'latest')",
+            broker.address
+        ))
+        .await
+        .expect("stream");
+    common::wait_for(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.source_partitions",
+        1,
+    )
+    .await;
+    broker.delete_topic("grow");
+    broker.create_topic("grow", 3);
+    let message = |id: i64| ((id % 3) as i32, None, Some(format!("{{\"id\": {id}}}")));
+    let first: Vec<(i32, Option<String>, Option<String>)> = (1..=6).map(message).collect();
+    let refs: Vec<(i32, Option<&str>, Option<&str>)> = first
+        .iter()
+        .map(|(p, k, v)| (*p, k.as_deref(), v.as_deref()))
+        .collect();
+    broker.produce("grow", &refs);
+    common::wait_for(&client, "SELECT count(*) FROM grow", 6).await;
+    assert_eq!(
+        common::scalar(&client, "SELECT count(DISTINCT part) FROM grow").await,
+        3
+    );
+    assert_eq!(
+        common::scalar(
+            &client,
+            "SELECT count(*) FROM eddy_catalog.source_partitions"
+        )
+        .await,
+        3
+    );
+    process.kill();
+    process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    broker.produce(
+        "grow",
+        &[
+            (2, None, Some("{\"id\": 7}")),
+            (1, None, Some("{\"id\": 8}")),
+        ],
+    );
+    common::wait_for(&client, "SELECT count(*) FROM grow", 8).await;
+    assert_eq!(
+        common::scalar(&client, "SELECT count(DISTINCT id) FROM grow").await,
+        8
+    );
+}
+
 /// Sink options are checked at CREATE: a misspelt delivery guarantee or a transactional id
 /// without exactly-once delivery is refused with 22023 and says what is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -556,6 +556,29 @@ async fn end_offset(consumer: &mut Consumer, partition: i32) -> Result<i64> {
     Ok(fetched.high_watermark)
 }
 
+/// How often a running source asks for the topic's partitions, to read ones added to it.
+const PARTITION_DISCOVERY: Duration = Duration::from_secs(10);
+
+/// Place the partitions below `count` that `next` lacks at their first offset per `start`;
+/// the ones placed, in order. Partitions placed before an error stay placed.
+async fn place_new_partitions(
+    consumer: &mut Consumer,
+    count: i32,
+    start: Start,
+    next: &mut BTreeMap<i32, i64>,
+) -> Result<Vec<i32>> {
+    let mut added = Vec::new();
+    for partition in 0..count {
+        if next.contains_key(&partition) {
+            continue;
+        }
+        let offset = start_offset(consumer, partition, start).await?;
+        next.insert(partition, offset);
+        added.push(partition);
+    }
+    Ok(added)
+}
+
 /// What a fetcher hands the writer: the partition's newly decided records, where it resumes
 /// after them (past dropped aborted records and markers too), and its high watermark.
 struct Fetched {
@@ -674,56 +697,94 @@ pub async fn run(stream: &StreamStore, status: &SourceStatus) -> Result<()> {
     )?);
     status.set_dead_letters(Arc::clone(&letters));
     let mut consumer = connect(&source, status).await;
-    let partitions: Vec<i32> = (0..consumer.partitions() as i32).collect();
-    status.set_note(None);
-    let mut next = match stream.source_position() {
+    let stored = stream.source_position();
+    // A stream's first start reads the topic from `start`; a partition that appears later
+    // (added to the topic while the stream read it, or while the server was down) is read from
+    // its beginning, since everything in it came after the stream started.
+    let later = Start::Earliest;
+    let first = if stored.is_none() {
+        source.start
+    } else {
+        later
+    };
+    let mut next = match stored {
         Some(text) => decode_position(&text)?,
         None => BTreeMap::new(),
     };
-    // Partitions read for the first time start per `start`; that start is stored before
-    // anything is read, so a crash now does not move it.
-    let mut added = false;
-    for partition in &partitions {
-        if next.contains_key(partition) {
-            continue;
-        }
-        // Retried like the connection: the broker may be briefly unavailable.
-        let mut wait = Duration::from_millis(200);
-        let start = loop {
-            match start_offset(&mut consumer, *partition, source.start).await {
-                Ok(start) => break start,
-                Err(e) => {
-                    tracing::warn!(stream = %status.stream, partition, error = %e, "kafka start offset; retrying");
-                    status.set_note(Some(e.to_string()));
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(10));
-                    consumer = connect(&source, status).await;
-                }
+    let mut partitions = consumer.partitions() as i32;
+    // Where each new partition starts is stored before anything is read, so a crash now does
+    // not move it. Retried like the connection: the broker may be briefly unavailable.
+    let mut wait = Duration::from_millis(200);
+    let added = loop {
+        match place_new_partitions(&mut consumer, partitions, first, &mut next).await {
+            Ok(added) => break added,
+            Err(e) => {
+                tracing::warn!(stream = %status.stream, error = %e, "kafka start offsets; retrying");
+                status.set_note(Some(e.to_string()));
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+                consumer = connect(&source, status).await;
+                partitions = consumer.partitions() as i32;
             }
-        };
-        status.set_note(None);
-        next.insert(*partition, start);
-        added = true;
-    }
-    if added {
+        }
+    };
+    status.set_note(None);
+    if !added.is_empty() {
         stream.append_at(Vec::new(), encode_position(&next)).await?;
     }
-    let (sender, mut fetched) = mpsc::channel::<Result<Fetched>>(partitions.len() * 2);
+    drop(consumer);
+    let (sender, mut fetched) = mpsc::channel::<Result<Fetched>>(16 + 2 * partitions as usize);
     let mut fetchers = tokio::task::JoinSet::new();
-    for partition in &partitions {
-        let from = next.get(partition).copied().unwrap_or(0);
-        status.set_partition(*partition, from, from);
+    let mut spawn = |partition: i32, from: i64| {
+        status.set_partition(partition, from, from);
         fetchers.spawn(fetch_partition(
             Arc::clone(&source),
-            *partition,
+            partition,
             from,
             sender.clone(),
         ));
+    };
+    for partition in 0..partitions {
+        spawn(partition, next.get(&partition).copied().unwrap_or(0));
     }
-    drop(sender);
+    let mut discovery = tokio::time::interval_at(
+        tokio::time::Instant::now() + PARTITION_DISCOVERY,
+        PARTITION_DISCOVERY,
+    );
+    discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let Some(first) = fetched.recv().await else {
-            return Err(Error::Internal("the Kafka fetchers stopped".into()));
+        let first = tokio::select! {
+            got = fetched.recv() => got.ok_or_else(|| {
+                Error::Internal("the Kafka fetchers stopped".into())
+            })?,
+            _ = discovery.tick() => {
+                // Partitions added to the topic: placed (and stored) first, then read. A
+                // broker that does not answer now is asked again at the next tick.
+                let discovered = async {
+                    let mut consumer = Consumer::connect(&source.brokers, &source.topic)
+                        .await
+                        .map_err(|e| kafka_error("partitions", e))?;
+                    let count = consumer.partitions() as i32;
+                    let added =
+                        place_new_partitions(&mut consumer, count, later, &mut next).await?;
+                    Ok::<_, Error>((count, added))
+                };
+                match discovered.await {
+                    Ok((count, added)) if !added.is_empty() => {
+                        stream.append_at(Vec::new(), encode_position(&next)).await?;
+                        tracing::info!(stream = %status.stream, ?added, "kafka partitions added to the topic");
+                        for partition in added {
+                            spawn(partition, next.get(&partition).copied().unwrap_or(0));
+                        }
+                        partitions = partitions.max(count);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(stream = %status.stream, error = %e, "kafka partition discovery");
+                    }
+                }
+                continue;
+            }
         };
         // Gather what else has arrived into one append.
         let mut batch = vec![first?];

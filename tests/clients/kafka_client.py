@@ -1,6 +1,7 @@
 """An independent Kafka client for the tests (kafka-python, not the server's rskafka).
 
   kafka_client.py BROKER create TOPIC PARTITIONS
+  kafka_client.py BROKER delete TOPIC
   kafka_client.py BROKER produce TOPIC        < JSON lines {"partition": p, "key": k|null, "value": v|null}
   kafka_client.py BROKER consume TOPIC IDLE_MS > JSON lines {"partition", "offset", "key", "value"}
   kafka_client.py BROKER consume_committed TOPIC IDLE_MS > the same, committed records only
@@ -89,6 +90,10 @@ def main():
     if command == "create":
         admin = KafkaAdminClient(bootstrap_servers=broker)
         admin.create_topics([NewTopic(topic, int(sys.argv[4]), 1)])
+        admin.close()
+    elif command == "delete":
+        admin = KafkaAdminClient(bootstrap_servers=broker)
+        admin.delete_topics([topic])
         admin.close()
     elif command == "produce":
         producer = KafkaProducer(bootstrap_servers=broker, linger_ms=5)

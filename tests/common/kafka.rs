@@ -127,6 +127,10 @@ impl Broker {
         self.client(&["create", topic, &partitions.to_string()], None);
     }
 
+    pub fn delete_topic(&self, topic: &str) {
+        self.client(&["delete", topic], None);
+    }
+
     /// Produce (partition, key, value) messages, in order per partition.
     pub fn produce(&self, topic: &str, messages: &[(i32, Option<&str>, Option<&str>)]) {
         let lines: String = messages
