@@ -576,6 +576,20 @@ async fn a_source_reads_only_committed_transactions() {
         common::scalar(&client, "SELECT max(id) FROM txn_in").await,
         1
     );
+    // Killed while the transaction is open: the restart reads the held part again.
+    process.kill();
+    process = EddyProcess::start(data_dir.path(), &[]);
+    let client = process.connect().await;
+    common::wait_for(
+        &client,
+        "SELECT count(*) FROM eddy_catalog.source_partitions",
+        1,
+    )
+    .await;
+    assert_eq!(
+        common::scalar(&client, "SELECT count(*) FROM txn_in").await,
+        1
+    );
     producer.run("commit");
     common::wait_for(&client, "SELECT count(*) FROM txn_in", 3).await;
     for command in ["begin", "send {\"id\": 4}", "abort", "plain {\"id\": 5}"] {

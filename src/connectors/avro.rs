@@ -14,10 +14,11 @@
 //! intermediate). `avro.schema_id` additionally refuses Confluent messages written under
 //! another registry id, which would otherwise be read with the wrong schema.
 //!
-//! Avro fields fill the stream's columns of the same name (exactly, else ignoring case), cast
-//! to the column's type without loss (a value that does not fit is an error, so the record
-//! becomes a dead letter, never a silent NULL). Which fields can fill which columns is checked
-//! when the stream is created.
+//! Avro fields fill the stream's columns of the same name (exactly, else ignoring case). Only
+//! casts that lose nothing are allowed, checked when the stream is created ([`lossless`]:
+//! widening numbers, timestamps into timestamps as fine or finer, text parsed into anything);
+//! a value that still does not fit (text that does not parse) is an error, so its record
+//! becomes a dead letter, never a silent NULL or a rounded number.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use datafusion::arrow::compute::{CastOptions, can_cast_types, cast_with_options};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 
 use crate::error::{Error, Result};
 
@@ -130,9 +131,10 @@ impl AvroValues {
             });
             let Some(field) = field else { continue };
             let from = avro.field(field).data_type();
-            if !can_cast_types(from, column.data_type()) {
+            if !lossless(from, column.data_type()) {
                 return Err(Error::DatatypeMismatch(format!(
-                    "Avro field \"{}\" ({from}) cannot fill column \"{}\" of type {}",
+                    "Avro field \"{}\" ({from}) cannot fill column \"{}\" of type {} without \
+                     loss",
                     avro.field(field).name(),
                     column.name(),
                     column.data_type()
@@ -170,11 +172,13 @@ impl AvroValues {
             framed.push(0);
             framed.extend_from_slice(&LOCAL_ID.to_be_bytes());
             framed.extend_from_slice(self.body(value)?);
+            let room = decoder.capacity();
             let consumed = decoder
                 .decode(&framed)
                 .map_err(|e| invalid(format!("not a value of avro.schema: {e}")))?;
-            // Fewer bytes taken: the body ended inside the record (the decoder waits for more).
-            if consumed != framed.len() {
+            // Fewer bytes taken: the body ended inside the record (the decoder waits for more);
+            // no row taken: the value had no body.
+            if consumed != framed.len() || decoder.capacity() + 1 != room {
                 return Err(invalid(format!(
                     "not a value of avro.schema: {} of the value's {} bytes make no whole record",
                     framed.len() - consumed,
@@ -242,11 +246,47 @@ impl AvroValues {
     }
 }
 
+/// Whether every value of type `from` fits a column of type `to` exactly: the same type,
+/// wider integers or floats, timestamps and dates into timestamps at least as fine, decimals
+/// with room for the digits, bytes into bytes; text is parsed (a value that does not parse
+/// is an error, not a loss).
+fn lossless(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    fn rank(unit: &TimeUnit) -> u8 {
+        match unit {
+            TimeUnit::Second => 0,
+            TimeUnit::Millisecond => 1,
+            TimeUnit::Microsecond => 2,
+            TimeUnit::Nanosecond => 3,
+        }
+    }
+    if from == to {
+        return true;
+    }
+    match (from, to) {
+        (Utf8 | LargeUtf8 | Utf8View, _) | (_, Utf8 | LargeUtf8 | Utf8View) => {
+            can_cast_types(from, to)
+        }
+        (Int8, Int16 | Int32 | Int64 | Float32 | Float64)
+        | (Int16, Int32 | Int64 | Float32 | Float64)
+        | (Int32, Int64 | Float64)
+        | (Float32, Float64)
+        | (Binary | LargeBinary | FixedSizeBinary(_), Binary | LargeBinary | BinaryView)
+        | (Date32, Date64) => true,
+        (Timestamp(a, _), Timestamp(b, _)) => rank(b) >= rank(a),
+        (Date32 | Date64, Timestamp(..)) => true,
+        (Decimal128(p1, s1), Decimal128(p2, s2)) => {
+            s2 >= s1 && i16::from(*p2) - i16::from(*s2) >= i16::from(*p1) - i16::from(*s1)
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::arrow::datatypes::{Field, Int64Type, Schema};
 
     const SCHEMA: &str = r#"{"type": "record", "name": "p", "fields": [
         {"name": "Id", "type": "long"}, {"name": "name", "type": ["null", "string"]}]}"#;
@@ -330,5 +370,25 @@ mod tests {
             matches!(&error, Error::DatatypeMismatch(m) if m.contains("\"id\"")),
             "{error}"
         );
+        // Lossy casts are refused: a double into BIGINT, a plain long into a timestamp.
+        for field in ["double", "long"] {
+            let schema = format!(
+                r#"{{"type": "record", "name": "p", "fields": [{{"name": "name", "type": "{field}"}}]}}"#
+            );
+            let stream = Arc::new(Schema::new(vec![Field::new(
+                "name",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                true,
+            )]));
+            let options: BTreeMap<String, String> =
+                [("avro.schema".to_string(), schema)].into_iter().collect();
+            assert!(AvroValues::new(&options, &stream, &["name".into()]).is_err());
+        }
+        assert!(lossless(&DataType::Int32, &DataType::Int64));
+        assert!(!lossless(&DataType::Float64, &DataType::Int64));
+        assert!(!lossless(&DataType::Int64, &DataType::Float64));
+        // A Confluent header with no body is not a row.
+        let framed = values(&[]).unwrap();
+        assert!(framed.decode(&[&confluent(1, &[])]).is_err());
     }
 }

@@ -429,14 +429,17 @@ enum FetchFailure {
     PositionLost(Error),
     Behind(Error),
     Transient(Error),
+    /// The broker holds a batch here that cannot be read (corrupt, an old message format, an
+    /// unknown codec): the partition cannot go on past it.
+    Unreadable(Error),
 }
 
 /// How long a partition may end before the stream's position before the position is lost.
 const BEHIND_GRACE: Duration = Duration::from_secs(10);
 
-/// Records held back behind one open transaction, at most, before a partition stops reading
-/// ahead (a broker that keeps a last stable offset never sends that much past one).
-const MAX_HELD_BYTES: usize = 256 << 20;
+/// Records held back behind open transactions, at most, per partition; past it only batch
+/// headers are kept and the records are read again once decided ([`CommittedReader`]).
+const MAX_HELD_BYTES: usize = 64 << 20;
 
 impl From<Error> for FetchFailure {
     fn from(e: Error) -> FetchFailure {
@@ -446,7 +449,8 @@ impl From<Error> for FetchFailure {
 
 /// Record batches reaching past `from` (records before it removed) and the partition's high
 /// watermark. A broker that returns nothing for an offset inside a record batch is asked
-/// again from earlier offsets (batch starts), keeping only what comes at or after `from`.
+/// again from earlier offsets (batch starts), keeping only what comes at or after `from`;
+/// nothing at all at the broker's last stable offset is just nothing to read yet.
 async fn fetch_from(
     consumer: &mut Consumer,
     partition: i32,
@@ -487,6 +491,7 @@ async fn fetch_from(
             Err(e) => return Err(kafka_error("fetch", e).into()),
         };
         let high = fetched.high_watermark;
+        let stable = fetched.last_stable_offset;
         if high < from {
             return Err(FetchFailure::Behind(Error::Storage(format!(
                 "kafka: partition {partition} ends at offset {high}, before the stream's position \
@@ -504,7 +509,13 @@ async fn fetch_from(
                 b
             })
             .collect();
-        if !kept.is_empty() || high == from {
+        if let Some(e) = fetched.unreadable.filter(|_| kept.is_empty()) {
+            return Err(FetchFailure::Unreadable(Error::Storage(format!(
+                "kafka: partition {partition}: {e}; the stream keeps its rows and reads no more \
+                 from this topic"
+            ))));
+        }
+        if !kept.is_empty() || high == from || (0..=from).contains(&stable) {
             return Ok((kept, high));
         }
         if let Some(last) = last_fetched {
@@ -553,7 +564,13 @@ async fn end_offset(consumer: &mut Consumer, partition: i32) -> Result<i64> {
         .fetch(partition, earliest, 1024, 0)
         .await
         .map_err(|e| kafka_error("fetch", e))?;
-    Ok(fetched.high_watermark)
+    // A read-committed reader starts at the last stable offset where the broker keeps one, so
+    // a transaction open across the end is read whole once it commits.
+    Ok(if fetched.last_stable_offset >= 0 {
+        fetched.last_stable_offset.min(fetched.high_watermark)
+    } else {
+        fetched.high_watermark
+    })
 }
 
 /// How often a running source asks for the topic's partitions, to read ones added to it.
@@ -586,8 +603,6 @@ struct Fetched {
     records: Vec<Record>,
     next: i64,
     high: i64,
-    /// Why the partition is not moving, for the source's status.
-    note: Option<String>,
 }
 
 /// Read `partition` from `next` on, forever, retrying after errors: committed records only,
@@ -600,10 +615,9 @@ async fn fetch_partition(
 ) {
     let mut wait = Duration::from_millis(200);
     let mut floor = 0;
-    let mut reader = CommittedReader::default();
+    let mut reader = CommittedReader::new(MAX_HELD_BYTES);
     // Where the next fetch starts: after what the reader holds back.
     let mut fetch_at = next;
-    let mut high_seen = next;
     loop {
         let mut consumer = match Consumer::connect(&source.brokers, &source.topic).await {
             Ok(c) => c,
@@ -616,28 +630,6 @@ async fn fetch_partition(
         };
         let mut behind_since: Option<std::time::Instant> = None;
         loop {
-            if reader.held_bytes() > MAX_HELD_BYTES {
-                let note = reader.waiting_for().map(|(producer, offset)| {
-                    format!(
-                        "partition {partition}: the transaction of producer {producer} open since \
-                         offset {offset} holds back more than {} MiB of later records; this \
-                         broker keeps no last stable offset, so reading waits here",
-                        MAX_HELD_BYTES >> 20
-                    )
-                });
-                let waiting = Fetched {
-                    partition,
-                    records: Vec::new(),
-                    next,
-                    high: high_seen,
-                    note,
-                };
-                if out.send(Ok(waiting)).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                continue;
-            }
             match fetch_from(&mut consumer, partition, fetch_at, &mut floor).await {
                 Err(FetchFailure::Behind(e)) => {
                     let since = *behind_since.get_or_insert_with(std::time::Instant::now);
@@ -650,13 +642,16 @@ async fn fetch_partition(
                 Ok((batches, high)) => {
                     behind_since = None;
                     wait = Duration::from_millis(200);
-                    high_seen = high;
                     let fetched_any = !batches.is_empty();
                     if let Some(last) = batches.last() {
                         fetch_at = fetch_at.max(last.last_offset + 1);
                     }
                     reader.push(batches);
-                    let records = reader.take_decided();
+                    let decided = reader.take_decided();
+                    if let Some(offset) = decided.reread_from {
+                        fetch_at = offset;
+                    }
+                    let records = decided.records;
                     next = next.max(reader.resume_at().unwrap_or(next));
                     // Nothing readable although the partition goes on (an open transaction
                     // behind the broker's last stable offset): ask again in a while.
@@ -668,13 +663,12 @@ async fn fetch_partition(
                         records,
                         next,
                         high,
-                        note: None,
                     };
                     if out.send(Ok(fetched)).await.is_err() {
                         return;
                     }
                 }
-                Err(FetchFailure::PositionLost(e)) => {
+                Err(FetchFailure::PositionLost(e) | FetchFailure::Unreadable(e)) => {
                     let _ = out.send(Err(e)).await;
                     return;
                 }
@@ -803,9 +797,6 @@ pub async fn run(stream: &StreamStore, status: &SourceStatus) -> Result<()> {
         let mut dead = Vec::new();
         for part in &batch {
             next.insert(part.partition, part.next);
-            if let Some(note) = &part.note {
-                status.set_note(Some(note.clone()));
-            }
             if part.records.is_empty() {
                 continue;
             }

@@ -53,10 +53,23 @@ pub struct Batch {
     pub last_offset: i64,
     pub producer_id: i64,
     pub transactional: bool,
-    /// A transaction marker: Some(true) commits the producer's open transaction, Some(false)
-    /// aborts it.
-    pub control: Option<bool>,
+    /// A control batch: what it marks. None for data.
+    pub control: Option<Marker>,
     pub records: Vec<Record>,
+    /// The records were not kept (read while too much was held back): the batch must be read
+    /// again before they can be delivered.
+    pub stripped: bool,
+}
+
+/// What a control batch says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// The producer's open transaction committed.
+    Commit,
+    /// The producer's open transaction aborted.
+    Abort,
+    /// Another kind of control record (none decides a transaction).
+    Other,
 }
 
 impl Batch {
@@ -74,6 +87,12 @@ impl Batch {
 pub struct Fetched {
     pub batches: Vec<Batch>,
     pub high_watermark: i64,
+    /// The broker's last stable offset (read_committed fetches return nothing at or after
+    /// it); -1 when the broker does not say.
+    pub last_stable_offset: i64,
+    /// A batch that could not be read (corrupt, an old message format, an unknown codec),
+    /// after the `batches` before it: the partition cannot go on past it.
+    pub unreadable: Option<KafkaError>,
 }
 
 /// A consumer of one topic, with a connection per partition leader.
@@ -211,7 +230,7 @@ impl Consumer {
                 let index = d.i32()?;
                 let error = d.i16()?;
                 let high_watermark = d.i64()?;
-                let _last_stable = d.i64()?;
+                let last_stable_offset = d.i64()?;
                 // Aborted transactions: decided from the markers instead (CommittedReader).
                 for _ in 0..d.len()? {
                     d.i64()?;
@@ -227,9 +246,12 @@ impl Consumer {
                         &format!("fetching partition {partition} from offset {offset}"),
                     ));
                 }
+                let (batches, unreadable) = decode_batches(records.unwrap_or_default());
                 return Ok(Fetched {
-                    batches: decode_batches(records.unwrap_or_default())?,
+                    batches,
                     high_watermark,
+                    last_stable_offset,
+                    unreadable,
                 });
             }
         }
@@ -240,25 +262,30 @@ impl Consumer {
 }
 
 /// The complete record batches in `data` (a fetch may end with part of one, which is left
-/// for the next fetch).
-pub fn decode_batches(data: &[u8]) -> KafkaResult<Vec<Batch>> {
+/// for the next fetch), and the error of the first batch that cannot be read, if any (the
+/// batches returned are those before it).
+pub fn decode_batches(data: &[u8]) -> (Vec<Batch>, Option<KafkaError>) {
     let mut batches = Vec::new();
     let mut rest = data;
     while rest.len() >= 12 {
         let base_offset = i64::from_be_bytes(rest[..8].try_into().unwrap_or([0; 8]));
         let length = i32::from_be_bytes(rest[8..12].try_into().unwrap_or([0; 4]));
         let Ok(length) = usize::try_from(length) else {
-            return Err(KafkaError::io(format!(
+            let error = KafkaError::io(format!(
                 "record batch at offset {base_offset} has length {length}"
-            )));
+            ));
+            return (batches, Some(error));
         };
         if rest.len() < 12 + length {
             break;
         }
-        batches.push(decode_batch(base_offset, &rest[12..12 + length])?);
+        match decode_batch(base_offset, &rest[12..12 + length]) {
+            Ok(batch) => batches.push(batch),
+            Err(e) => return (batches, Some(e)),
+        }
         rest = &rest[12 + length..];
     }
-    Ok(batches)
+    (batches, None)
 }
 
 /// One batch: `body` is what follows the batch length.
@@ -284,13 +311,24 @@ fn decode_batch(base_offset: i64, body: &[u8]) -> KafkaResult<Batch> {
     let attributes = d.i16()?;
     let last_offset_delta = d.i32()?;
     let base_timestamp = d.i64()?;
-    let _max_timestamp = d.i64()?;
+    let max_timestamp = d.i64()?;
     let producer_id = d.i64()?;
     let _producer_epoch = d.i16()?;
     let _base_sequence = d.i32()?;
     let count = d.len()?;
     let transactional = attributes & (1 << 4) != 0;
     let is_control = attributes & (1 << 5) != 0;
+    // LogAppendTime: the broker's time, kept once as the batch's max timestamp, is every
+    // record's timestamp.
+    let log_append_time = attributes & (1 << 3) != 0;
+    let last_offset = base_offset
+        .checked_add(i64::from(last_offset_delta))
+        .filter(|last| *last >= base_offset && *last < i64::MAX)
+        .ok_or_else(|| {
+            KafkaError::io(format!(
+                "record batch at offset {base_offset} has last offset delta {last_offset_delta}"
+            ))
+        })?;
     let decompressed;
     let mut r = Decoder {
         data: match attributes & 0x7 {
@@ -305,7 +343,7 @@ fn decode_batch(base_offset: i64, body: &[u8]) -> KafkaResult<Batch> {
         what: "fetch",
     };
     let mut records = Vec::with_capacity(count.min(1 << 16));
-    let mut control = None;
+    let mut marker = Marker::Other;
     for _ in 0..count {
         let length = r.varint()?;
         let length = usize::try_from(length).map_err(|_| r.malformed("record length"))?;
@@ -320,12 +358,27 @@ fn decode_batch(base_offset: i64, body: &[u8]) -> KafkaResult<Batch> {
         let value = f.varbytes()?;
         if is_control {
             // The key: version (int16), type (int16: 0 abort, 1 commit).
-            control = Some(key.is_some_and(|k| k.get(2..4) == Some(&[0, 1][..])));
+            marker = match key.and_then(|k| k.get(2..4)) {
+                Some([0, 0]) => Marker::Abort,
+                Some([0, 1]) => Marker::Commit,
+                _ => Marker::Other,
+            };
             continue;
         }
+        let offset = base_offset.saturating_add(offset_delta);
+        if !(base_offset..=last_offset).contains(&offset) {
+            return Err(KafkaError::io(format!(
+                "record batch at offset {base_offset} holds a record at offset {offset}, outside \
+                 the batch"
+            )));
+        }
         records.push(Record {
-            offset: base_offset.saturating_add(offset_delta),
-            timestamp_ms: base_timestamp.saturating_add(timestamp_delta),
+            offset,
+            timestamp_ms: if log_append_time {
+                max_timestamp
+            } else {
+                base_timestamp.saturating_add(timestamp_delta)
+            },
             key: key.map(<[u8]>::to_vec),
             value: value.map(<[u8]>::to_vec),
         });
@@ -333,15 +386,12 @@ fn decode_batch(base_offset: i64, body: &[u8]) -> KafkaResult<Batch> {
     }
     Ok(Batch {
         base_offset,
-        last_offset: base_offset.saturating_add(i64::from(last_offset_delta)),
+        last_offset,
         producer_id,
         transactional,
-        control: if is_control {
-            Some(control.unwrap_or(false))
-        } else {
-            None
-        },
+        control: is_control.then_some(marker),
         records,
+        stripped: false,
     })
 }
 
@@ -350,13 +400,22 @@ fn decompress(codec: i16, data: &[u8]) -> std::result::Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let read = |reader: &mut dyn Read, out: &mut Vec<u8>| {
         reader
-            .take(MAX_DECOMPRESSED)
+            .take(MAX_DECOMPRESSED + 1)
             .read_to_end(out)
-            .map(|_| ())
             .map_err(|e| e.to_string())
+            .and_then(|n| {
+                if n as u64 > MAX_DECOMPRESSED {
+                    Err(format!(
+                        "decompresses to more than {} MiB",
+                        MAX_DECOMPRESSED >> 20
+                    ))
+                } else {
+                    Ok(())
+                }
+            })
     };
     match codec {
-        1 => read(&mut flate2::read::GzDecoder::new(data), &mut out)?,
+        1 => read(&mut flate2::read::MultiGzDecoder::new(data), &mut out)?,
         2 => out = unsnappy(data)?,
         3 => read(&mut lz4_flex::frame::FrameDecoder::new(data), &mut out)?,
         4 => read(
@@ -373,8 +432,19 @@ fn decompress(codec: i16, data: &[u8]) -> std::result::Result<Vec<u8>, String> {
 fn unsnappy(data: &[u8]) -> std::result::Result<Vec<u8>, String> {
     const XERIAL: &[u8] = b"\x82SNAPPY\x00";
     let mut decoder = snap::raw::Decoder::new();
+    // The length a block claims is checked before anything is allocated for it.
+    let mut block = |block: &[u8], so_far: usize| {
+        let claimed = snap::raw::decompress_len(block).map_err(|e| e.to_string())?;
+        if (so_far + claimed) as u64 > MAX_DECOMPRESSED {
+            return Err(format!(
+                "decompresses to more than {} MiB",
+                MAX_DECOMPRESSED >> 20
+            ));
+        }
+        decoder.decompress_vec(block).map_err(|e| e.to_string())
+    };
     if !data.starts_with(XERIAL) {
-        return decoder.decompress_vec(data).map_err(|e| e.to_string());
+        return block(data, 0);
     }
     let mut out = Vec::new();
     let mut rest = data.get(16..).unwrap_or_default();
@@ -383,11 +453,9 @@ fn unsnappy(data: &[u8]) -> std::result::Result<Vec<u8>, String> {
             return Err("truncated xerial snappy block".into());
         };
         let size = u32::from_be_bytes(*size) as usize;
-        let block = tail.get(..size).ok_or("truncated xerial snappy block")?;
-        out.extend(decoder.decompress_vec(block).map_err(|e| e.to_string())?);
-        if out.len() as u64 > MAX_DECOMPRESSED {
-            return Err("decompressed batch too large".into());
-        }
+        let data = tail.get(..size).ok_or("truncated xerial snappy block")?;
+        let decompressed = block(data, out.len())?;
+        out.extend(decompressed);
         rest = &tail[size..];
     }
     Ok(out)
@@ -397,40 +465,79 @@ fn unsnappy(data: &[u8]) -> std::result::Result<Vec<u8>, String> {
 /// log order; out come the records of non-transactional batches and of committed
 /// transactions, never an aborted transaction's, and nothing past the first transactional
 /// batch whose transaction has not ended yet (its marker not read yet).
-#[derive(Debug, Default)]
+///
+/// What is held back is bounded: past `limit` bytes, later batches are kept without their
+/// records (their producer, offsets and markers still decide earlier batches), and once the
+/// reader reaches the first such batch it asks to read the log again from there.
+#[derive(Debug)]
 pub struct CommittedReader {
     held: VecDeque<Batch>,
     held_bytes: usize,
+    limit: usize,
+    /// Batches are being kept without their records (the limit was reached).
+    stripping: bool,
     /// Where reading resumes: every batch before it is delivered or dropped.
     resume_at: Option<i64>,
 }
 
+/// What [`CommittedReader::take_decided`] hands out.
+#[derive(Debug, Default)]
+pub struct Decided {
+    /// Records now decided to be delivered, in offset order.
+    pub records: Vec<Record>,
+    /// Read the log again from this offset: the batches from here on were kept without their
+    /// records, and the reader has let go of them.
+    pub reread_from: Option<i64>,
+}
+
 impl CommittedReader {
+    /// A reader that holds back at most about `limit` bytes of records.
+    pub fn new(limit: usize) -> CommittedReader {
+        CommittedReader {
+            held: VecDeque::new(),
+            held_bytes: 0,
+            limit,
+            stripping: false,
+            resume_at: None,
+        }
+    }
+
     /// Add fetched batches (in log order, after those added before).
     pub fn push(&mut self, batches: Vec<Batch>) {
-        for batch in batches {
-            self.held_bytes += batch.bytes();
+        for mut batch in batches {
+            let bytes = batch.bytes();
+            if self.stripping || self.held_bytes + bytes > self.limit && !self.held.is_empty() {
+                self.stripping = true;
+                batch.records = Vec::new();
+                batch.stripped = true;
+            } else {
+                self.held_bytes += bytes;
+            }
             self.held.push_back(batch);
         }
     }
 
-    /// The records decided so far, in offset order, removed from what is held.
-    pub fn take_decided(&mut self) -> Vec<Record> {
+    /// The records decided so far, removed from what is held.
+    pub fn take_decided(&mut self) -> Decided {
         // Each held transactional batch's fate: the first marker of its producer after it.
         let mut marker_after: HashMap<i64, bool> = HashMap::new();
         let mut fate = vec![None; self.held.len()];
         for (i, batch) in self.held.iter().enumerate().rev() {
             match batch.control {
-                Some(commit) => {
-                    marker_after.insert(batch.producer_id, commit);
+                Some(Marker::Commit) => {
+                    marker_after.insert(batch.producer_id, true);
                 }
+                Some(Marker::Abort) => {
+                    marker_after.insert(batch.producer_id, false);
+                }
+                Some(Marker::Other) => {}
                 None if batch.transactional => {
                     fate[i] = marker_after.get(&batch.producer_id).copied();
                 }
                 None => fate[i] = Some(true),
             }
         }
-        let mut out = Vec::new();
+        let mut decided = Decided::default();
         for fate in fate {
             let Some(front) = self.held.front() else {
                 break;
@@ -440,31 +547,32 @@ impl CommittedReader {
                 (None, Some(commit)) => commit,
                 (None, None) => break,
             };
+            if deliver && front.stripped {
+                // Its records were not kept: read them again, and what follows.
+                decided.reread_from = Some(front.base_offset);
+                self.held.clear();
+                self.held_bytes = 0;
+                self.stripping = false;
+                break;
+            }
             let Some(batch) = self.held.pop_front() else {
                 break;
             };
             self.resume_at = Some(batch.last_offset + 1);
             self.held_bytes = self.held_bytes.saturating_sub(batch.bytes());
             if deliver {
-                out.extend(batch.records);
+                decided.records.extend(batch.records);
             }
         }
-        out
+        if self.held.iter().all(|b| !b.stripped) {
+            self.stripping = false;
+        }
+        decided
     }
 
     /// The offset after the last batch delivered or dropped (None: none yet).
     pub fn resume_at(&self) -> Option<i64> {
         self.resume_at
-    }
-
-    /// The bytes of records held back behind an open transaction.
-    pub fn held_bytes(&self) -> usize {
-        self.held_bytes
-    }
-
-    /// The first batch held back (an open transaction's): its producer and offset.
-    pub fn waiting_for(&self) -> Option<(i64, i64)> {
-        self.held.front().map(|b| (b.producer_id, b.base_offset))
     }
 }
 
@@ -521,7 +629,9 @@ mod tests {
     }
 
     fn log(parts: &[Vec<u8>]) -> Vec<Batch> {
-        decode_batches(&parts.concat()).expect("batches")
+        let (batches, error) = decode_batches(&parts.concat());
+        assert!(error.is_none(), "{error:?}");
+        batches
     }
 
     fn values(records: &[Record]) -> Vec<String> {
@@ -542,7 +652,7 @@ mod tests {
         assert_eq!(batches[0].records[1].key.as_deref(), Some(&b"k"[..]));
         assert!(!batches[0].transactional && batches[1].transactional);
         assert_eq!(batches[1].producer_id, 7);
-        assert_eq!(batches[2].control, Some(true));
+        assert_eq!(batches[2].control, Some(Marker::Commit));
         assert!(batches[2].records.is_empty());
     }
 
@@ -551,18 +661,25 @@ mod tests {
         let whole = stored(0, record_batch(&[message("a")], None, false));
         let mut data = whole.clone();
         data.extend_from_slice(&whole[..whole.len() - 3]);
-        assert_eq!(decode_batches(&data).expect("partial").len(), 1);
+        assert_eq!(log(&[data]).len(), 1);
         let mut corrupt = whole.clone();
         let last = corrupt.len() - 1;
         corrupt[last] ^= 0xff;
-        assert!(decode_batches(&corrupt).is_err());
+        // The good batch before a corrupt one still comes out, with the error.
+        let (good, error) = decode_batches(&[whole.clone(), corrupt].concat());
+        assert_eq!(good.len(), 1);
+        assert!(error.is_some_and(|e| e.message.contains("CRC")));
         // A negative length and an old message format are errors, not panics.
         let mut negative = whole.clone();
         negative[8..12].copy_from_slice(&(-5i32).to_be_bytes());
-        assert!(decode_batches(&negative).is_err());
+        assert!(decode_batches(&negative).1.is_some());
         let mut old = whole;
         old[16] = 1;
-        assert!(decode_batches(&old).is_err());
+        assert!(
+            decode_batches(&old)
+                .1
+                .is_some_and(|e| e.message.contains("format v1"))
+        );
     }
 
     #[test]
@@ -604,7 +721,7 @@ mod tests {
                 .i8(2)
                 .i32(crc32c::crc32c(&body) as i32);
             batch.0.extend_from_slice(&body);
-            let decoded = decode_batches(&batch.0).expect("compressed batch");
+            let decoded = log(&[batch.0]);
             assert_eq!(values(&decoded[0].records), ["zipped"], "codec {codec}");
         }
     }
@@ -618,7 +735,7 @@ mod tests {
                 record_batch(&[message(v)], Some((producer, 0, 0)), true),
             )
         };
-        let mut reader = CommittedReader::default();
+        let mut reader = CommittedReader::new(1 << 20);
         // 0 p1; 1 A a1; 2 B b1; 3 p2; 4 A commits; 5 p3; B still open.
         reader.push(log(&[
             plain(0, "p1"),
@@ -628,17 +745,58 @@ mod tests {
             marker(4, 1, true),
             plain(5, "p3"),
         ]));
-        assert_eq!(values(&reader.take_decided()), ["p1", "a1"]);
+        assert_eq!(values(&reader.take_decided().records), ["p1", "a1"]);
         assert_eq!(reader.resume_at(), Some(2));
-        assert_eq!(reader.waiting_for(), Some((2, 2)));
-        assert!(reader.held_bytes() > 0);
         // B aborts: its record is dropped, the rest flows, and reading resumes after it all.
         reader.push(log(&[marker(6, 2, false), txn(7, 1, "a2")]));
-        assert_eq!(values(&reader.take_decided()), ["p2", "p3"]);
+        assert_eq!(values(&reader.take_decided().records), ["p2", "p3"]);
         assert_eq!(reader.resume_at(), Some(7));
         reader.push(log(&[marker(8, 1, false)]));
-        assert!(reader.take_decided().is_empty());
+        assert!(reader.take_decided().records.is_empty());
         assert_eq!(reader.resume_at(), Some(9));
-        assert_eq!(reader.held_bytes(), 0);
+    }
+
+    #[test]
+    fn log_append_time_gives_every_record_the_brokers_time() {
+        let mut batch = stored(0, record_batch(&[message("a"), message("b")], None, false));
+        // Attributes bit 3, then the max timestamp (at 35) set by the broker; CRC again.
+        batch[22] |= 1 << 3;
+        batch[35..43].copy_from_slice(&1_234_000i64.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        let batches = log(&[batch]);
+        assert!(
+            batches[0]
+                .records
+                .iter()
+                .all(|r| r.timestamp_ms == 1_234_000)
+        );
+    }
+
+    #[test]
+    fn past_its_limit_the_reader_keeps_headers_and_asks_to_read_again() {
+        let plain = |at: i64, v: &str| stored(at, record_batch(&[message(v)], None, false));
+        let txn = |at: i64, v: &str| stored(at, record_batch(&[message(v)], Some((1, 0, 0)), true));
+        // Room for about one record: the open transaction's batch is held whole, the later
+        // ones without their records.
+        let mut reader = CommittedReader::new(40);
+        reader.push(log(&[txn(0, "a1"), plain(1, "p1"), plain(2, "p2")]));
+        let decided = reader.take_decided();
+        assert!(decided.records.is_empty() && decided.reread_from.is_none());
+        // The marker arrives (kept as a header too): a1 is delivered, then p1's records
+        // are missing, so reading starts again at 1.
+        reader.push(log(&[marker(3, 1, true)]));
+        let decided = reader.take_decided();
+        assert_eq!(values(&decided.records), ["a1"]);
+        assert_eq!(decided.reread_from, Some(1));
+        assert_eq!(reader.resume_at(), Some(1));
+        reader.push(log(&[plain(1, "p1"), plain(2, "p2"), marker(3, 1, true)]));
+        let decided = reader.take_decided();
+        assert_eq!(values(&decided.records), ["p1"]);
+        assert_eq!(decided.reread_from, Some(2));
+        reader.push(log(&[plain(2, "p2"), marker(3, 1, true)]));
+        let decided = reader.take_decided();
+        assert_eq!(values(&decided.records), ["p2"]);
+        assert_eq!(reader.resume_at(), Some(4));
     }
 }
