@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 
 use super::kafka_protocol::{
-    API_FETCH, API_LIST_OFFSETS, Connection, Decoder, Encoder, KafkaError, KafkaResult, metadata,
+    API_FETCH, API_LIST_OFFSETS, Decoder, Encoder, KafkaError, KafkaResult, TopicBrokers,
 };
 
 /// ListOffsets' special timestamps.
@@ -98,37 +98,23 @@ pub struct Fetched {
 /// A consumer of one topic, with a connection per partition leader.
 #[derive(Debug)]
 pub struct Consumer {
-    topic: String,
-    leaders: Vec<String>,
-    connections: HashMap<String, Connection>,
+    brokers: TopicBrokers,
 }
 
 impl Consumer {
     /// Connect to `brokers` (tried in turn) and learn the partitions of `topic`.
     pub async fn connect(brokers: &[String], topic: &str) -> KafkaResult<Consumer> {
-        let mut last = KafkaError::io("no brokers given".to_string());
-        for broker in brokers {
-            match metadata(broker, topic).await {
-                Ok((connection, leaders)) => {
-                    let mut connections = HashMap::new();
-                    connections.insert(broker.clone(), connection);
-                    return Ok(Consumer {
-                        topic: topic.to_string(),
-                        leaders,
-                        connections,
-                    });
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        Ok(Consumer {
+            brokers: TopicBrokers::connect(brokers, topic).await?,
+        })
     }
 
     /// The topic's partitions, numbered 0 to `partitions() - 1`.
     pub fn partitions(&self) -> usize {
-        self.leaders.len()
+        self.brokers.partitions()
     }
 
+    /// A request to the leader of `partition`.
     async fn request(
         &mut self,
         partition: i32,
@@ -136,24 +122,10 @@ impl Consumer {
         version: i16,
         body: &[u8],
     ) -> KafkaResult<Vec<u8>> {
-        let leader = usize::try_from(partition)
-            .ok()
-            .and_then(|p| self.leaders.get(p))
-            .cloned()
-            .ok_or_else(|| KafkaError::io(format!("topic has no partition {partition}")))?;
-        if !self.connections.contains_key(&leader) {
-            let connection = Connection::open(&leader).await?;
-            self.connections.insert(leader.clone(), connection);
-        }
-        let connection = self
-            .connections
-            .get_mut(&leader)
-            .ok_or_else(|| KafkaError::io(format!("no connection to {leader}")))?;
-        let result = connection.request(api_key, version, false, body).await;
-        if result.is_err() {
-            self.connections.remove(&leader);
-        }
-        result
+        let leader = self.brokers.leader(partition)?;
+        self.brokers
+            .request(&leader, api_key, version, false, body)
+            .await
     }
 
     /// The offset of `partition` at `at`: [`EARLIEST`], [`LATEST`], or the first record at or
@@ -162,7 +134,7 @@ impl Consumer {
         let mut body = Encoder::default();
         body.i32(-1) // replica id: a consumer
             .i32(1)
-            .string(&self.topic)
+            .string(&self.brokers.topic)
             .i32(1)
             .i32(partition)
             .i64(at);
@@ -213,7 +185,7 @@ impl Consumer {
             .i32(max_bytes)
             .i8(1) // isolation level: read_committed
             .i32(1)
-            .string(&self.topic)
+            .string(&self.brokers.topic)
             .i32(1)
             .i32(partition)
             .i64(offset)

@@ -25,8 +25,7 @@ use std::time::Duration;
 pub use super::kafka_protocol::KafkaError;
 use super::kafka_protocol::{
     API_ADD_PARTITIONS_TO_TXN, API_API_VERSIONS, API_END_TXN, API_FIND_COORDINATOR,
-    API_INIT_PRODUCER_ID, API_PRODUCE, Backoff, Connection, Decoder, Encoder, KafkaResult,
-    metadata,
+    API_INIT_PRODUCER_ID, API_PRODUCE, Backoff, Decoder, Encoder, KafkaResult, TopicBrokers,
 };
 
 /// Messages: key and value, each absent or bytes (no value: a tombstone).
@@ -145,10 +144,7 @@ pub fn batches(messages: &[Message]) -> Vec<&[Message]> {
 /// A producer for one topic; transactional when given a transactional id.
 #[derive(Debug)]
 pub struct Producer {
-    topic: String,
-    /// Each partition's leader, `host:port`.
-    leaders: Vec<String>,
-    connections: HashMap<String, Connection>,
+    brokers: TopicBrokers,
     transaction: Option<Transaction>,
 }
 
@@ -175,40 +171,17 @@ pub struct TransactionHandle {
 impl Producer {
     /// Connect to `brokers` (tried in turn) and learn the partitions of `topic`.
     pub async fn connect(brokers: &[String], topic: &str) -> KafkaResult<Producer> {
-        let mut last = KafkaError::io("no brokers given".to_string());
-        for broker in brokers {
-            match metadata(broker, topic).await {
-                Ok((connection, leaders)) => {
-                    let mut connections = HashMap::new();
-                    connections.insert(broker.clone(), connection);
-                    return Ok(Producer {
-                        topic: topic.to_string(),
-                        leaders,
-                        connections,
-                        transaction: None,
-                    });
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        Ok(Producer {
+            brokers: TopicBrokers::connect(brokers, topic).await?,
+            transaction: None,
+        })
     }
 
     pub fn partitions(&self) -> usize {
-        self.leaders.len()
+        self.brokers.partitions()
     }
 
-    async fn connection(&mut self, address: &str) -> KafkaResult<&mut Connection> {
-        if !self.connections.contains_key(address) {
-            let connection = Connection::open(address).await?;
-            self.connections.insert(address.to_string(), connection);
-        }
-        self.connections
-            .get_mut(address)
-            .ok_or_else(|| KafkaError::io(format!("no connection to {address}")))
-    }
-
-    /// A request to `address`; a connection that failed is dropped, so the next one reconnects.
+    /// A request to `address`; InitProducerId is the one flexible version sent here.
     async fn request(
         &mut self,
         address: &str,
@@ -217,15 +190,9 @@ impl Producer {
         body: &[u8],
     ) -> KafkaResult<Vec<u8>> {
         let flexible = api_key == API_INIT_PRODUCER_ID;
-        let result = self
-            .connection(address)
-            .await?
-            .request(api_key, version, flexible, body)
-            .await;
-        if result.is_err() {
-            self.connections.remove(address);
-        }
-        result
+        self.brokers
+            .request(address, api_key, version, flexible, body)
+            .await
     }
 
     /// Whether the broker at `address` serves the transaction requests at the versions used
@@ -299,13 +266,7 @@ impl Producer {
 
     /// The broker that coordinates transactional id `id`.
     async fn coordinator(&mut self, id: &str) -> KafkaResult<String> {
-        let any = self
-            .connections
-            .keys()
-            .next()
-            .cloned()
-            .or_else(|| self.leaders.first().cloned())
-            .ok_or_else(|| KafkaError::io("no broker connection".to_string()))?;
+        let any = self.brokers.any()?;
         let mut body = Encoder::default();
         body.string(id).i8(1); // key type 1: a transaction
         let mut backoff = Backoff::default();
@@ -345,12 +306,9 @@ impl Producer {
     /// Send `messages` to `partition` and wait for the leader's acknowledgement (acks = all).
     /// Inside a transaction, the partition joins it first.
     pub async fn send(&mut self, partition: usize, messages: &[Message]) -> KafkaResult<()> {
-        let leader = self
-            .leaders
-            .get(partition)
-            .cloned()
-            .ok_or_else(|| KafkaError::io(format!("topic has no partition {partition}")))?;
-        let index = partition as i32;
+        let index = i32::try_from(partition)
+            .map_err(|_| KafkaError::io(format!("topic has no partition {partition}")))?;
+        let leader = self.brokers.leader(index)?;
         self.add_partition(index).await?;
         for chunk in batches(messages) {
             let (transactional_id, producer) = match &self.transaction {
@@ -370,7 +328,7 @@ impl Producer {
                 .i16(-1) // acks: all in-sync replicas
                 .i32(BROKER_TIMEOUT.as_millis() as i32)
                 .i32(1)
-                .string(&self.topic)
+                .string(&self.brokers.topic)
                 .i32(1)
                 .i32(index)
                 .bytes(&batch);
@@ -390,7 +348,10 @@ impl Producer {
                     if error != 0 && error != 46 {
                         return Err(KafkaError::broker(
                             error,
-                            &format!("producing to partition {index} of \"{}\"", self.topic),
+                            &format!(
+                                "producing to partition {index} of \"{}\"",
+                                self.brokers.topic
+                            ),
                         ));
                     }
                 }
@@ -418,7 +379,7 @@ impl Producer {
             .i64(t.producer_id)
             .i16(t.epoch)
             .i32(1)
-            .string(&self.topic)
+            .string(&self.brokers.topic)
             .i32(1)
             .i32(index);
         let mut backoff = Backoff::default();

@@ -490,3 +490,83 @@ pub(crate) async fn metadata(broker: &str, topic: &str) -> KafkaResult<(Connecti
         "topic \"{topic}\" does not exist (yet)"
     )))
 }
+
+/// A topic's partition leaders, and a connection per broker opened when first needed; a
+/// connection whose request failed is dropped, so the next request reconnects.
+#[derive(Debug)]
+pub(crate) struct TopicBrokers {
+    pub(crate) topic: String,
+    /// Each partition's leader, `host:port`.
+    leaders: Vec<String>,
+    connections: HashMap<String, Connection>,
+}
+
+impl TopicBrokers {
+    /// Connect to `brokers` (tried in turn) and learn the partitions of `topic`.
+    pub(crate) async fn connect(brokers: &[String], topic: &str) -> KafkaResult<TopicBrokers> {
+        let mut last = KafkaError::io("no brokers given".to_string());
+        for broker in brokers {
+            match metadata(broker, topic).await {
+                Ok((connection, leaders)) => {
+                    let mut connections = HashMap::new();
+                    connections.insert(broker.clone(), connection);
+                    return Ok(TopicBrokers {
+                        topic: topic.to_string(),
+                        leaders,
+                        connections,
+                    });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The topic's partitions, numbered 0 to `partitions() - 1`.
+    pub(crate) fn partitions(&self) -> usize {
+        self.leaders.len()
+    }
+
+    /// The leader of `partition`, `host:port`.
+    pub(crate) fn leader(&self, partition: i32) -> KafkaResult<String> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.leaders.get(p))
+            .cloned()
+            .ok_or_else(|| KafkaError::io(format!("topic has no partition {partition}")))
+    }
+
+    /// A broker to ask cluster-wide questions: one already connected, else a leader.
+    pub(crate) fn any(&self) -> KafkaResult<String> {
+        self.connections
+            .keys()
+            .next()
+            .or_else(|| self.leaders.first())
+            .cloned()
+            .ok_or_else(|| KafkaError::io("no broker connection".to_string()))
+    }
+
+    /// One request to the broker at `address` (see [`Connection::request`]).
+    pub(crate) async fn request(
+        &mut self,
+        address: &str,
+        api_key: i16,
+        version: i16,
+        flexible: bool,
+        body: &[u8],
+    ) -> KafkaResult<Vec<u8>> {
+        if !self.connections.contains_key(address) {
+            let connection = Connection::open(address).await?;
+            self.connections.insert(address.to_string(), connection);
+        }
+        let connection = self
+            .connections
+            .get_mut(address)
+            .ok_or_else(|| KafkaError::io(format!("no connection to {address}")))?;
+        let result = connection.request(api_key, version, flexible, body).await;
+        if result.is_err() {
+            self.connections.remove(address);
+        }
+        result
+    }
+}
