@@ -753,24 +753,26 @@ pub async fn run(stream: &StreamStore, status: &SourceStatus) -> Result<()> {
             })?,
             _ = discovery.tick() => {
                 // Partitions added to the topic: placed (and stored) first, then read. A
-                // broker that does not answer now is asked again at the next tick.
+                // broker that does not answer now is asked again at the next tick, for all of
+                // them (a partly placed set is not kept).
                 let discovered = async {
                     let mut consumer = Consumer::connect(&source.brokers, &source.topic)
                         .await
                         .map_err(|e| kafka_error("partitions", e))?;
                     let count = consumer.partitions() as i32;
-                    let added =
-                        place_new_partitions(&mut consumer, count, later, &mut next).await?;
-                    Ok::<_, Error>((count, added))
+                    let mut placed = next.clone();
+                    let added = place_new_partitions(&mut consumer, count, later, &mut placed)
+                        .await?;
+                    Ok::<_, Error>((placed, added))
                 };
                 match discovered.await {
-                    Ok((count, added)) if !added.is_empty() => {
+                    Ok((placed, added)) if !added.is_empty() => {
+                        next = placed;
                         stream.append_at(Vec::new(), encode_position(&next)).await?;
                         tracing::info!(stream = %status.stream, ?added, "kafka partitions added to the topic");
                         for partition in added {
                             spawn(partition, next.get(&partition).copied().unwrap_or(0));
                         }
-                        partitions = partitions.max(count);
                     }
                     Ok(_) => {}
                     Err(e) => {
