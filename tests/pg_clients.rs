@@ -650,6 +650,14 @@ async fn scram_authentication() {
                 || (bad == "user=ana" && format!("{err:?}").contains("password missing")),
             "{bad}: {err:?}"
         );
+        if bad == "user=ana password=wrong" {
+            let message = err.as_db_error().map(|e| e.message().to_string());
+            assert_eq!(
+                message.as_deref(),
+                Some("Password authentication failed for user \"ana\""),
+                "{err:?}"
+            );
+        }
     }
 }
 

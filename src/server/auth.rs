@@ -228,7 +228,18 @@ impl StartupHandler for Startup {
                 }
             }
             PgWireFrontendMessage::PasswordMessageFamily(message) => {
-                match self.driver.advance_authentication(client, message).await? {
+                let outcome = match self.driver.advance_authentication(client, message).await {
+                    // SCRAM clients leave the user out of their first message (it is in the
+                    // startup packet), so the refusal names the startup user instead of "".
+                    Err(PgWireError::InvalidPassword(user)) if user.is_empty() => {
+                        let login = LoginInfo::from_client_info(client);
+                        return Err(PgWireError::InvalidPassword(
+                            login.user().unwrap_or_default().to_owned(),
+                        ));
+                    }
+                    outcome => outcome?,
+                };
+                match outcome {
                     AuthOutcome::InProgress => Ok(()),
                     AuthOutcome::Authenticated { final_message, .. } => {
                         self.driver
