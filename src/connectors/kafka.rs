@@ -40,7 +40,7 @@ use super::dead_letters::{DeadLetter, DeadLetterLog, hex};
 use super::kafka_consumer::{
     Batch, CommittedReader, Consumer, EARLIEST, OFFSET_OUT_OF_RANGE, Record,
 };
-use super::{PartitionProgress, SourceStatus};
+use super::{PartitionProgress, RetryPause, SourceStatus};
 use crate::error::{Error, Result};
 use crate::ingest::decode::RowDecoder;
 use crate::ingest::{CopyFormat, CopyKind};
@@ -403,7 +403,7 @@ fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
 /// Connect and learn the topic's partitions, retrying until the brokers answer and the topic
 /// exists (the task is stopped with its stream).
 async fn connect(source: &KafkaSource, status: &SourceStatus) -> Consumer {
-    let mut wait = Duration::from_millis(200);
+    let mut pause = RetryPause::new();
     loop {
         match Consumer::connect(&source.brokers, &source.topic).await {
             Ok(consumer) => {
@@ -414,8 +414,7 @@ async fn connect(source: &KafkaSource, status: &SourceStatus) -> Consumer {
                 let note = format!("brokers {}: {e}", source.brokers.join(","));
                 tracing::warn!(stream = %status.stream, error = %note, "kafka source retrying");
                 status.set_note(Some(note));
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
+                pause.wait().await;
             }
         }
     }
@@ -613,7 +612,7 @@ async fn fetch_partition(
     mut next: i64,
     out: mpsc::Sender<Result<Fetched>>,
 ) {
-    let mut wait = Duration::from_millis(200);
+    let mut pause = RetryPause::new();
     let mut floor = 0;
     let mut reader = CommittedReader::new(MAX_HELD_BYTES);
     // Where the next fetch starts: after what the reader holds back.
@@ -623,8 +622,7 @@ async fn fetch_partition(
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(topic = %source.topic, partition, error = %e, "kafka partition unavailable; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
+                pause.wait().await;
                 continue;
             }
         };
@@ -641,7 +639,7 @@ async fn fetch_partition(
                 }
                 Ok((batches, high)) => {
                     behind_since = None;
-                    wait = Duration::from_millis(200);
+                    pause.reset();
                     let fetched_any = !batches.is_empty();
                     if let Some(last) = batches.last() {
                         fetch_at = fetch_at.max(last.last_offset + 1);
@@ -674,8 +672,7 @@ async fn fetch_partition(
                 }
                 Err(FetchFailure::Transient(e)) => {
                     tracing::warn!(topic = %source.topic, partition, error = %e, "kafka fetch failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(10));
+                    pause.wait().await;
                     break;
                 }
             }
@@ -708,15 +705,14 @@ pub async fn run(stream: &StreamStore, status: &SourceStatus) -> Result<()> {
     let mut partitions = consumer.partitions() as i32;
     // Where each new partition starts is stored before anything is read, so a crash now does
     // not move it. Retried like the connection: the broker may be briefly unavailable.
-    let mut wait = Duration::from_millis(200);
+    let mut pause = RetryPause::new();
     let added = loop {
         match place_new_partitions(&mut consumer, partitions, first, &mut next).await {
             Ok(added) => break added,
             Err(e) => {
                 tracing::warn!(stream = %status.stream, error = %e, "kafka start offsets; retrying");
                 status.set_note(Some(e.to_string()));
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
+                pause.wait().await;
                 consumer = connect(&source, status).await;
                 partitions = consumer.partitions() as i32;
             }

@@ -25,6 +25,7 @@ pub mod sink;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -258,6 +259,29 @@ impl<S> Tasks<S> {
     /// Every task's status, in no particular order.
     pub fn statuses(&self) -> Vec<Arc<S>> {
         self.lock().values().map(|(s, _)| Arc::clone(s)).collect()
+    }
+}
+
+/// The pause between attempts to reach a broker again: 200 ms, doubling up to 10 s, and back
+/// to 200 ms after a success.
+pub(crate) struct RetryPause(Duration);
+
+impl RetryPause {
+    const FIRST: Duration = Duration::from_millis(200);
+    const LONGEST: Duration = Duration::from_secs(10);
+
+    pub(crate) fn new() -> RetryPause {
+        RetryPause(Self::FIRST)
+    }
+
+    /// Sleep for the current pause, and make the next one longer.
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Self::LONGEST);
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.0 = Self::FIRST;
     }
 }
 

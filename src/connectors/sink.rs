@@ -38,9 +38,9 @@ use std::time::Duration;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::SourceState;
 pub use super::kafka_producer::Message;
 use super::kafka_producer::{KafkaError, Producer, TransactionHandle};
+use super::{RetryPause, SourceState};
 use crate::error::{Error, Result};
 use crate::storage::StreamStore;
 use crate::streaming::ChangeBatch;
@@ -538,7 +538,7 @@ struct SinkTask {
 /// prepared, and delivers from the committed position; a broker error ends the session and a
 /// new one starts after a pause (re-sending what was not committed).
 async fn run(task: &SinkTask) -> Result<()> {
-    let mut wait = Duration::from_millis(200);
+    let mut pause = RetryPause::new();
     loop {
         let started = std::time::Instant::now();
         match session(task).await {
@@ -555,10 +555,9 @@ async fn run(task: &SinkTask) -> Result<()> {
             }
         }
         if started.elapsed() > Duration::from_secs(30) {
-            wait = Duration::from_millis(200);
+            pause.reset();
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(10));
+        pause.wait().await;
     }
 }
 
